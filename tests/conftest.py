@@ -1,0 +1,33 @@
+"""Shared fixtures. One torch thread: two threads on a busy 2-core machine can be 100x slower."""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny SD1.x-shaped diffusers folder, built once per test session."""
+    from trainer.models.tiny import build_tiny_sd1
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    build_tiny_sd1(out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """The built-in demo (model, dataset, job.toml), built once per test session."""
+    from trainer.models.demo import build_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    build_demo(out)
+    return out
