@@ -1,0 +1,134 @@
+"""A tiny Stable Diffusion 1.x-shaped model for tests and the demo, built in about a second.
+
+It has SD1.x's structure at a fraction of the width: a UNet with two resnets and a downsampler per
+down block and cross-attention, a VAE with SD's downscale factor of 8 (64 px → 8×8 latents), a CLIP
+text encoder with the real 49,408-token vocabulary, the real CLIP tokenizer and SD's scheduler config.
+Weights are random but seeded, so two builds with the same seed are identical.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from trainer.models.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer, save_tokenizer
+
+TEXT_HIDDEN_SIZE = 32
+LATENT_CHANNELS = 4
+
+# SD1.x's scheduler config as the v1-5 folder ships it (the training schedule is the same betas, DDPM).
+SD1_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+
+def tiny_unet_config() -> dict:
+    """UNet2DConditionModel arguments: SD1.x's layout (2 resnets per block, attention in the top blocks)."""
+    return {
+        "sample_size": 8,
+        "in_channels": LATENT_CHANNELS,
+        "out_channels": LATENT_CHANNELS,
+        "block_out_channels": (32, 64),
+        "layers_per_block": 2,
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": TEXT_HIDDEN_SIZE,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    }
+
+
+def tiny_vae_config() -> dict:
+    """AutoencoderKL arguments: 4 blocks, so 3 downsamplers give SD's factor of 8."""
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": LATENT_CHANNELS,
+        "block_out_channels": (32, 32, 64, 64),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 32,
+        "sample_size": 64,
+        "scaling_factor": 0.18215,
+    }
+
+
+def tiny_text_encoder_config() -> CLIPTextConfig:
+    """CLIPTextConfig with the real vocabulary and SD1.x's special-token ids, 2 layers of width 32."""
+    return CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=TEXT_HIDDEN_SIZE,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=TEXT_HIDDEN_SIZE,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+
+
+def _model_index() -> dict:
+    """model_index.json for a StableDiffusionPipeline folder without a safety checker."""
+    return {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.42.1",
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+
+
+def sd1_scheduler_file_config() -> dict:
+    """``scheduler/scheduler_config.json`` as SD1.x folders ship it: PNDM, plus the DDIM keys
+    (``clip_sample``, ``set_alpha_to_one``) that other schedulers read when built ``from_config``."""
+    return {"_class_name": "PNDMScheduler", "_diffusers_version": "0.42.1", **SD1_SCHEDULER_CONFIG}
+
+
+def _write_json(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+
+
+def build_tiny_sd1(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny SD1.x diffusers folder (model_index.json, unet, vae, text_encoder, tokenizer, scheduler).
+
+    Deterministic for a given ``seed``; loadable offline with ``StableDiffusionPipeline.from_pretrained``.
+    Returns the folder.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Each part gets its own seed so changing one part's shape leaves the others' weights unchanged.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**tiny_unet_config())
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**tiny_vae_config())
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(tiny_text_encoder_config())
+    unet.save_pretrained(out_dir / "unet")
+    vae.save_pretrained(out_dir / "vae")
+    text_encoder.save_pretrained(out_dir / "text_encoder")
+    save_tokenizer(build_clip_tokenizer(), out_dir / "tokenizer")
+    _write_json(out_dir / "scheduler" / "scheduler_config.json", sd1_scheduler_file_config())
+    _write_json(out_dir / "model_index.json", _model_index())
+    return out_dir

@@ -1,0 +1,110 @@
+"""Which modules of the UNet and the text encoders get an adapter, and their kohya names.
+
+sd-scripts (networks/lora.py) walks the model, and for every module whose *class name* is in a
+target list it adapts every descendant ``Linear`` or ``Conv2d``:
+
+* UNet, always: ``Transformer2DModel`` → proj_in, proj_out, attn1/attn2 to_q/to_k/to_v/to_out.0,
+  ff.net.0.proj, ff.net.2 ("LoRA-LierLa").
+* UNet, with conv layers (LoCon): also ``ResnetBlock2D``, ``Downsample2D``, ``Upsample2D``; their 3×3
+  convs use conv_dim/conv_alpha while their Linear (time_emb_proj) and 1×1 (conv_shortcut) children
+  use the linear network_dim/alpha ("LoRA-C3Lier").
+* Text encoder: ``CLIPAttention`` / ``CLIPSdpaAttention`` / ``CLIPMLP`` → q/k/v/out_proj, fc1, fc2.
+
+The kohya name is ``prefix + "_" + module path`` with every "." replaced by "_". transformers 5's
+``CLIPTextModel`` dropped the ``text_model.`` level that kohya and A1111 keys carry, so it is put
+back here when missing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+UNET_LINEAR_BLOCK_CLASSES = ("Transformer2DModel",)
+UNET_CONV_BLOCK_CLASSES = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+TEXT_ENCODER_BLOCK_CLASSES = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
+
+UNET_PREFIX = "lora_unet"
+TEXT_MODEL_LEVEL = "text_model."
+
+
+@dataclass(frozen=True)
+class Target:
+    """One module that gets an adapter.
+
+    ``path`` is the module's dotted path inside its model (what peft matches), ``kohya_name`` the
+    key stem in the LoRA file, ``part`` "unet" or "text_encoder", ``is_conv3x3`` whether it is a
+    spatial conv (which takes conv_dim/conv_alpha instead of dim/alpha).
+    """
+
+    path: str
+    kohya_name: str
+    part: str
+    is_conv3x3: bool
+
+
+def kohya_name(prefix: str, module_path: str) -> str:
+    """sd-scripts' lora_name: ``(prefix + "." + path).replace(".", "_")``."""
+    return f"{prefix}.{module_path}".replace(".", "_")
+
+
+def text_encoder_prefixes(count: int) -> list[str]:
+    """``lora_te`` for one text encoder (SD1/2), ``lora_te1``/``lora_te2`` for SDXL's two."""
+    if count == 1:
+        return ["lora_te"]
+    return [f"lora_te{i + 1}" for i in range(count)]
+
+
+def _is_adaptable(module: torch.nn.Module) -> bool:
+    return isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
+
+
+def _is_conv3x3(module: torch.nn.Module) -> bool:
+    """A Conv2d with a kernel bigger than 1×1 (sd-scripts' ``is_conv2d`` and not ``is_conv2d_1x1``)."""
+    return isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
+
+
+def _children_of_classes(model: torch.nn.Module, class_names: tuple[str, ...]):
+    """Yield (full path, child) for every Linear/Conv2d inside a module whose class name is listed."""
+    for block_path, block in model.named_modules():
+        if type(block).__name__ not in class_names:
+            continue
+        for child_path, child in block.named_modules():
+            if child_path and _is_adaptable(child):
+                yield f"{block_path}.{child_path}" if block_path else child_path, child
+
+
+def unet_targets(unet: torch.nn.Module, include_conv_blocks: bool) -> list[Target]:
+    """The UNet modules sd-scripts adapts, in model order (no duplicates).
+
+    Without ``include_conv_blocks`` only Transformer2DModel children; with it, ResnetBlock2D,
+    Downsample2D and Upsample2D children too. 3×3 convs are marked ``is_conv3x3``.
+    """
+    class_names = UNET_LINEAR_BLOCK_CLASSES
+    if include_conv_blocks:
+        class_names = class_names + UNET_CONV_BLOCK_CLASSES
+    found: dict[str, Target] = {}
+    for path, child in _children_of_classes(unet, class_names):
+        found.setdefault(path, Target(path, kohya_name(UNET_PREFIX, path), "unet", _is_conv3x3(child)))
+    return list(found.values())
+
+
+def text_encoder_module_path_for_kohya(path: str, text_encoder: torch.nn.Module) -> str:
+    """The module path as kohya/A1111 spell it: always under ``text_model.``.
+
+    transformers ≤4 ``CLIPTextModel`` nests everything under ``text_model``; transformers 5 does not.
+    """
+    if path.startswith(TEXT_MODEL_LEVEL):
+        return path
+    if hasattr(text_encoder, "text_model"):
+        return path  # an odd layout: keep what the model says
+    return TEXT_MODEL_LEVEL + path
+
+
+def text_encoder_targets(text_encoder: torch.nn.Module, prefix: str) -> list[Target]:
+    """The text-encoder modules sd-scripts adapts: q/k/v/out_proj and fc1/fc2 of every layer."""
+    found: dict[str, Target] = {}
+    for path, child in _children_of_classes(text_encoder, TEXT_ENCODER_BLOCK_CLASSES):
+        kohya_path = text_encoder_module_path_for_kohya(path, text_encoder)
+        found.setdefault(path, Target(path, kohya_name(prefix, kohya_path), "text_encoder", _is_conv3x3(child)))
+    return list(found.values())

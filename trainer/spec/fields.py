@@ -1,0 +1,119 @@
+"""Parsers for text settings that hold structured values (resolution, block lists, LR-weight curves).
+
+Each parser is pure: it returns the parsed value or raises ``ValueError`` with a message that says what is
+wrong and what is expected. Validation, the form and the trainer all call the same functions.
+"""
+from __future__ import annotations
+
+import math
+
+NUM_BLOCKS = 25  # IN0..IN11, MID, OUT0..OUT11 (SD1.x / SD2.x)
+HALF_BLOCKS = 12
+LR_WEIGHT_CURVES = ("sine", "cosine", "linear", "reverse_linear", "zeros")
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """"512,512" or "512" → (width, height), whole numbers ≥ 64 (buckets round them down to their step)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"expected 'width,height' such as 512,512, got {text!r}")
+    width, height = int(parts[0]), int(parts[1])
+    for side in (width, height):
+        if side < 64:
+            raise ValueError(f"each side must be at least 64 pixels, got {width},{height}")
+    return width, height
+
+
+def _split_numbers(text: str) -> list[str]:
+    return [p.strip() for p in str(text).replace(";", ",").split(",")]
+
+
+def parse_number_list(text: str, count: int, *, integer: bool, minimum: float = 0.0) -> tuple | None:
+    """A comma-separated list of exactly ``count`` numbers ≥ ``minimum``; blank → None (use the global value)."""
+    if not str(text).strip():
+        return None
+    parts = _split_numbers(text)
+    if len(parts) != count:
+        raise ValueError(f"needs exactly {count} comma-separated numbers, got {len(parts)}")
+    values = []
+    for position, part in enumerate(parts, start=1):
+        try:
+            value = int(part) if integer else float(part)
+        except ValueError:
+            kind = "a whole number" if integer else "a number"
+            raise ValueError(f"entry {position} ({part!r}) is not {kind}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise ValueError(f"entry {position} ({part}) must be ≥ {minimum:g}")
+        values.append(value)
+    return tuple(values)
+
+
+def parse_block_dims(text: str) -> tuple[int, ...] | None:
+    """25 whole numbers ≥ 0 (a rank per block; 0 leaves that block without a module)."""
+    return parse_number_list(text, NUM_BLOCKS, integer=True)
+
+
+def parse_block_alphas(text: str) -> tuple[float, ...] | None:
+    """25 numbers ≥ 0 (an alpha per block)."""
+    return parse_number_list(text, NUM_BLOCKS, integer=False)
+
+
+def lr_weight_curve(name: str, n: int = HALF_BLOCKS) -> tuple[float, ...]:
+    """The named LR-weight curves over n blocks, i = 0..n−1: sine sin(π/2·i/(n−1)), cosine its reverse,
+    linear i/(n−1), reverse_linear its reverse, zeros all 0. An optional "+base" adds base to each."""
+    base = 0.0
+    if "+" in name:
+        name, _, base_text = name.partition("+")
+        try:
+            base = float(base_text)
+        except ValueError:
+            raise ValueError(f"'+{base_text}' is not a number to add to the curve") from None
+    name = name.strip()
+    steps = [i / (n - 1) for i in range(n)]
+    if name == "sine":
+        values = [math.sin(math.pi / 2 * s) for s in steps]
+    elif name == "cosine":
+        values = [math.sin(math.pi / 2 * s) for s in reversed(steps)]
+    elif name == "linear":
+        values = steps
+    elif name == "reverse_linear":
+        values = list(reversed(steps))
+    elif name == "zeros":
+        values = [0.0] * n
+    else:
+        raise ValueError(f"unknown curve {name!r}; use 12 numbers or one of {', '.join(LR_WEIGHT_CURVES)}")
+    return tuple(v + base for v in values)
+
+
+def parse_half_lr_weights(text: str) -> tuple[float, ...] | None:
+    """Down or up LR weights: 12 numbers from 0 to 1, or a named curve with optional +base; blank → None."""
+    text = str(text).strip()
+    if not text:
+        return None
+    if "," not in text and not _is_number(text):
+        return lr_weight_curve(text)
+    values = parse_number_list(text, HALF_BLOCKS, integer=False)
+    return _check_unit_interval(values)
+
+
+def parse_mid_lr_weight(text: str) -> tuple[float, ...] | None:
+    """Mid LR weight: one number from 0 to 1; blank → None."""
+    values = parse_number_list(text, 1, integer=False)
+    return _check_unit_interval(values) if values else None
+
+
+def _check_unit_interval(values: tuple | None) -> tuple | None:
+    for position, value in enumerate(values or (), start=1):
+        if value > 1:
+            raise ValueError(f"entry {position} ({value:g}) must be between 0 and 1")
+    return values
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,172 @@
+"""The job spec: a strict pydantic model generated from the settings, and its TOML file.
+
+A job file holds ``spec_version`` plus any subset of the settings (missing keys take their defaults).
+Unknown keys and bad values are errors naming the key. Secrets are never written.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from .catalog_advanced import ADVANCED, SAMPLES, WEIGHTS_BLOCKS_CONV
+from .catalog_basic import BASIC, MODEL_AND_FOLDERS
+from .setting import Problem, Setting
+
+SPEC_VERSION = 1
+SETTINGS: tuple[Setting, ...] = MODEL_AND_FOLDERS + BASIC + WEIGHTS_BLOCKS_CONV + ADVANCED + SAMPLES
+SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+class JobError(Exception):
+    """A job that cannot be used; ``problems`` names every setting at fault."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = [p for p in problems if p.level == "error"]
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def defaults() -> dict[str, Any]:
+    """Every setting at its default."""
+    return {s.key: s.default for s in SETTINGS}
+
+
+def _annotation(setting: Setting):
+    base = {"str": str, "path": str, "text": str, "int": int, "float": float, "bool": bool}.get(setting.kind)
+    if setting.kind == "choice":
+        base = Literal[setting.choices]  # type: ignore[valid-type]
+    return Optional[base] if setting.optional else base
+
+
+def _field(setting: Setting):
+    limits = {}
+    if setting.minimum is not None:
+        limits["ge"] = setting.minimum
+    if setting.maximum is not None:
+        limits["le"] = setting.maximum
+    return (_annotation(setting), Field(default=setting.default, **limits))
+
+
+def _parsed_text_validator(setting: Setting):
+    def check(cls, value):
+        if value is not None and setting.parser is not None:
+            setting.parser(value)  # raises ValueError with a readable message
+        return value
+
+    return field_validator(setting.key)(check)
+
+
+def _build_model() -> type[BaseModel]:
+    fields = {s.key: _field(s) for s in SETTINGS}
+    validators = {f"_check_{s.key}": _parsed_text_validator(s) for s in SETTINGS if s.parser}
+    return create_model(
+        "Job",
+        __config__=ConfigDict(extra="forbid", strict=True, frozen=True),
+        __validators__=validators,
+        spec_version=(int, Field(default=SPEC_VERSION)),
+        **fields,
+    )
+
+
+Job = _build_model()
+
+
+def _message_for(setting: Setting | None, error: dict) -> str:
+    if setting is None:
+        return "is not a setting LoRA Loom knows (check the spelling)"
+    if error["type"].startswith("value_error"):
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    got = error.get("input")
+    return f"must be {setting.describe_range()}" + (f" (got {got!r})" if got is not None else " (got blank)")
+
+
+def problems_from_validation(error: ValidationError) -> list[Problem]:
+    problems = []
+    for item in error.errors():
+        key = str(item["loc"][0]) if item["loc"] else None
+        if key == "spec_version":
+            problems.append(Problem(key, f"must be a whole number (this version writes {SPEC_VERSION})"))
+            continue
+        setting = SETTINGS_BY_KEY.get(key) if key else None
+        if item["type"] == "extra_forbidden":
+            setting = None
+        problems.append(Problem(key, _message_for(setting, item)))
+    # one message per key is enough (a union type reports each branch)
+    seen, unique = set(), []
+    for p in problems:
+        if p.setting not in seen:
+            seen.add(p.setting)
+            unique.append(p)
+    return unique
+
+
+def job_from_values(values: dict[str, Any]) -> BaseModel:
+    """Build a Job from a dict of settings (missing keys → defaults). Raises JobError naming each bad key."""
+    from .migrate import migrate
+
+    values = migrate(dict(values))
+    extra = values.get("additional_parameters")
+    if isinstance(extra, str) and extra.strip():
+        from .checks import parse_additional_parameters
+
+        overrides, problems = parse_additional_parameters(extra, SETTINGS_BY_KEY)
+        if problems:
+            raise JobError(problems)
+        values.update(overrides)
+    try:
+        return Job(**values)
+    except ValidationError as error:
+        raise JobError(problems_from_validation(error)) from None
+
+
+def read_job_toml(path: str | Path) -> dict[str, Any]:
+    """The raw key → value table of a job file; a file that is not valid TOML is a JobError."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise JobError([Problem(None, f"job file {path} does not exist")]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise JobError([Problem(None, f"{path} is not valid TOML: {error}")]) from None
+
+
+def load_job(path: str | Path) -> BaseModel:
+    """Read and validate a job file."""
+    return job_from_values(read_job_toml(path))
+
+
+def job_to_values(job: BaseModel) -> dict[str, Any]:
+    return job.model_dump()
+
+
+def toml_text(values: dict[str, Any]) -> str:
+    """TOML for a job: spec_version first, then settings in schema order; blanks (None) and secrets left out."""
+    table: dict[str, Any] = {"spec_version": SPEC_VERSION}
+    for setting in SETTINGS:
+        if setting.key in values and values[setting.key] is not None and not setting.secret:
+            table[setting.key] = values[setting.key]
+    return tomli_w.dumps(table)
+
+
+def write_job_toml(values: dict[str, Any], path: str | Path) -> Path:
+    """Validate ``values`` and write them as a job file (atomically). Raises JobError if they are invalid."""
+    job = job_from_values(values)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(toml_text(job_to_values(job)), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def sparse_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Only the settings that differ from their defaults (what a preset stores); secrets dropped."""
+    return {
+        s.key: values[s.key]
+        for s in SETTINGS
+        if s.key in values and values[s.key] != s.default and not s.secret
+    }
