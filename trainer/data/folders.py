@@ -239,8 +239,9 @@ def read_image_size(path) -> tuple[int, int]:
                 width, height = image.size
                 orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
                 image_format = image.format
+            with Image.open(path) as image:  # verify() must come straight after open
                 image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, RuntimeError, Image.DecompressionBombError) as err:
         raise DataError(f"Image {path} cannot be read ({type(err).__name__}: {err}).",
                         "train_data_dir", path) from err
     if image_format == "JPEG" and not _jpeg_has_end_marker(path):

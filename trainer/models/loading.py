@@ -182,7 +182,9 @@ def _load_diffusers_folder(folder: Path, v_prediction: bool | None) -> BaseModel
 def _freeze(model: BaseModel, device: torch.device, dtype: torch.dtype) -> BaseModel:
     """Move every network to ``device``/``dtype``, switch to eval mode and stop gradients."""
     for network in (model.unet, model.vae, *model.text_encoders):
-        network.to(device=device, dtype=dtype)
+        network.to(device=device)
+        if network.dtype != dtype:  # diffusers warns on every dtype cast, even a no-op one
+            network.to(dtype=dtype)
         network.requires_grad_(False)
         network.eval()
     return model

@@ -55,22 +55,40 @@ def text_encoder_prefixes(count: int) -> list[str]:
     return [f"lora_te{i + 1}" for i in range(count)]
 
 
+def _is_adapter_wrapper(module: torch.nn.Module) -> bool:
+    """A layer already wrapped by an adapter (peft or our DyLoRA keep the original as ``base_layer``)."""
+    return isinstance(getattr(module, "base_layer", None), torch.nn.Module)
+
+
+def _original_layer(module: torch.nn.Module) -> torch.nn.Module:
+    return module.base_layer if _is_adapter_wrapper(module) else module
+
+
 def _is_adaptable(module: torch.nn.Module) -> bool:
-    return isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
+    return isinstance(_original_layer(module), (torch.nn.Linear, torch.nn.Conv2d))
 
 
 def _is_conv3x3(module: torch.nn.Module) -> bool:
     """A Conv2d with a kernel bigger than 1×1 (sd-scripts' ``is_conv2d`` and not ``is_conv2d_1x1``)."""
+    module = _original_layer(module)
     return isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
 
 
 def _children_of_classes(model: torch.nn.Module, class_names: tuple[str, ...]):
-    """Yield (full path, child) for every Linear/Conv2d inside a module whose class name is listed."""
+    """Yield (full path, child) for every Linear/Conv2d inside a module whose class name is listed.
+
+    On a model that already has adapters, the wrapped layer counts once, at its original path.
+    """
     for block_path, block in model.named_modules():
         if type(block).__name__ not in class_names:
             continue
+        wrapped: list[str] = []
         for child_path, child in block.named_modules():
-            if child_path and _is_adaptable(child):
+            if not child_path or any(child_path.startswith(w + ".") for w in wrapped):
+                continue
+            if _is_adapter_wrapper(child):
+                wrapped.append(child_path)
+            if _is_adaptable(child):
                 yield f"{block_path}.{child_path}" if block_path else child_path, child
 
 

@@ -79,7 +79,7 @@ def _polynomial(step: int, total_steps: int, warmup_steps: int, power: float, lr
         )
     if step > total_steps:
         return POLYNOMIAL_LR_END / lr_init
-    remaining = 1.0 - (step - warmup_steps) / (total_steps - warmup_steps)
+    remaining = 1.0 - _progress(step, total_steps, warmup_steps)
     return ((lr_init - POLYNOMIAL_LR_END) * remaining**power + POLYNOMIAL_LR_END) / lr_init
 
 

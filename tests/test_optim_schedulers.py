@@ -1,0 +1,170 @@
+"""LR schedules: hand-worked values per scheduler, LambdaLR stepping, transformers' formulas, Adafactor's own schedule."""
+import math
+
+import pytest
+import torch
+
+from trainer.optim.optimizers import build_optimizer
+from trainer.optim.schedulers import (
+    SCHEDULER_NAMES,
+    AdafactorStepSizeSchedule,
+    adafactor_relative_step_size,
+    build_lr_scheduler,
+    lr_curve,
+    lr_factor,
+    schedule_warnings,
+    warmup_steps_from_percent,
+)
+
+
+def test_warmup_percent_matches_the_seed_example():
+    # 50 images x 10 repeats x 2 epochs at batch 1 = 1000 steps; 10 % warmup = 100 steps.
+    assert warmup_steps_from_percent(50 * 10 * 2, 10) == 100
+    assert warmup_steps_from_percent(250, 10) == 25
+    assert warmup_steps_from_percent(15, 10) == 2  # 1.5 rounds to the even 2
+    assert warmup_steps_from_percent(5, 10) == 0  # 0.5 rounds to the even 0
+    assert warmup_steps_from_percent(1000, 0) == 0
+    with pytest.raises(ValueError, match="lr_warmup"):
+        warmup_steps_from_percent(1000, 120)
+
+
+def factor(step, scheduler, total, warmup, **kw):
+    return lr_factor(step, scheduler=scheduler, total_steps=total, warmup_steps=warmup, **kw)
+
+
+def test_constant_ignores_warmup_and_constant_with_warmup_ramps():
+    assert [factor(s, "constant", 100, 10) for s in (0, 5, 99)] == [1.0, 1.0, 1.0]
+    assert factor(0, "constant_with_warmup", 100, 10) == 0.0
+    assert factor(5, "constant_with_warmup", 100, 10) == pytest.approx(0.5)
+    assert factor(10, "constant_with_warmup", 100, 10) == 1.0
+    assert factor(99, "constant_with_warmup", 100, 10) == 1.0
+
+
+def test_linear_by_hand():
+    # warmup 10 of 100: step 3 → 3/10; after warmup (100 − s)/90
+    assert factor(3, "linear", 100, 10) == pytest.approx(0.3)
+    assert factor(10, "linear", 100, 10) == pytest.approx(1.0)
+    assert factor(55, "linear", 100, 10) == pytest.approx(45 / 90)
+    assert factor(100, "linear", 100, 10) == 0.0
+
+
+def test_cosine_is_one_half_wave_whatever_the_cycles():
+    # total 110, warmup 10: progress = (s − 10)/100; factor = ½(1 + cos(π·progress))
+    assert factor(35, "cosine", 110, 10) == pytest.approx(0.5 + math.sqrt(2) / 4)  # progress ¼
+    assert factor(60, "cosine", 110, 10) == pytest.approx(0.5)  # progress ½
+    assert factor(110, "cosine", 110, 10) == pytest.approx(0.0, abs=1e-12)
+    assert factor(35, "cosine", 110, 10, num_cycles=3) == factor(35, "cosine", 110, 10)
+
+
+def test_cosine_with_restarts_by_hand():
+    # 4 cycles over 100 steps, no warmup: restarts at 25, 50, 75; step 10 is 0.4 of a cycle: ½(1 + cos 72°)
+    assert factor(0, "cosine_with_restarts", 100, 0, num_cycles=4) == 1.0
+    assert factor(10, "cosine_with_restarts", 100, 0, num_cycles=4) == pytest.approx(0.5 * (1 + 0.30901699437))
+    assert factor(25, "cosine_with_restarts", 100, 0, num_cycles=4) == pytest.approx(1.0)
+    assert factor(50, "cosine_with_restarts", 100, 0, num_cycles=4) == pytest.approx(1.0)
+    assert factor(20, "cosine_with_restarts", 100, 0, num_cycles=4) == pytest.approx(0.5 * (1 + math.cos(0.8 * math.pi)))
+    assert factor(100, "cosine_with_restarts", 100, 0, num_cycles=4) == 0.0
+    # with 20 warmup steps the first cycle starts at 20
+    assert factor(10, "cosine_with_restarts", 100, 20, num_cycles=2) == pytest.approx(0.5)
+    assert factor(60, "cosine_with_restarts", 100, 20, num_cycles=2) == pytest.approx(1.0)
+
+
+def test_polynomial_by_hand():
+    # lr 1e-4, power 2, no warmup: at half way ((1e-4 − 1e-7)·¼ + 1e-7)/1e-4 = 0.25075
+    assert factor(50, "polynomial", 100, 0, power=2.0, lr_init=1e-4) == pytest.approx(0.25075)
+    assert factor(100, "polynomial", 100, 0, power=2.0, lr_init=1e-4) == pytest.approx(1e-3)
+    assert factor(150, "polynomial", 100, 0, power=2.0, lr_init=1e-4) == pytest.approx(1e-3)
+    # power 1 with warmup 20: step 60 is half of the decay: (1e-4 − 1e-7)·½ + 1e-7 over 1e-4
+    assert factor(60, "polynomial", 100, 20, power=1.0, lr_init=1e-4) == pytest.approx(0.5005)
+    assert factor(10, "polynomial", 100, 20, power=1.0, lr_init=1e-4) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="learning_rate"):
+        factor(50, "polynomial", 100, 0, lr_init=1e-8)
+
+
+def test_bad_schedule_settings_name_the_setting():
+    with pytest.raises(ValueError, match="lr_scheduler"):
+        factor(0, "cosine_annealing", 100, 0)
+    with pytest.raises(ValueError, match="lr_scheduler_num_cycles"):
+        factor(0, "cosine_with_restarts", 100, 0, num_cycles=0)
+    with pytest.raises(ValueError, match="lr_scheduler_power"):
+        factor(0, "polynomial", 100, 0, power=0)
+
+
+def tiny_optimizer(name="AdamW", args=None):
+    model = torch.nn.Linear(3, 2)
+    groups = [{"params": [model.weight], "lr": 1e-3}, {"params": [model.bias], "lr": 5e-4}]
+    return model, build_optimizer(name, groups, 1e-3, args or {})
+
+
+@pytest.mark.parametrize("scheduler", [s for s in SCHEDULER_NAMES if s != "adafactor"])
+def test_torch_scheduler_steps_through_lr_factor(scheduler):
+    model, optimizer = tiny_optimizer()
+    kw = dict(scheduler=scheduler, total_steps=30, warmup_steps=6, num_cycles=2, power=1.5)
+    lr_scheduler = build_lr_scheduler(optimizer, **kw)
+    for step in range(35):
+        expected = lr_factor(step, **kw, lr_init=1e-3)
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3 * expected, 5e-4 * expected])
+        model(torch.ones(1, 3)).sum().backward()
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad()
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+@pytest.mark.parametrize("scheduler", [s for s in SCHEDULER_NAMES if s != "adafactor"])
+def test_same_numbers_as_transformers(scheduler):
+    from transformers.optimization import get_scheduler
+
+    _, optimizer = tiny_optimizer()
+    extra = {"num_cycles": 3} if scheduler == "cosine_with_restarts" else {}
+    extra = {"power": 2.0} if scheduler == "polynomial" else extra
+    warmup = 0 if scheduler == "constant" else 7
+    reference = get_scheduler(
+        scheduler, optimizer, num_warmup_steps=warmup or None, num_training_steps=40, scheduler_specific_kwargs=extra
+    )
+    ours = lr_curve(
+        {"weight": 1e-3, "bias": 5e-4}, scheduler=scheduler, total_steps=40, warmup_steps=warmup,
+        num_cycles=extra.get("num_cycles", 1), power=extra.get("power", 1.0), lr_init=1e-3,
+    )
+    for step in range(40):
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([ours["weight"][step], ours["bias"][step]])
+        reference.step()
+
+
+def test_lr_curve_scales_each_group():
+    curve = lr_curve({"unet": 1e-4, "text_encoder": 5e-5}, scheduler="linear", total_steps=10, warmup_steps=2)
+    assert len(curve["unet"]) == 10
+    assert curve["unet"][1] == pytest.approx(0.5e-4)
+    assert curve["unet"][2] == pytest.approx(1e-4)
+    assert curve["text_encoder"][6] == pytest.approx(5e-5 * 4 / 8)
+
+
+def test_adafactor_relative_step_curve_and_schedule():
+    assert adafactor_relative_step_size(0) == 1e-2
+    assert adafactor_relative_step_size(2, warmup_init=True) == pytest.approx(3e-6)
+    assert adafactor_relative_step_size(40_000 - 1) == pytest.approx(1 / 200)
+    curve = lr_curve({"unet": 1e-4}, scheduler="adafactor", total_steps=5, warmup_steps=0, relative_step=True, warmup_init=True)
+    assert curve["unet"] == pytest.approx([1e-6, 2e-6, 3e-6, 4e-6, 5e-6])
+
+    model, optimizer = tiny_optimizer("Adafactor", {"warmup_init": True, "scale_parameter": False})
+    lr_scheduler = build_lr_scheduler(optimizer, scheduler="cosine", total_steps=10, warmup_steps=0)
+    assert isinstance(lr_scheduler, AdafactorStepSizeSchedule)
+    for _ in range(3):
+        model(torch.ones(1, 3)).sum().backward()
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad()
+    assert lr_scheduler.get_last_lr() == pytest.approx([3e-6, 3e-6])  # Adafactor's own step 3 size
+
+
+def test_adafactor_scheduler_needs_adafactor():
+    _, optimizer = tiny_optimizer()
+    with pytest.raises(ValueError, match="needs the Adafactor optimizer"):
+        build_lr_scheduler(optimizer, scheduler="adafactor", total_steps=10, warmup_steps=0)
+
+
+def test_unused_settings_are_reported():
+    warnings = dict(schedule_warnings("constant", warmup_steps=10, num_cycles=3, power=2.0))
+    assert set(warnings) == {"lr_warmup", "lr_scheduler_num_cycles", "lr_scheduler_power"}
+    assert schedule_warnings("cosine_with_restarts", warmup_steps=10, num_cycles=3) == []
+    assert schedule_warnings("polynomial", warmup_steps=0, power=2.0) == []

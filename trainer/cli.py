@@ -1,0 +1,149 @@
+"""``python -m trainer`` — train, validate, plan, import-kohya, demo.
+
+Exit codes: 0 success (a run that was stopped by the user also counts), 1 the run failed, 2 the job or the
+command line was refused before anything ran.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+
+
+def _print_problems(problems, stream=sys.stdout) -> None:
+    for problem in problems:
+        print(str(problem), file=stream)
+
+
+def _load(path: str):
+    """(job or None, problems) for a job file: field errors, then cross-setting checks."""
+    from trainer.spec import JobError, check_job, load_job
+
+    try:
+        job = load_job(path)
+    except JobError as error:
+        return None, error.problems
+    return job, check_job(job, for_training=True)
+
+
+def cmd_validate(args) -> int:
+    from trainer.preflight import deep_checks
+
+    job, problems = _load(args.job)
+    if job is not None:
+        problems += deep_checks(job)
+    _print_problems(problems)
+    errors = [p for p in problems if p.level == "error"]
+    if not errors:
+        print(f"ok: {args.job} is a valid job" + (f" ({len(problems)} warning(s))" if problems else ""))
+    return EXIT_REFUSED if errors else EXIT_OK
+
+
+def cmd_plan(args) -> int:
+    from trainer.data.errors import DataError
+    from trainer.plan import make_plan
+    from trainer.spec import JobError, check_paths, load_job
+
+    try:
+        job = load_job(args.job)
+    except JobError as error:
+        _print_problems(error.problems, sys.stderr)
+        return EXIT_REFUSED
+    path_problems = [p for p in check_paths(job) if p.setting in ("train_data_dir", "reg_data_dir")]
+    if path_problems:
+        _print_problems(path_problems, sys.stderr)
+        return EXIT_REFUSED
+    try:
+        plan = make_plan(job)
+    except DataError as error:
+        print(f"error: {error.setting or 'train_data_dir'}: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    json.dump(plan, sys.stdout, indent=2 if args.pretty else None)
+    print()
+    return EXIT_OK
+
+
+def default_run_dir(job_path: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(job_path).resolve().parent / "runs" / f"{stamp}-{Path(job_path).stem}"
+
+
+def cmd_train(args) -> int:
+    from trainer.events import EventWriter
+    from trainer.spec import job_to_values, toml_text
+
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.job)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with EventWriter(run_dir / "events.jsonl", echo=sys.stdout) as events:
+        job, problems = _load(args.job)
+        if job is not None:
+            from trainer.preflight import deep_checks
+
+            problems += deep_checks(job)
+        for problem in problems:
+            events.emit(problem.level, message=problem.message, setting=problem.setting)
+        if job is None or any(p.level == "error" for p in problems):
+            events.emit("finished", status="failed", outputs=[], reason="invalid job")
+            return EXIT_REFUSED
+        (run_dir / "job.toml").write_text(toml_text(job_to_values(job)), encoding="utf-8")
+        from trainer.run import run_training
+
+        status = run_training(job, run_dir, events)
+    return EXIT_OK if status in ("completed", "stopped") else EXIT_FAILED
+
+
+def cmd_import_kohya(args) -> int:
+    from trainer.kohya import KohyaImportError, import_kohya_to_toml
+
+    try:
+        result = import_kohya_to_toml(args.config, args.output)
+    except KohyaImportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"wrote {args.output} ({len(result.values)} settings)")
+    for item in result.unmapped:
+        print(f"not imported: {item.key} = {item.value!r}: {item.reason}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from trainer.models.demo import build_demo
+
+    out = build_demo(Path(args.dir))
+    print(f"demo ready in {out} (job: {Path(args.dir) / 'job.toml'})")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description="LoRA Loom trainer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a LoRA from a job file")
+    train.add_argument("job")
+    train.add_argument("--run-dir", help="folder for events.jsonl, the log and samples (default: runs/ beside the job)")
+    train.set_defaults(func=cmd_train)
+    validate = sub.add_parser("validate", help="check a job file; one line per problem")
+    validate.add_argument("job")
+    validate.set_defaults(func=cmd_validate)
+    plan = sub.add_parser("plan", help="print the steps arithmetic as JSON")
+    plan.add_argument("job")
+    plan.add_argument("--pretty", action="store_true")
+    plan.set_defaults(func=cmd_plan)
+    imp = sub.add_parser("import-kohya", help="convert a kohya_ss config JSON into a job file")
+    imp.add_argument("config")
+    imp.add_argument("-o", "--output", required=True)
+    imp.set_defaults(func=cmd_import_kohya)
+    demo = sub.add_parser("demo", help="build the built-in demo (tiny model, dataset, job.toml) into DIR")
+    demo.add_argument("dir")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,186 @@
+"""The training loop, readable top to bottom.
+
+For each epoch, for each batch: captions → conditioning, latents → noise at random timesteps, the UNet
+predicts the noise, the loss is weighted (regularization, min-SNR), gradients accumulate, and every
+``gradient_accumulation_steps`` batches the optimizer and LR schedule step. After each optimizer step:
+an event for the page, and the save / sample / stop points of the plan.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections import deque
+
+import torch
+
+from trainer.data.captions import process_caption
+from trainer.events import EventWriter
+from trainer.loss import add_noise, prediction_target, training_loss
+from trainer.noise import sample_timesteps, training_noise
+from trainer.saving import Saver
+from trainer.sampling import generate_samples
+from trainer.session import Session
+
+
+class StopFlag:
+    """Set by the SIGINT handler; the loop checks it after every optimizer step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+
+
+def autocast(session: Session):
+    dtype = session.precision.autocast_dtype
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=session.precision.device.type, dtype=dtype)
+
+
+def batch_latents(session: Session, batch) -> torch.Tensor:
+    """Scaled latents: the cached ones, or the VAE's encoding of the batch's pixels."""
+    device = session.precision.device
+    if batch.latents is not None:
+        latents = batch.latents.to(device)
+    else:
+        with torch.no_grad():
+            pixels = batch.pixels.to(device, session.base.vae.dtype)
+            latents = session.base.vae.encode(pixels).latent_dist.sample(generator=session.noise_generator)
+    return latents.float() * session.base.vae_scale_factor
+
+
+def processed_captions(session: Session, batch, epoch: int, step: int) -> list[str]:
+    """Shuffle / keep tokens / dropout, re-drawn every time, from a generator seeded by (seed, epoch, step)."""
+    job = session.job
+    rng = random.Random(f"{session.seed}:captions:{epoch}:{step}")
+    return [process_caption(caption, shuffle=job.shuffle_caption, keep_tokens=job.keep_tokens,
+                            dropout_rate=job.caption_dropout_rate,
+                            dropout_every_n_epochs=job.caption_dropout_every_n_epochs, epoch=epoch, rng=rng,
+                            weighted=job.weighted_captions)
+            for caption in batch.captions]
+
+
+def batch_loss(session: Session, batch, epoch: int, step: int) -> torch.Tensor:
+    """The denoising loss of one batch (eq. 14 of Ho et al. 2020, with the job's weightings)."""
+    job, device = session.job, session.precision.device
+    latents = batch_latents(session, batch)
+    noise = training_noise(latents, session.noise_generator, noise_offset_type=job.noise_offset_type,
+                           noise_offset=job.noise_offset, adaptive_noise_scale=job.adaptive_noise_scale,
+                           multires_noise_iterations=job.multires_noise_iterations,
+                           multires_noise_discount=job.multires_noise_discount)
+    timesteps = sample_timesteps(latents.shape[0], session.noise_generator).to(device)
+    noisy = add_noise(latents, noise, timesteps, session.alphas_cumprod)
+    with torch.set_grad_enabled(session.train_text_encoder), autocast(session):
+        states = session.text_states(processed_captions(session, batch, epoch, step))
+    with autocast(session):
+        prediction = session.base.unet(noisy.to(session.precision.weight_dtype), timesteps,
+                                       states.to(session.precision.weight_dtype)).sample
+    target = prediction_target(latents, noise, timesteps, session.alphas_cumprod, session.base.v_prediction)
+    return training_loss(prediction, target, timesteps, session.alphas_cumprod, sample_weights=batch.loss_weights,
+                         min_snr_gamma=job.min_snr_gamma, v_prediction=session.base.v_prediction)
+
+
+def current_lrs(session: Session) -> dict[str, float]:
+    lrs = {}
+    for name, group in zip(session.group_names, session.optimizer.param_groups):
+        lr = group.get("lr")
+        if lr is None:  # relative-step Adafactor keeps no lr
+            lr = session.lr_scheduler.get_last_lr()[0] if hasattr(session.lr_scheduler, "get_last_lr") else 0.0
+        if name == "text_encoder" and not session.train_text_encoder:
+            lr = 0.0
+        lrs[name] = float(lr)
+    return lrs
+
+
+def optimizer_step(session: Session, scaler) -> dict[str, float]:
+    """Clip, step, advance the schedule; returns the learning rates this update used."""
+    params = session.network.trainable_parameters()
+    if scaler is not None:
+        scaler.unscale_(session.optimizer)
+    if session.job.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, session.job.max_grad_norm)
+    lrs = current_lrs(session)
+    if scaler is not None:
+        scaler.step(session.optimizer)
+        scaler.update()
+    else:
+        session.optimizer.step()
+    session.lr_scheduler.step()
+    session.optimizer.zero_grad(set_to_none=True)
+    return lrs
+
+
+class Progress:
+    """Moving-average loss, speed and ETA for the step events."""
+
+    def __init__(self, total_steps: int, window: int, start_step: int = 0):
+        self.total = total_steps
+        self.losses: deque[float] = deque(maxlen=max(1, window))
+        self.started = time.monotonic()
+        self.start_step = start_step
+
+    def update(self, step: int, loss: float) -> dict:
+        self.losses.append(loss)
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        speed = (step - self.start_step) / elapsed
+        return {"loss_avg": sum(self.losses) / len(self.losses), "it_per_s": round(speed, 3),
+                "eta_s": round((self.total - step) / speed, 1) if speed > 0 else None}
+
+
+def sample(session: Session, events: EventWriter, step: int, epoch: int | None) -> None:
+    job = session.job
+    if not job.sample_prompts.strip():
+        return
+    events.status("sampling", step=step)
+    images = generate_samples(session.base, job.sample_prompts, session.run_dir / "samples", step=step, epoch=epoch,
+                              sampler=job.sample_sampler, output_name=job.output_name, device=session.precision.device,
+                              dtype=session.precision.weight_dtype, clip_skip=job.clip_skip, run_seed=session.seed)
+    events.emit("sample", step=step, epoch=epoch, images=[{"path": i["path"], "prompt": i["prompt"]} for i in images])
+    events.status("training")
+
+
+def train(session: Session, events: EventWriter, stop: StopFlag, saver: Saver) -> str:
+    """Run the plan; returns "completed" or "stopped" (the LoRA is saved either way)."""
+    job, plan = session.job, session.schedule
+    accumulation = job.gradient_accumulation_steps
+    scaler = torch.amp.GradScaler(session.precision.device.type) if session.precision.use_grad_scaler else None
+    progress = Progress(plan.total_steps, window=plan.batches_per_epoch, start_step=saver.start_step)
+    step, epoch = saver.start_step, saver.start_epoch
+    events.status("training")
+    for epoch in range(saver.start_epoch, plan.epochs + 1):
+        batches = session.data.epoch(epoch)
+        last_index = plan.batches_per_epoch - 1
+        for index, batch in enumerate(batches):
+            if epoch == saver.start_epoch and index < saver.skip_batches:
+                continue
+            loss = batch_loss(session, batch, epoch, step)
+            if not math.isfinite(loss.item()):
+                events.warning(f"loss is {loss.item()} at step {step + 1}; this batch is skipped", "learning_rate")
+                session.optimizer.zero_grad(set_to_none=True)
+                continue
+            (scaler.scale(loss / accumulation) if scaler else loss / accumulation).backward()
+            if (index + 1) % accumulation and index != last_index:
+                continue
+            lrs = optimizer_step(session, scaler)
+            step += 1
+            events.emit("step", step=step, epoch=epoch, loss=loss.item(), lr=lrs, **progress.update(step, loss.item()))
+            if plan.text_encoder_stop_step is not None and step == plan.text_encoder_stop_step and session.train_text_encoder:
+                session.stop_text_encoder()
+                events.status("training", note=f"text encoder training stopped after step {step}")
+            if step in plan.save_steps:
+                saver.save_step(step, epoch, index + 1)
+            if step in plan.sample_steps and not plan.sample_epochs:
+                sample(session, events, step, None)
+            if stop.requested:
+                saver.save_final(step, epoch, stopped=True, batches_done=index + 1)
+                return "stopped"
+        if epoch in plan.save_epochs:
+            saver.save_epoch(step, epoch)
+        if epoch in plan.sample_epochs:
+            sample(session, events, step, epoch)
+    saver.save_final(step, plan.epochs, stopped=False)
+    return "completed"

@@ -1,0 +1,120 @@
+"""The network's settings (one frozen dataclass) and what they mean for the LoRA file's metadata."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from trainer.network.blocks import BLOCK_COUNT, validate_block_values
+
+LORA_TYPES = ("Standard", "LoCon", "LoHa", "DyLoRA")
+
+# ss_network_module as sd-scripts / LyCORIS write it for each type.
+NETWORK_MODULES = {
+    "Standard": "networks.lora",
+    "LoCon": "networks.lora",  # sd-scripts' own lora.py with conv_dim ("LoRA-C3Lier")
+    "LoHa": "lycoris.kohya",
+    "DyLoRA": "networks.dylora",
+}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """What to adapt and how.
+
+    dim/alpha: rank and alpha of Linear and 1×1-conv adapters (scale = alpha / dim; alpha 0 means
+    alpha = dim, as in sd-scripts). conv_dim/conv_alpha: the same for 3×3 convs (LoCon, LoHa).
+    unit: DyLoRA's rank step. block_*: 25 values IN00..IN11, MID, OUT00..OUT11 for the UNet; a block
+    with dim 0 or LR weight 0 gets no adapter. block_lr_weights are the weights after sd-scripts'
+    zero threshold. seed drives DyLoRA's rank draws.
+    """
+
+    lora_type: str = "Standard"
+    dim: int = 8
+    alpha: float = 1.0
+    conv_dim: int = 1
+    conv_alpha: float = 1.0
+    unit: int = 1
+    train_unet: bool = True
+    train_text_encoder: bool = True
+    block_dims: tuple[int, ...] | None = None
+    block_alphas: tuple[float, ...] | None = None
+    conv_block_dims: tuple[int, ...] | None = None
+    conv_block_alphas: tuple[float, ...] | None = None
+    block_lr_weights: tuple[float, ...] | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        validate_network_config(self)
+
+    @property
+    def adapts_conv_layers(self) -> bool:
+        """LoCon and LoHa also adapt the resnet / up- and downsampler layers (when conv_dim > 0)."""
+        if self.lora_type not in ("LoCon", "LoHa"):
+            return False
+        return self.conv_dim > 0 or bool(self.conv_block_dims and any(self.conv_block_dims))
+
+
+def validate_network_config(config: NetworkConfig) -> None:
+    """Raise ValueError naming the setting for anything the network cannot be built from."""
+    if config.lora_type not in LORA_TYPES:
+        raise ValueError(f"LoRA_type {config.lora_type!r} is not one of {', '.join(LORA_TYPES)}")
+    for name in ("dim", "conv_dim"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"network_{name} must be 0 or more, got {getattr(config, name)}")
+    if config.dim == 0 and not config.block_dims:
+        raise ValueError("network_dim must be at least 1")
+    for name in ("alpha", "conv_alpha"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"network_{name} must be 0 or more, got {getattr(config, name)}")
+    if config.unit < 1:
+        raise ValueError(f"unit must be at least 1, got {config.unit}")
+    for name in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "block_lr_weights"):
+        values = getattr(config, name)
+        if values is not None:
+            object.__setattr__(config, name, validate_block_values(name, values, BLOCK_COUNT))
+    if config.lora_type == "DyLoRA":
+        dims = [config.dim] + [d for d in (config.block_dims or ()) if d]
+        bad = [d for d in dims if d % config.unit]
+        if bad:
+            raise ValueError(f"DyLoRA: network_dim / block_dims ({bad[0]}) must be a multiple of unit ({config.unit})")
+
+
+def effective_alpha(alpha: float, dim: int) -> float:
+    """sd-scripts: an alpha of 0 (or None) means alpha = dim, i.e. scale 1."""
+    return float(dim) if not alpha else float(alpha)
+
+
+def _join(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def network_args(config: NetworkConfig) -> dict[str, str]:
+    """The network_args sd-scripts / LyCORIS would have been given, as strings (for ss_network_args)."""
+    args: dict[str, str] = {}
+    if config.lora_type == "LoHa":
+        args["algo"] = "loha"
+    if config.adapts_conv_layers:
+        args["conv_dim"] = str(config.conv_dim)
+        args["conv_alpha"] = str(config.conv_alpha)
+    if config.lora_type == "DyLoRA":
+        args["unit"] = str(config.unit)
+    for name in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas"):
+        values = getattr(config, name)
+        if values is not None:
+            args[name] = _join(values)
+    if config.block_lr_weights is not None:
+        weights = config.block_lr_weights
+        args["down_lr_weight"] = _join(weights[:12])
+        args["mid_lr_weight"] = _join(weights[12:13])
+        args["up_lr_weight"] = _join(weights[13:])
+    return args
+
+
+def network_metadata(config: NetworkConfig) -> dict[str, str]:
+    """ss_network_module, ss_network_dim, ss_network_alpha, ss_network_args as sd-scripts writes them."""
+    return {
+        "ss_network_module": NETWORK_MODULES[config.lora_type],
+        "ss_network_dim": str(config.dim),
+        "ss_network_alpha": str(float(config.alpha)),
+        "ss_network_args": json.dumps(network_args(config)),
+    }

@@ -1,0 +1,294 @@
+"""Optimizers by name, as sd-scripts' ``get_optimizer`` maps them, with checked "Optimizer extra arguments".
+
+Names are matched case-insensitively. Each optimizer's class is imported only when it is built, so choosing
+AdamW never loads bitsandbytes. ``optimizer_args`` is a line of ``key=value`` pairs whose values are Python
+literals (``weight_decay=0.01 betas=(0.9,0.99) decouple=True``); a key the optimizer does not take, or a value
+of the wrong kind, is an :class:`OptimizerArgsError` that names the pair and lists what the optimizer takes.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import re
+from dataclasses import dataclass
+
+import torch
+
+
+class OptimizerSettingError(ValueError):
+    """A bad optimizer setting; ``setting`` names the job key to blame."""
+
+    def __init__(self, message: str, setting: str = "optimizer") -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class OptimizerArgsError(OptimizerSettingError):
+    """A bad ``optimizer_args`` pair."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, setting="optimizer_args")
+
+
+@dataclass(frozen=True)
+class _OptimizerClass:
+    module: str
+    class_name: str
+    preset: tuple[tuple[str, object], ...] = ()  # arguments sd-scripts sets; optimizer_args may override them
+
+
+_NESTEROV = (("nesterov", True), ("momentum", 0.9))
+_OPTIMIZER_CLASSES = (
+    ("AdamW", _OptimizerClass("torch.optim", "AdamW")),
+    ("AdamW8bit", _OptimizerClass("bitsandbytes.optim", "AdamW8bit")),
+    ("PagedAdamW8bit", _OptimizerClass("bitsandbytes.optim", "PagedAdamW8bit")),
+    ("Adafactor", _OptimizerClass("transformers.optimization", "Adafactor")),
+    ("DAdaptation", _OptimizerClass("dadaptation.experimental", "DAdaptAdamPreprint")),
+    ("DAdaptAdaGrad", _OptimizerClass("dadaptation", "DAdaptAdaGrad")),
+    ("DAdaptAdam", _OptimizerClass("dadaptation", "DAdaptAdam")),
+    ("DAdaptAdan", _OptimizerClass("dadaptation", "DAdaptAdan")),
+    ("DAdaptLion", _OptimizerClass("dadaptation", "DAdaptLion")),
+    ("DAdaptSGD", _OptimizerClass("dadaptation", "DAdaptSGD")),
+    ("Lion", _OptimizerClass("lion_pytorch", "Lion")),
+    ("Lion8bit", _OptimizerClass("bitsandbytes.optim", "Lion8bit")),
+    ("SGDNesterov", _OptimizerClass("torch.optim", "SGD", _NESTEROV)),
+    ("SGDNesterov8bit", _OptimizerClass("bitsandbytes.optim", "SGD8bit", _NESTEROV)),
+    ("Prodigy", _OptimizerClass("prodigyopt", "Prodigy")),
+)
+OPTIMIZER_NAMES: tuple[str, ...] = tuple(name for name, _ in _OPTIMIZER_CLASSES)
+SELF_ADAPTING = tuple(name for name in OPTIMIZER_NAMES if name.startswith("DAdapt") or name == "Prodigy")
+# These raise at their first step when param groups have different non-zero lrs; we refuse it up front.
+ONE_LR_ONLY = ("DAdaptation", "DAdaptAdam", "DAdaptLion", "DAdaptSGD", "Prodigy")
+
+# Words accepted where a Python literal is expected, so "decouple=true growth_rate=inf" reads as meant.
+_SPECIAL_WORDS = {"true": True, "false": False, "none": None, "null": None, "inf": float("inf"), "-inf": float("-inf")}
+_BARE_WORD = re.compile(r"^[A-Za-z_][\w.\-]*$")
+_KEY = re.compile(r"^[A-Za-z_]\w*$")
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
+
+
+# ---------------------------------------------------------------- parsing "Optimizer extra arguments"
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on whitespace and commas that are outside brackets and quotes."""
+    pieces, current, stack, quote = [], [], [], None
+    for char in text:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in _CLOSERS:
+            stack.append(_CLOSERS[char])
+        elif char in ")]}":
+            if not stack or stack.pop() != char:
+                raise OptimizerArgsError(f"optimizer_args: unbalanced {char!r} in {text!r}")
+        elif not stack and (char.isspace() or char == ","):
+            pieces.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    if quote or stack:
+        missing = f"closing {quote}" if quote else repr(stack[-1])
+        raise OptimizerArgsError(f"optimizer_args: missing {missing} in {text!r}")
+    pieces.append("".join(current))
+    return [piece for piece in pieces if piece]
+
+
+def _join_spaced_equals(pieces: list[str]) -> list[str]:
+    """``["wd", "=", "0.1"]`` → ``["wd=0.1"]``: allow spaces around ``=``."""
+    joined: list[str] = []
+    for piece in pieces:
+        if joined and (joined[-1].endswith("=") or piece.startswith("=")):
+            joined[-1] += piece
+        else:
+            joined.append(piece)
+    return joined
+
+
+def _literal(pair: str, value_text: str) -> object:
+    try:
+        return ast.literal_eval(value_text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    if value_text.lower() in _SPECIAL_WORDS:
+        return _SPECIAL_WORDS[value_text.lower()]
+    if _BARE_WORD.match(value_text):
+        return value_text
+    raise OptimizerArgsError(f"optimizer_args: {pair!r} has a value that is not a Python literal")
+
+
+def parse_optimizer_args(text: str) -> dict:
+    """``"weight_decay=0.01 betas=(0.9,0.99) decouple=True"`` → ``{"weight_decay": 0.01, …}``.
+
+    Values are read with ``ast.literal_eval`` (as sd-scripts does); ``true``/``false``/``none``/``inf`` in any
+    case and bare words (read as strings) are accepted too. Pairs are separated by spaces or commas outside
+    brackets; spaces around ``=`` are allowed. A list value becomes a tuple.
+    """
+    parsed: dict = {}
+    for pair in _join_spaced_equals(_split_top_level(text or "")):
+        key, sep, value_text = pair.partition("=")
+        if not sep or not value_text:
+            raise OptimizerArgsError(f"optimizer_args: {pair!r} is not key=value")
+        if not _KEY.match(key):
+            raise OptimizerArgsError(f"optimizer_args: {key!r} in {pair!r} is not an argument name")
+        if key in parsed:
+            raise OptimizerArgsError(f"optimizer_args: {key!r} is given twice")
+        value = _literal(pair, value_text)
+        parsed[key] = tuple(value) if isinstance(value, list) else value
+    return parsed
+
+
+# ---------------------------------------------------------------- looking up and checking
+
+
+def canonical_optimizer_name(name: str) -> str:
+    """The spelling in :data:`OPTIMIZER_NAMES` of ``name``, matched case-insensitively."""
+    for known in OPTIMIZER_NAMES:
+        if known.lower() == str(name).strip().lower():
+            return known
+    raise OptimizerSettingError(f"optimizer: {name!r} is not one of {', '.join(OPTIMIZER_NAMES)}")
+
+
+def _optimizer_class(name: str) -> tuple[type, _OptimizerClass]:
+    entry = dict(_OPTIMIZER_CLASSES)[name]
+    try:
+        module = importlib.import_module(entry.module)
+    except ImportError as error:
+        package = entry.module.split(".")[0]
+        raise OptimizerSettingError(f"optimizer: {name} needs the {package} package, which is missing ({error})") from error
+    return getattr(module, entry.class_name), entry
+
+
+def _accepted_arguments(optimizer_class: type) -> dict[str, object]:
+    """Constructor arguments an optimizer takes besides ``params`` and ``lr``, with their defaults."""
+    parameters = inspect.signature(optimizer_class.__init__).parameters.values()
+    skipped = {"self", "params", "lr"}
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.name not in skipped and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def optimizer_arg_names(name: str) -> tuple[str, ...]:
+    """The ``optimizer_args`` keys optimizer ``name`` accepts (for help text and errors)."""
+    optimizer_class, _ = _optimizer_class(canonical_optimizer_name(name))
+    return tuple(_accepted_arguments(optimizer_class))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _kind_mismatch(value: object, default: object) -> str | None:
+    """What kind ``value`` should have been, judged by the argument's default; None when it fits."""
+    if default is inspect.Parameter.empty or default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "True or False"
+    if _is_number(default):
+        return None if _is_number(value) else "a number"
+    if isinstance(default, tuple):
+        fits = isinstance(value, tuple) and len(value) == len(default) and all(_is_number(v) for v in value)
+        return None if fits else f"a tuple of {len(default)} numbers such as {default}"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    return None
+
+
+def check_optimizer_args(name: str, args: dict) -> None:
+    """Raise :class:`OptimizerArgsError` for a key optimizer ``name`` does not take or a value of the wrong kind."""
+    canonical = canonical_optimizer_name(name)
+    accepted = _accepted_arguments(_optimizer_class(canonical)[0])
+    for key, value in args.items():
+        if key == "lr":
+            raise OptimizerArgsError(
+                "optimizer_args: set the learning rate with learning_rate / unet_lr / text_encoder_lr, not 'lr'"
+            )
+        if key not in accepted:
+            raise OptimizerArgsError(
+                f"optimizer_args: {key!r} is not an argument of {canonical}; it takes: {', '.join(accepted)}"
+            )
+        expected = _kind_mismatch(value, accepted[key])
+        if expected:
+            raise OptimizerArgsError(f"optimizer_args: {key}={value!r} for {canonical} should be {expected}")
+
+
+# ---------------------------------------------------------------- building
+
+
+def uses_own_step_size(name: str, args: dict) -> bool:
+    """True for Adafactor with ``relative_step`` (its default, also forced on by ``warmup_init``): it then
+    ignores every learning rate and the LR scheduler."""
+    if canonical_optimizer_name(name) != "Adafactor":
+        return False
+    return bool(args.get("relative_step", True) or args.get("warmup_init", False))
+
+
+def _adafactor_call(param_groups: list[dict], lr: float, args: dict) -> tuple[list[dict], float | None, dict]:
+    """sd-scripts' Adafactor rules: relative_step defaults on; warmup_init forces it; then lrs are dropped."""
+    kwargs = dict(args)
+    kwargs["relative_step"] = uses_own_step_size("Adafactor", args)
+    if not kwargs["relative_step"]:
+        return param_groups, lr, kwargs
+    groups = [{key: value for key, value in group.items() if key != "lr"} for group in param_groups]
+    return groups, None, kwargs
+
+
+def _check_group_lrs(name: str, param_groups: list[dict], lr: float) -> None:
+    """Refuse different non-zero group lrs for optimizers that would crash on them mid-training."""
+    group_lrs = {group.get("lr", lr) for group in param_groups} - {0, 0.0}
+    if name in ONE_LR_ONLY and len(group_lrs) > 1:
+        raise OptimizerSettingError(
+            f"{name} needs one learning rate for every trained part (or 0 to freeze one), but got "
+            f"{sorted(group_lrs)}: make unet_lr and text_encoder_lr equal and leave block LR weights at 1",
+            setting="text_encoder_lr",
+        )
+
+
+def build_optimizer(name: str, param_groups: list[dict], lr: float, args: dict) -> torch.optim.Optimizer:
+    """The optimizer called ``name`` over ``param_groups`` (dicts with ``params`` and optionally ``lr``).
+
+    ``lr`` is the default learning rate (``learning_rate``); ``args`` come from :func:`parse_optimizer_args`.
+    SGDNesterov(8bit) get ``nesterov=True, momentum=0.9`` unless args say otherwise. A relative-step Adafactor
+    gets no learning rate at all. The optimizers in :data:`ONE_LR_ONLY` refuse groups with different non-zero
+    lrs (they would raise at the first step). The caller's groups are not modified.
+    """
+    canonical = canonical_optimizer_name(name)
+    check_optimizer_args(canonical, args)
+    _check_group_lrs(canonical, param_groups, lr)
+    optimizer_class, entry = _optimizer_class(canonical)
+    kwargs = {**dict(entry.preset), **args}
+    groups = [dict(group) for group in param_groups]
+    if canonical == "Adafactor":
+        groups, lr, kwargs = _adafactor_call(groups, lr, kwargs)
+    try:
+        return optimizer_class(groups, lr=lr, **kwargs)
+    except (ValueError, TypeError, AssertionError, RuntimeError) as error:
+        raise OptimizerArgsError(f"optimizer_args: {canonical} refused {kwargs}: {error}") from error
+
+
+def optimizer_warnings(name: str, args: dict, lrs: dict[str, float]) -> list[tuple[str, str]]:
+    """``(setting, message)`` pairs a person should see before training with these learning rates."""
+    canonical = canonical_optimizer_name(name)
+    warnings = []
+    if uses_own_step_size(canonical, args):
+        warnings.append((
+            "learning_rate",
+            "Adafactor with relative_step=True sets its own step size and ignores the learning rates and the LR "
+            "scheduler; add 'relative_step=False scale_parameter=False warmup_init=False' to optimizer_args to use them",
+        ))
+    if canonical in SELF_ADAPTING:
+        if any(lr <= 0.1 for lr in lrs.values()):
+            warnings.append((
+                "learning_rate",
+                f"{canonical} adapts its step size itself and expects learning rates near 1.0; got {lrs}",
+            ))
+        if len(set(lrs.values()) - {0, 0.0}) > 1:
+            must = "needs the same learning rate for every part" if canonical in ONE_LR_ONLY else (
+                "scales its adapted step differently per part with different learning rates"
+            )
+            warnings.append(("text_encoder_lr", f"{canonical} {must}: {lrs}"))
+    return warnings

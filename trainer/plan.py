@@ -1,0 +1,132 @@
+"""The run's arithmetic, worked out before anything trains: steps, epochs, warmup, the step where the text
+encoder stops, the save and sample points, and a preview of each group's learning-rate curve.
+
+``schedule(...)`` is pure; ``make_plan(job)`` adds the dataset numbers from the real folders (image headers
+only, no decoding, no torch models), so the page and ``python -m trainer plan`` show the same numbers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+MAX_CURVE_POINTS = 400
+
+
+@dataclass(frozen=True)
+class Schedule:
+    batches_per_epoch: int
+    steps_per_epoch: int  # optimizer updates per epoch (after gradient accumulation)
+    epochs: int
+    total_steps: int
+    warmup_steps: int
+    text_encoder_stop_step: int | None  # last step that updates the text encoder; None = never stops
+    save_epochs: list[int]
+    save_steps: list[int]  # optimizer steps after which an intermediate LoRA is written
+    sample_steps: list[int]
+    sample_epochs: list[int]
+
+
+def percent_of(total: int, percent: float) -> int:
+    """⌊total × percent / 100⌋, robust to float error (10% of 1000 is 100, not 99)."""
+    return int(math.floor(total * percent / 100 + 1e-9))
+
+
+def schedule(
+    *,
+    batches_per_epoch: int,
+    epoch: int,
+    max_train_epochs: int | None = None,
+    gradient_accumulation_steps: int = 1,
+    lr_scheduler: str = "cosine",
+    lr_warmup_percent: float = 0.0,
+    stop_text_encoder_percent: float = 0.0,
+    save_every_n_epochs: int = 0,
+    save_every_n_steps: int = 0,
+    sample_every_n_steps: int = 0,
+    sample_every_n_epochs: int = 0,
+) -> Schedule:
+    """Steps per epoch = ⌈batches ÷ accumulation⌉; epochs = min(epoch, max_train_epochs); total = product.
+
+    Warmup is a percent of the total (none for the constant scheduler, as kohya_ss does). Intermediate saves
+    happen at the end of epochs divisible by N, except the last (the final file covers it), and after every
+    N-th step before the last. Samples follow sd-scripts: an epoch interval, when set, replaces the step one.
+    """
+    steps_per_epoch = math.ceil(batches_per_epoch / gradient_accumulation_steps)
+    epochs = min(epoch, max_train_epochs) if max_train_epochs else epoch
+    total = steps_per_epoch * epochs
+    warmup = 0 if lr_scheduler == "constant" else percent_of(total, lr_warmup_percent)
+    te_stop = percent_of(total, stop_text_encoder_percent) if stop_text_encoder_percent > 0 else None
+    save_epochs = [e for e in range(1, epochs) if save_every_n_epochs and e % save_every_n_epochs == 0]
+    save_steps = list(range(save_every_n_steps, total, save_every_n_steps)) if save_every_n_steps else []
+    if sample_every_n_epochs:
+        sample_epochs = [e for e in range(1, epochs + 1) if e % sample_every_n_epochs == 0]
+        sample_steps = [e * steps_per_epoch for e in sample_epochs]
+    else:
+        sample_epochs = []
+        sample_steps = list(range(sample_every_n_steps, total + 1, sample_every_n_steps)) if sample_every_n_steps else []
+    return Schedule(batches_per_epoch, steps_per_epoch, epochs, total, warmup, te_stop, save_epochs, save_steps,
+                    sample_steps, sample_epochs)
+
+
+def downsample_curve(values: list[float], max_points: int = MAX_CURVE_POINTS) -> list[list[float]]:
+    """[[step, lr], …] with at most ``max_points`` points (the first and last steps always kept). Step k is
+    1-based: the LR used by the k-th optimizer update, as the live ``step`` events report it."""
+    if not values:
+        return []
+    count = len(values)
+    stride = max(1, math.ceil(count / max_points))
+    indices = list(range(0, count, stride))
+    if indices[-1] != count - 1:
+        indices.append(count - 1)
+    return [[i + 1, values[i]] for i in indices]
+
+
+def lr_preview(job, sched: Schedule) -> dict[str, list[list[float]]]:
+    """The LR of each parameter group at every step, as the trainer's scheduler will produce it."""
+    from trainer.optim.schedulers import lr_factor
+    from trainer.spec import effective_lrs
+
+    unet_lr, text_lr = effective_lrs(job)
+    groups = {"unet": unet_lr, "text_encoder": text_lr}
+    curves = {}
+    kwargs = dict(scheduler=job.lr_scheduler, total_steps=sched.total_steps, warmup_steps=sched.warmup_steps,
+                  num_cycles=job.lr_scheduler_num_cycles or 1, power=job.lr_scheduler_power or 1.0)
+    for name, base in groups.items():
+        if not base:
+            continue
+        values = [base * lr_factor(step, **kwargs) for step in range(sched.total_steps)]
+        if name == "text_encoder" and sched.text_encoder_stop_step is not None:
+            values = [v if i < sched.text_encoder_stop_step else 0.0 for i, v in enumerate(values)]
+        curves[name] = downsample_curve(values)
+    return curves
+
+
+def schedule_for_job(job, batches_per_epoch: int) -> Schedule:
+    return schedule(
+        batches_per_epoch=batches_per_epoch,
+        epoch=job.epoch,
+        max_train_epochs=job.max_train_epochs,
+        gradient_accumulation_steps=job.gradient_accumulation_steps,
+        lr_scheduler=job.lr_scheduler,
+        lr_warmup_percent=job.lr_warmup,
+        stop_text_encoder_percent=job.stop_text_encoder_training,
+        save_every_n_epochs=job.save_every_n_epochs,
+        save_every_n_steps=job.save_every_n_steps,
+        sample_every_n_steps=job.sample_every_n_steps,
+        sample_every_n_epochs=job.sample_every_n_epochs,
+    )
+
+
+def make_plan(job, dataset_plan=None) -> dict:
+    """The plan as a JSON-ready dict: dataset numbers (from the real folders) plus the schedule and LR preview."""
+    from trainer.data.options import data_options_from_job
+    from trainer.data.folders import scan_dataset
+    from trainer.data.planning import plan_dataset
+
+    if dataset_plan is None:
+        scan = scan_dataset(job.train_data_dir, job.reg_data_dir or None, job.caption_extension or ".caption")
+        dataset_plan = plan_dataset(scan, data_options_from_job(job))
+    sched = schedule_for_job(job, dataset_plan.steps_per_epoch)
+    plan = {"dataset": dataset_plan.to_dict(), **asdict(sched)}
+    plan["lr_curve"] = lr_preview(job, sched)
+    return plan

@@ -1,0 +1,83 @@
+"""One training run from start to ``finished``: signals, the session, the loop, and errors turned into
+events a person can act on. The first SIGINT asks for a graceful stop (finish the step, save, exit); a
+second one ends the process at once.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from trainer.events import EventWriter
+
+
+def _error_setting(error: Exception) -> tuple[str, str | None]:
+    """(message, setting) for the errors that setup and the loop raise on purpose."""
+    from trainer.data.folders import DataError
+    from trainer.models.loading import ModelLoadError
+    from trainer.optim.optimizers import OptimizerSettingError
+    from trainer.session import TrainingError
+
+    if isinstance(error, TrainingError):
+        return str(error), error.setting
+    if isinstance(error, DataError):
+        return str(error), getattr(error, "setting", None) or "train_data_dir"
+    if isinstance(error, ModelLoadError):
+        return str(error), "pretrained_model_name_or_path"
+    if isinstance(error, OptimizerSettingError):
+        return str(error), getattr(error, "setting", None) or "optimizer_args"
+    return "", None
+
+
+def run_training(job, run_dir: Path, events: EventWriter) -> str:
+    """Train ``job``; returns "completed", "stopped" or "failed" after emitting ``finished``."""
+    from trainer.loop import StopFlag
+
+    stop = StopFlag()
+
+    def on_sigint(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.request()
+        events.status("stopping", note="stop requested: finishing the current step, then saving")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    saver = None
+    tracker = None
+    try:
+        from trainer.loop import train
+        from trainer.saving import Saver
+        from trainer.session import build_session, cache_latents
+        from trainer.tracking import make_tracker
+
+        session = build_session(job, run_dir, events)
+        cache_latents(session, events)
+        saver = Saver(session, events)
+        if job.resume:
+            saver.load_state(Path(job.resume).expanduser())
+        tracker = make_tracker(job, run_dir)
+        events.listeners.append(tracker.on_event)
+        if stop.requested:
+            saver.save_final(saver.start_step, saver.start_epoch, stopped=True, batches_done=saver.skip_batches)
+            status = "stopped"
+        else:
+            status = train(session, events, stop, saver)
+        events.emit("finished", status=status, outputs=saver.outputs)
+        return status
+    except KeyboardInterrupt:
+        events.emit("finished", status="stopped", outputs=saver.outputs if saver else [],
+                    reason="stopped twice: ended at once without saving")
+        return "stopped"
+    except Exception as error:  # noqa: BLE001 - every failure must end in an event, not only a traceback
+        message, setting = _error_setting(error)
+        traceback.print_exc(file=sys.stderr)
+        if not message:
+            message = f"unexpected {type(error).__name__}: {error} (the full traceback is in the trainer log)"
+        events.error(message, setting)
+        events.emit("finished", status="failed", outputs=saver.outputs if saver else [])
+        return "failed"
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if tracker is not None:
+            tracker.close()

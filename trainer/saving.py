@@ -1,0 +1,208 @@
+"""Writing what a run produces: LoRA files named as sd-scripts names them, their ``ss_*`` metadata, pruning
+of old step files, and the training state that makes an exact resume possible.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from trainer.events import EventWriter
+from trainer.network import read_lora_file, save_lora_file
+from trainer.session import Session, TrainingError
+from trainer.spec import SETTINGS, effective_lrs, job_to_values
+
+SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+STATE_FILE = "train_state.json"
+
+
+def epoch_file_name(name: str, epoch: int) -> str:
+    return f"{name}-{epoch:06d}.safetensors"
+
+
+def step_file_name(name: str, step: int) -> str:
+    return f"{name}-step{step:08d}.safetensors"
+
+
+def step_to_prune(step: int, keep_last: int, every: int) -> int | None:
+    """sd-scripts' save_last_n_steps rule: after saving at ``step``, the step file to delete keeps only the
+    files within the last ``keep_last`` steps: r = (s − N − 1) − ((s − N − 1) mod every), if r > 0."""
+    if keep_last <= 0 or every <= 0:
+        return None
+    remove = (step - keep_last - 1) - ((step - keep_last - 1) % every)
+    return remove if remove > 0 else None
+
+
+def _text(value) -> str:
+    return "None" if value is None else str(value)
+
+
+def training_metadata(session: Session) -> dict[str, str]:
+    """The ``ss_*`` metadata sd-scripts writes (those that apply to us), plus the whole job for LoRA Loom."""
+    job, plan, data = session.job, session.schedule, session.data.plan
+    unet_lr, text_lr = effective_lrs(job)
+    resolution = session.data.options.resolution
+    info = data.to_dict()
+    values = {k: v for k, v in job_to_values(job).items() if not _is_secret(k)}
+    meta = {
+        "ss_session_id": session.session_id,
+        "ss_training_started_at": session.started_at,
+        "ss_output_name": job.output_name,
+        "ss_learning_rate": job.learning_rate,
+        "ss_text_encoder_lr": text_lr,
+        "ss_unet_lr": unet_lr,
+        "ss_num_train_images": info.get("num_train_images"),
+        "ss_num_reg_images": info.get("num_reg_images"),
+        "ss_num_batches_per_epoch": plan.batches_per_epoch,
+        "ss_num_epochs": plan.epochs,
+        "ss_gradient_checkpointing": job.gradient_checkpointing,
+        "ss_gradient_accumulation_steps": job.gradient_accumulation_steps,
+        "ss_max_train_steps": plan.total_steps,
+        "ss_lr_warmup_steps": plan.warmup_steps,
+        "ss_lr_scheduler": job.lr_scheduler,
+        "ss_mixed_precision": job.mixed_precision,
+        "ss_full_fp16": job.full_fp16,
+        "ss_v2": session.base.family == "sd2",
+        "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}.get(session.base.family),
+        "ss_clip_skip": job.clip_skip,
+        "ss_max_token_length": job.max_token_length,
+        "ss_cache_latents": job.cache_latents,
+        "ss_seed": session.seed,
+        "ss_noise_offset": job.noise_offset if job.noise_offset_type == "Original" else None,
+        "ss_adaptive_noise_scale": job.adaptive_noise_scale if job.noise_offset_type == "Original" else None,
+        "ss_multires_noise_iterations": job.multires_noise_iterations if job.noise_offset_type == "Multires" else None,
+        "ss_multires_noise_discount": job.multires_noise_discount if job.noise_offset_type == "Multires" else None,
+        "ss_optimizer": f"{type(session.optimizer).__module__}.{type(session.optimizer).__name__}"
+                        + (f"({job.optimizer_args})" if job.optimizer_args else ""),
+        "ss_max_grad_norm": job.max_grad_norm,
+        "ss_caption_dropout_rate": job.caption_dropout_rate,
+        "ss_caption_dropout_every_n_epochs": job.caption_dropout_every_n_epochs,
+        "ss_prior_loss_weight": job.prior_loss_weight,
+        "ss_min_snr_gamma": job.min_snr_gamma,
+        "ss_batch_size_per_device": job.train_batch_size,
+        "ss_total_batch_size": job.train_batch_size * job.gradient_accumulation_steps,
+        "ss_resolution": f"({resolution[0]}, {resolution[1]})",
+        "ss_color_aug": job.color_aug,
+        "ss_flip_aug": job.flip_aug,
+        "ss_random_crop": job.random_crop,
+        "ss_shuffle_caption": job.shuffle_caption,
+        "ss_enable_bucket": job.enable_bucket,
+        "ss_bucket_no_upscale": job.bucket_no_upscale,
+        "ss_min_bucket_reso": job.min_bucket_reso,
+        "ss_max_bucket_reso": job.max_bucket_reso,
+        "ss_keep_tokens": job.keep_tokens,
+        "ss_dataset_dirs": json.dumps(info.get("dataset_dirs", {})),
+        "ss_reg_dataset_dirs": json.dumps(info.get("reg_dataset_dirs", {})),
+        "ss_tag_frequency": json.dumps(info.get("tag_frequency", {})),
+        "ss_bucket_info": json.dumps(info.get("bucket_info", {})),
+        "ss_sd_model_name": Path(job.pretrained_model_name_or_path).name,
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
+                                   "sdxl": "stable-diffusion-xl-v1-base/lora"}.get(session.base.family, ""),
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": job.output_name,
+        "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
+        "modelspec.prediction_type": "v" if session.base.v_prediction else "epsilon",
+        "modelspec.encoder_layer": job.clip_skip,
+        "lora_loom.job": json.dumps(values, sort_keys=True),
+    }
+    return {key: _text(value) for key, value in meta.items()}
+
+
+def _is_secret(key: str) -> bool:
+    return any(s.key == key and s.secret for s in SETTINGS)
+
+
+class Saver:
+    """Writes LoRA files (atomically) and training states; reports each as a ``checkpoint`` event."""
+
+    def __init__(self, session: Session, events: EventWriter):
+        self.session = session
+        self.events = events
+        self.job = session.job
+        self.output_dir = Path(self.job.output_dir).expanduser()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.base_metadata = {**training_metadata(session), **session.network.metadata()}
+        self.outputs: list[str] = []
+        self.start_step, self.start_epoch, self.skip_batches = 0, 1, 0
+
+    def _write(self, path: Path, step: int, epoch: int, kind: str) -> Path:
+        self.events.status("saving", step=step)
+        metadata = {**self.base_metadata, "ss_training_finished_at": _text(time.time()),
+                    "ss_steps": _text(step), "ss_epoch": _text(epoch)}
+        tensors = self.session.network.kohya_state_dict(dtype=SAVE_DTYPES[self.job.save_precision])
+        save_lora_file(path, tensors, metadata)
+        self.outputs.append(str(path))
+        self.events.emit("checkpoint", step=step, epoch=epoch, path=str(path), kind=kind)
+        self.events.status("training")
+        return path
+
+    def save_epoch(self, step: int, epoch: int) -> None:
+        self._write(self.output_dir / epoch_file_name(self.job.output_name, epoch), step, epoch, "epoch")
+        if self.job.save_state:
+            self.save_state(self.output_dir / f"{self.job.output_name}-{epoch:06d}-state", step, epoch, 0)
+
+    def save_step(self, step: int, epoch: int, batches_done: int) -> None:
+        self._write(self.output_dir / step_file_name(self.job.output_name, step), step, epoch, "step")
+        if self.job.save_state:
+            self.save_state(self.output_dir / f"{self.job.output_name}-step{step:08d}-state", step, epoch,
+                            batches_done)
+        old = step_to_prune(step, self.job.save_last_n_steps, self.job.save_every_n_steps)
+        if old is not None:
+            stale = self.output_dir / step_file_name(self.job.output_name, old)
+            if stale.exists():
+                stale.unlink()
+                shutil.rmtree(self.output_dir / f"{self.job.output_name}-step{old:08d}-state", ignore_errors=True)
+
+    def save_final(self, step: int, epoch: int, stopped: bool, batches_done: int | None = None) -> None:
+        self._write(self.output_dir / f"{self.job.output_name}.safetensors", step, epoch, "final")
+        if self.job.save_state:
+            done = batches_done if batches_done is not None else self.session.schedule.batches_per_epoch
+            self.save_state(self.output_dir / f"{self.job.output_name}-state", step, epoch, done)
+
+    # ---- training state (optimizer, scheduler, RNGs, position) for an exact resume ----------------
+
+    def save_state(self, folder: Path, step: int, epoch: int, batches_done: int) -> None:
+        s = self.session
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_lora_file(tmp / "network.safetensors", s.network.kohya_state_dict(), {})
+        torch.save({"optimizer": s.optimizer.state_dict(), "lr_scheduler": s.lr_scheduler.state_dict(),
+                    "noise_generator": s.noise_generator.get_state(), "torch_rng": torch.get_rng_state()},
+                   tmp / "state.pt")
+        (tmp / STATE_FILE).write_text(json.dumps({
+            "step": step, "epoch": epoch, "batches_done_in_epoch": batches_done, "seed": s.seed,
+            "train_text_encoder": s.train_text_encoder,
+        }), encoding="utf-8")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        self.events.emit("checkpoint", step=step, epoch=epoch, path=str(folder), kind="state")
+
+    def load_state(self, folder: Path) -> None:
+        """Continue from a state folder: weights, optimizer, schedule, generators and the position in the data."""
+        s = self.session
+        info_path = folder / STATE_FILE
+        if not info_path.exists():
+            raise TrainingError(f"{folder} is not a saved training state (no {STATE_FILE})", "resume")
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        tensors, _ = read_lora_file(folder / "network.safetensors")
+        s.network.load_kohya_state_dict(tensors)
+        state = torch.load(folder / "state.pt", weights_only=True)
+        s.optimizer.load_state_dict(state["optimizer"])
+        s.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        s.noise_generator.set_state(state["noise_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if not info.get("train_text_encoder", True) and s.train_text_encoder:
+            s.stop_text_encoder()
+        self.start_step = info["step"]
+        per_epoch = s.schedule.batches_per_epoch
+        if info["batches_done_in_epoch"] >= per_epoch:
+            self.start_epoch, self.skip_batches = info["epoch"] + 1, 0
+        else:
+            self.start_epoch, self.skip_batches = info["epoch"], info["batches_done_in_epoch"]
+        self.events.status("training", note=f"resumed from {folder} at step {self.start_step}")
