@@ -18,6 +18,8 @@ from trainer.optim.optimizers import (
     uses_own_step_size,
 )
 
+pytestmark = pytest.mark.filterwarnings("ignore:Paged optimizers are not supported on CPU")
+
 
 def toy_problem(seed=0, width=4):
     """A seeded linear model and a fixed regression batch."""
@@ -168,11 +170,20 @@ def test_one_lr_optimizers_refuse_different_group_lrs_up_front(name):
     with pytest.raises(OptimizerSettingError, match=f"{name} needs one learning rate") as caught:
         build_optimizer(name, [{"params": [model.weight], "lr": 1.0}, {"params": [model.bias], "lr": 0.5}], 1.0, {})
     assert caught.value.setting == "text_encoder_lr"
-    # a frozen (lr 0) group is fine, and really trains without raising
-    optimizer = build_optimizer(name, [{"params": [model.weight], "lr": 1.0}, {"params": [model.bias], "lr": 0.0}], 1.0, {})
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_groups_with_lr_zero_are_left_out_and_stay_frozen(name):
+    # DAdaptAdaGrad, DAdaptAdan and DAdaptLion would move lr-0 params if the group were kept
+    model, inputs, targets = toy_problem()
+    groups = [{"params": [model.weight], "lr": 1.0, "name": "unet"}, {"params": [model.bias], "lr": 0.0, "name": "te"}]
+    optimizer = build_optimizer(name, groups, 1.0, {})
+    assert [group["name"] for group in optimizer.param_groups] == ["unet"]
     bias_before = model.bias.detach().clone()
     train_steps(model, optimizer, inputs, targets, steps=2)
     assert torch.equal(model.bias, bias_before)
+    with pytest.raises(OptimizerSettingError, match="every learning rate is 0"):
+        build_optimizer(name, [{"params": [model.bias], "lr": 0.0}], 0.0, {})
 
 
 def test_arg_names_and_warnings():

@@ -11,7 +11,6 @@ from trainer.text_encoding import (
     TextEmbeddingCache,
     check_max_token_length,
     encode_captions,
-    encode_windows,
     tokenize,
 )
 

@@ -44,7 +44,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from trainer.data.errors import DataError
+    from trainer.data.folders import DataError
     from trainer.plan import make_plan
     from trainer.spec import JobError, check_paths, load_job
 

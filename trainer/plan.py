@@ -119,14 +119,13 @@ def schedule_for_job(job, batches_per_epoch: int) -> Schedule:
 
 def make_plan(job, dataset_plan=None) -> dict:
     """The plan as a JSON-ready dict: dataset numbers (from the real folders) plus the schedule and LR preview."""
-    from trainer.data.options import data_options_from_job
+    from trainer.data.batches import data_options_from_job, plan_dataset
     from trainer.data.folders import scan_dataset
-    from trainer.data.planning import plan_dataset
 
     if dataset_plan is None:
         scan = scan_dataset(job.train_data_dir, job.reg_data_dir or None, job.caption_extension or ".caption")
         dataset_plan = plan_dataset(scan, data_options_from_job(job))
     sched = schedule_for_job(job, dataset_plan.steps_per_epoch)
-    plan = {"dataset": dataset_plan.to_dict(), **asdict(sched)}
+    plan = {"dataset": dataset_plan.summary(), **asdict(sched)}
     plan["lr_curve"] = lr_preview(job, sched)
     return plan

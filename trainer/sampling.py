@@ -38,7 +38,7 @@ from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedule
 from trainer.sample_prompts import SamplePrompt, parse_sample_prompts
 
 __all__ = [
-    "SAMPLER_NAMES", "SamplePrompt", "derived_seed", "generate_samples", "make_sample_scheduler",
+    "SAMPLER_NAMES", "SamplePrompt", "derived_seed", "encode_prompt", "generate_samples", "make_sample_scheduler",
     "LinearMultistepScheduler", "lms_coefficient", "parse_sample_prompts", "sample_file_name", "scheduler_class_for",
 ]
 
@@ -151,9 +151,21 @@ def sample_file_name(output_name: str, step: int, epoch: int | None, index: int,
     return f"{prefix}{point}_{index:02d}_{stamp}{suffix}.png"
 
 
-def diffusers_clip_skip(kohya_clip_skip: int) -> int | None:
-    """kohya counts the last layer as 1 (2 = penultimate); diffusers counts layers skipped (1 = penultimate)."""
-    return kohya_clip_skip - 1 if kohya_clip_skip and kohya_clip_skip > 1 else None
+def encode_prompt(text_encoder, tokenizer, text: str, clip_skip: int, device: torch.device) -> torch.Tensor:
+    """CLIP hidden states for ``text`` (padded to 77 tokens) as SD conditions on them.
+
+    kohya's ``clip_skip``: 1 = the last layer's output, 2 = the penultimate layer's, each through the
+    final layer norm. (diffusers' own clip_skip path reaches for ``text_encoder.text_model``, which
+    transformers 5's CLIPTextModel no longer has.)
+    """
+    tokens = tokenizer(
+        text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    output = text_encoder(tokens.input_ids.to(device), output_hidden_states=clip_skip > 1)
+    if clip_skip <= 1:
+        return output.last_hidden_state
+    final_layer_norm = getattr(text_encoder, "final_layer_norm", None) or text_encoder.text_model.final_layer_norm
+    return final_layer_norm(output.hidden_states[-clip_skip])
 
 
 @contextlib.contextmanager
@@ -204,16 +216,16 @@ def _render(base_model, prompt: SamplePrompt, sampler: str, seed: int, device, d
     pipeline = _pipeline(base_model, scheduler)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
+    encoder, tokenizer = base_model.text_encoder, base_model.tokenizer
     with torch.no_grad(), autocast:
         result = pipeline(
-            prompt.prompt,
-            negative_prompt=prompt.negative_prompt or None,
+            prompt_embeds=encode_prompt(encoder, tokenizer, prompt.prompt, clip_skip, device),
+            negative_prompt_embeds=encode_prompt(encoder, tokenizer, prompt.negative_prompt, clip_skip, device),
             height=prompt.height,
             width=prompt.width,
             num_inference_steps=prompt.steps,
             guidance_scale=prompt.scale,
             generator=generator,
-            clip_skip=diffusers_clip_skip(clip_skip),
             output_type="pil",
         )
     return result.images[0]

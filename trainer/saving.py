@@ -37,6 +37,24 @@ def step_to_prune(step: int, keep_last: int, every: int) -> int | None:
     return remove if remove > 0 else None
 
 
+def dataset_metadata(data) -> dict:
+    """sd-scripts' dataset fields: folders with repeats and counts, tag frequency, buckets."""
+    dirs, reg_dirs, tags = {}, {}, {}
+    for subset in data.subsets:
+        name = Path(subset.folder).name
+        (reg_dirs if subset.is_reg else dirs)[name] = {"n_repeats": subset.repeats, "img_count": subset.images}
+    for image in data.images:
+        folder = Path(image.path).parent.name
+        counts = tags.setdefault(folder, {})
+        for tag in (t.strip().lower() for t in image.caption.split(",")):
+            if tag:
+                counts[tag] = counts.get(tag, 0) + 1
+    buckets = {str(i): {"resolution": list(b.resolution), "count": b.samples} for i, b in enumerate(data.buckets)}
+    return {"num_train_images": data.train_samples, "num_reg_images": data.reg_samples, "dataset_dirs": dirs,
+            "reg_dataset_dirs": reg_dirs, "tag_frequency": tags,
+            "bucket_info": {"buckets": buckets, "mean_img_ar_error": data.mean_ar_error}}
+
+
 def _text(value) -> str:
     return "None" if value is None else str(value)
 
@@ -46,7 +64,7 @@ def training_metadata(session: Session) -> dict[str, str]:
     job, plan, data = session.job, session.schedule, session.data.plan
     unet_lr, text_lr = effective_lrs(job)
     resolution = session.data.options.resolution
-    info = data.to_dict()
+    info = dataset_metadata(data)
     values = {k: v for k, v in job_to_values(job).items() if not _is_secret(k)}
     meta = {
         "ss_session_id": session.session_id,

@@ -158,7 +158,7 @@ def build_session(job, run_dir: Path, events: EventWriter) -> Session:
     events.status("scanning data")
     data = build_data(job, seed, events)
     sched = schedule_for_job(job, data.steps_per_epoch)
-    plan = {"dataset": data.plan.to_dict(), **sched.__dict__, "seed": seed,
+    plan = {"dataset": data.plan.summary(), **sched.__dict__, "seed": seed,
             "lr_curve": lr_preview(job, sched)}
     events.emit("started", plan=plan)
 

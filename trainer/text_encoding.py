@@ -30,7 +30,6 @@ import torch
 from trainer.data.captions import parse_weighted_caption
 
 TOKENS_PER_WINDOW = 75
-WINDOW_LENGTH = TOKENS_PER_WINDOW + 2
 MAX_TOKEN_LENGTH_CHOICES = (75, 150, 225)
 
 

@@ -237,6 +237,17 @@ def _adafactor_call(param_groups: list[dict], lr: float, args: dict) -> tuple[li
     return groups, None, kwargs
 
 
+def _trained_groups(param_groups: list[dict], lr: float) -> list[dict]:
+    """Copies of the groups whose lr is not 0 (DAdaptAdaGrad, DAdaptAdan and DAdaptLion move lr-0 params)."""
+    groups = [dict(group) for group in param_groups if group.get("lr", lr) != 0]
+    if not groups:
+        raise OptimizerSettingError(
+            "learning_rate: every learning rate is 0 (learning_rate, unet_lr, text_encoder_lr), so nothing would train",
+            setting="learning_rate",
+        )
+    return groups
+
+
 def _check_group_lrs(name: str, param_groups: list[dict], lr: float) -> None:
     """Refuse different non-zero group lrs for optimizers that would crash on them mid-training."""
     group_lrs = {group.get("lr", lr) for group in param_groups} - {0, 0.0}
@@ -254,14 +265,15 @@ def build_optimizer(name: str, param_groups: list[dict], lr: float, args: dict) 
     ``lr`` is the default learning rate (``learning_rate``); ``args`` come from :func:`parse_optimizer_args`.
     SGDNesterov(8bit) get ``nesterov=True, momentum=0.9`` unless args say otherwise. A relative-step Adafactor
     gets no learning rate at all. The optimizers in :data:`ONE_LR_ONLY` refuse groups with different non-zero
-    lrs (they would raise at the first step). The caller's groups are not modified.
+    lrs (they would raise at the first step). Groups with lr 0 are left out, as sd-scripts does: keep a
+    ``name`` key in each group to tell the remaining ones apart. The caller's groups are not modified.
     """
     canonical = canonical_optimizer_name(name)
     check_optimizer_args(canonical, args)
-    _check_group_lrs(canonical, param_groups, lr)
+    groups = _trained_groups(param_groups, lr)
+    _check_group_lrs(canonical, groups, lr)
     optimizer_class, entry = _optimizer_class(canonical)
     kwargs = {**dict(entry.preset), **args}
-    groups = [dict(group) for group in param_groups]
     if canonical == "Adafactor":
         groups, lr, kwargs = _adafactor_call(groups, lr, kwargs)
     try:

@@ -1,0 +1,101 @@
+"""The plan panel and the Dataset tab: what a run will do, worked out before it starts (no gradio here).
+
+The plan comes from ``python -m trainer plan JOB.toml`` in a subprocess, because the LR preview uses the
+trainer's own schedulers (torch) and the GUI process stays free of torch. The dataset table comes from
+``trainer.data.folders.scan_dataset``, which only reads image headers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from gui.runs import PROJECT_ROOT
+
+PLAN_TIMEOUT_S = 120
+
+
+class PlanResult(NamedTuple):
+    plan: dict | None
+    error: str  # "" when the plan was made
+
+
+def compute_plan(values: dict[str, Any], trainer_command: list[str] | None = None) -> PlanResult:
+    """Write the values as a job file in a temporary folder and ask the trainer for its plan."""
+    from trainer.spec import JobError, write_job_toml
+
+    command = list(trainer_command or [sys.executable, "-m", "trainer"])
+    with tempfile.TemporaryDirectory(prefix="loom-plan-") as folder:
+        try:
+            job_path = write_job_toml(values, Path(folder) / "job.toml")
+        except JobError as error:
+            return PlanResult(None, "Fix the settings first:\n" + "\n".join(f"- {p}" for p in error.problems))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")))))
+        try:
+            done = subprocess.run([*command, "plan", str(job_path)], capture_output=True, text=True,
+                                  timeout=PLAN_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return PlanResult(None, f"The plan took longer than {PLAN_TIMEOUT_S} s; is the image folder very large?")
+    if done.returncode != 0:
+        return PlanResult(None, (done.stderr or done.stdout).strip() or f"plan failed (exit code {done.returncode})")
+    try:
+        return PlanResult(json.loads(done.stdout), "")
+    except json.JSONDecodeError:
+        return PlanResult(None, "The trainer's plan was not valid JSON:\n" + done.stdout[-2000:])
+
+
+def _points(steps: list, limit: int = 12) -> str:
+    if not steps:
+        return "none"
+    shown = ", ".join(str(s) for s in steps[:limit])
+    return shown + (f" … ({len(steps)} in all)" if len(steps) > limit else "")
+
+
+def plan_markdown(plan: dict) -> str:
+    """The plan's numbers in words: the arithmetic the seed explains by hand."""
+    dataset = plan.get("dataset") or {}
+    te_stop = plan.get("text_encoder_stop_step")
+    rows = [
+        ("Batches per epoch", plan.get("batches_per_epoch")),
+        ("Steps per epoch", plan.get("steps_per_epoch")),
+        ("Epochs", plan.get("epochs")),
+        ("**Total steps**", f"**{plan.get('total_steps')}**"),
+        ("Warmup steps", plan.get("warmup_steps")),
+        ("Text encoder stops", "never (trains to the end)" if te_stop is None else f"after step {te_stop}"),
+        ("Intermediate saves (epochs)", _points(plan.get("save_epochs") or [])),
+        ("Intermediate saves (steps)", _points(plan.get("save_steps") or [])),
+        ("Samples at steps", _points(plan.get("sample_steps") or [])),
+    ]
+    for key, value in dataset.items():
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            rows.insert(0, (key.replace("_", " ").capitalize(), value))
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    return "| | |\n|---|---|\n" + table
+
+
+def dataset_markdown(train_data_dir: str, reg_data_dir: str, caption_extension: str) -> str:
+    """A table of the N_name folders found (repeats, images, captions) plus the scan's warnings."""
+    from trainer.data.folders import DataError, scan_dataset
+
+    try:
+        scan = scan_dataset(train_data_dir, reg_data_dir or None, caption_extension or ".caption")
+    except DataError as error:
+        return f"❌ `{error.setting or 'train_data_dir'}`: {error.message}"
+    lines = ["| folder | kind | repeats | images | with caption file | images × repeats |",
+             "|---|---|---|---|---|---|"]
+    total = 0
+    for subset in scan.subsets:
+        captioned = sum(1 for image in subset.images if image.caption_from_file)
+        weight = len(subset.images) * subset.repeats
+        total += 0 if subset.is_reg else weight
+        kind = "regularization" if subset.is_reg else "training"
+        lines.append(f"| {Path(subset.folder).name} | {kind} | {subset.repeats} | {len(subset.images)} | "
+                     f"{captioned} | {weight} |")
+    lines.append(f"\n**{total}** training images per epoch (images × repeats).")
+    for warning in scan.warnings:
+        lines.append(f"- ⚠️ `{warning.setting}`: {warning.message}")
+    return "\n".join(lines)

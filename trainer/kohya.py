@@ -1,0 +1,450 @@
+"""Import and export of kohya_ss LoRA config files (the flat JSON its 💾 button and presets write).
+
+Our setting names are kohya_ss's keys, so most of an import is type conversion: kohya files hold numbers as
+strings ("0.0001", "1"), whole numbers as floats (64.0) and blanks as "". Old key names are renamed, kohya's
+LoRA type names are mapped onto ours, and every key that cannot be mapped is reported with a reason, never
+silently dropped. A value our schema rejects (out of range, unknown choice) is reported and left at our default,
+so one odd value never sinks the whole import. Facts: ../shared/reference/kohya-gui-fields.md §2, §3.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.spec import SETTINGS, SETTINGS_BY_KEY, JobError, job_from_values, write_job_toml
+from trainer.spec.checks import parse_additional_parameters
+
+# Old kohya_ss key names → today's (kohya's own `update_my_data` migration, plus renamed block fields).
+RENAMED_KEYS = {
+    "lora_network_weights": "network_weights",
+    "stop_text_encoder_training_pct": "stop_text_encoder_training",
+    "conv_dims": "conv_block_dims",
+    "conv_alphas": "conv_block_alphas",
+}
+
+LORA_TYPE_FROM_KOHYA = {
+    "Standard": "Standard",
+    "LoCon": "LoCon",  # legacy name, migrated by kohya_ss to LyCORIS/LoCon
+    "Kohya LoCon": "LoCon",
+    "LyCORIS/LoCon": "LoCon",
+    "LoHa": "LoHa",
+    "Kohya LoHa": "LoHa",
+    "LyCORIS/LoHa": "LoHa",
+    "DyLoRA": "DyLoRA",
+    "Kohya DyLoRA": "DyLoRA",
+    "LyCORIS/DyLoRA": "DyLoRA",
+}
+# networks.lora with conv_dim (Kohya LoCon) and networks.dylora take block-wise dims, as ours do; kohya_ss
+# allows its own "Kohya LoHa" only for SDXL, so LoHa goes out as the LyCORIS one.
+LORA_TYPE_TO_KOHYA = {"Standard": "Standard", "LoCon": "Kohya LoCon", "LoHa": "LyCORIS/LoHa",
+                      "DyLoRA": "Kohya DyLoRA"}
+
+REFUSED_FAMILY_CHECKBOXES = {"flux1_checkbox": "Flux.1", "sd3_checkbox": "SD3",
+                             "hunyuan_image_checkbox": "HunyuanImage-2.1", "anima_checkbox": "Anima",
+                             "lumina_checkbox": "Lumina"}
+REFUSED_FAMILY_LORA_TYPES = {"Flux1": "Flux.1", "Flux1 OFT": "Flux.1", "Anima": "Anima", "Lumina": "Lumina",
+                             "HunyuanImage-2.1": "HunyuanImage-2.1"}
+FAMILY_KEY_PREFIXES = {"sdxl": "SDXL", "flux1_": "Flux.1", "sd3_": "SD3", "hunyuan_": "HunyuanImage-2.1",
+                       "anima_": "Anima", "lumina_": "Lumina", "ggpo_": "Flux.1", "train_lora_ggpo": "Flux.1",
+                       "t5xxl": "Flux.1/SD3", "clip_l": "Flux.1/SD3", "clip_g": "SD3"}
+ACCELERATE_KEYS = frozenset({"num_processes", "num_machines", "multi_gpu", "gpu_ids", "main_process_port",
+                             "dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic",
+                             "extra_accelerate_launch_args"})
+# Keys with a specific explanation; anything else that is not ours is "not a LoRA Loom setting".
+EXPLAINED_KEYS = {
+    "v2": "LoRA Loom reads SD1.x / SD2.x from the model itself",
+    "v_parameterization": "LoRA Loom reads v-prediction from the model itself",
+    "save_model_as": "LoRA Loom always saves .safetensors",
+    "training_comment": "a note for the LoRA's metadata, not a LoRA Loom setting",
+    "model_list": "a hidden kohya_ss GUI field, not a setting",
+    "save_as_bool": "a kohya_ss GUI field that leaked into saved files, not a setting",
+    "use_8bit_adam": "an old kohya_ss flag, superseded by the optimizer setting in this file",
+    "use_wandb": "an old kohya_ss flag, superseded by the log_with setting in this file",
+    "max_train_steps": "a kohya_ss feature LoRA Loom does not support yet (it sets the length by Epoch "
+                       "and Max train epoch)",
+    "lr_warmup_steps": "a kohya_ss feature LoRA Loom does not support yet (warmup is the LR warmup percent)",
+    "dataset_config": "a kohya_ss feature LoRA Loom does not support yet (dataset TOML files; use the "
+                      "Image folder with N_name sub-folders)",
+    "sdxl": "marks an SDXL config; LoRA Loom trains SD1.x/SD2.x (SDXL later)",
+}
+UNSUPPORTED_FEATURES = frozenset({
+    "scale_weight_norms", "network_dropout", "rank_dropout", "module_dropout", "min_timestep", "max_timestep",
+    "ip_noise_gamma", "ip_noise_gamma_random_strength", "noise_offset_random_strength", "masked_loss",
+    "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "loss_type",
+    "huber_schedule", "huber_c", "huber_scale", "full_bf16", "fp8_base", "fp8_base_unet", "highvram", "lowvram",
+    "skip_cache_check", "lr_scheduler_args", "lr_scheduler_type", "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
+    "loraplus_text_encoder_lr_ratio", "save_last_n_steps_state", "save_last_n_epochs",
+    "save_last_n_epochs_state", "save_state_on_train_end", "vae", "train_inpainting", "LyCORIS_preset",
+    "factor", "bypass_mode", "dora_wd", "use_cp", "use_tucker", "use_scalar", "rank_dropout_scale", "constrain",
+    "rescaled", "train_norm", "decompose_both", "train_on_input", "wandb_run_name", "log_config",
+    "log_tracker_name", "log_tracker_config", "blocks_to_swap", "caption_separator", "token_warmup_step",
+})
+# kohya_ss defaults that mean "off" beyond the plain False / "" / 0 (so nothing is lost by leaving them out).
+NEUTRAL_KOHYA_VALUES = {"max_timestep": 1000, "factor": -1, "train_on_input": True, "LyCORIS_preset": "full",
+                        "save_model_as": "safetensors", "model_list": "custom", "dynamo_backend": "no",
+                        "dynamo_mode": "default", "num_processes": 1, "num_machines": 1, "loss_type": "l2",
+                        "huber_schedule": "snr", "huber_c": 0.1, "huber_scale": 1.0, "ggpo_sigma": 0.03,
+                        "ggpo_beta": 0.01}
+# Settings where kohya_ss writes 0 (or "") for "unset" and we write a blank (None) or, for clip_skip, 1.
+ZERO_MEANS_BLANK = frozenset({"seed", "max_train_epochs", "lr_scheduler_num_cycles"})
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class KohyaImportError(ValueError):
+    """A kohya_ss config that cannot be imported at all (unreadable, not a config, unsupported model family)."""
+
+
+@dataclass(frozen=True)
+class Unmapped:
+    """A key of the kohya file that did not become a LoRA Loom setting, and why.
+
+    ``neutral``: its value is kohya_ss's off/default value, so leaving it out changes nothing.
+    """
+
+    key: str
+    value: Any
+    reason: str
+    neutral: bool = False
+
+
+@dataclass
+class ImportResult:
+    """``values``: LoRA Loom settings (only keys of our schema, valid for ``job_from_values``)."""
+
+    values: dict[str, Any]
+    unmapped: list[Unmapped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_kohya_config(source: str | Path | dict) -> tuple[dict[str, Any], str]:
+    """(the config as a dict, a label for messages) from a path to a JSON file or an already-read dict."""
+    if isinstance(source, dict):
+        return dict(source), "the kohya_ss config"
+    path = Path(source)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KohyaImportError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise KohyaImportError(f"{path}: cannot be read ({error})") from None
+    except json.JSONDecodeError as error:
+        raise KohyaImportError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise KohyaImportError(f"{path} is not a kohya_ss config: expected a JSON object of settings")
+    return config, str(path)
+
+
+def refused_family(config: dict[str, Any]) -> str | None:
+    """The name of the model family of a config LoRA Loom cannot train (Flux, SD3 …), or None."""
+    for key, family in REFUSED_FAMILY_CHECKBOXES.items():
+        if _truthy(config.get(key)):
+            return family
+    return REFUSED_FAMILY_LORA_TYPES.get(str(config.get("LoRA_type", "")))
+
+
+# ---------------------------------------------------------------- converting values
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() in ("true", "1"))
+
+
+def _is_blank(raw: Any) -> bool:
+    return raw is None or (isinstance(raw, str) and not raw.strip())
+
+
+def _to_float(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError(f"expected a number, got {raw!r}")
+    try:
+        return float(raw.strip() if isinstance(raw, str) else raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number, got {raw!r}") from None
+
+
+def _to_int(raw: Any) -> int:
+    number = _to_float(raw)
+    if not number.is_integer():
+        raise ValueError(f"expected a whole number, got {raw!r}")
+    return int(number)
+
+
+def _to_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("true", "1", "1.0", "yes", "on"):
+        return True
+    if text in ("false", "0", "0.0", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _to_choice(setting, raw: Any):
+    if isinstance(setting.choices[0], int):
+        value = _to_int(raw)
+    else:
+        value = str(raw).strip()
+        by_lower = {str(c).lower(): c for c in setting.choices}
+        value = by_lower.get(value.lower(), value)
+    if value not in setting.choices:
+        raise ValueError(f"{raw!r} is not {setting.describe_range()}")
+    return value
+
+
+def _lora_type(raw: Any) -> str:
+    name = str(raw).strip()
+    if name not in LORA_TYPE_FROM_KOHYA:
+        raise ValueError(f"{name!r} is a kohya_ss LoRA type LoRA Loom does not support yet (it has "
+                         f"{', '.join(LORA_TYPE_TO_KOHYA)})")
+    return LORA_TYPE_FROM_KOHYA[name]
+
+
+def _xformers(raw: Any) -> bool:
+    """kohya_ss: a bool (old files) or "xformers" / "sdpa" / "none". Ours is on/off; off is PyTorch SDPA."""
+    if isinstance(raw, str) and raw.strip().lower() in ("xformers", "sdpa", "none"):
+        return raw.strip().lower() == "xformers"
+    return _to_bool(raw)
+
+
+def _additional_parameters(raw: Any) -> str:
+    """kohya_ss hands these to sd-scripts untouched; ours take only LoRA Loom settings as --name value."""
+    text = "" if raw is None else str(raw)
+    _, problems = parse_additional_parameters(text, SETTINGS_BY_KEY)
+    if not problems:
+        return text
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        words = []
+    foreign = [w for w in words if w.startswith("--") and w[2:].replace("-", "_") not in SETTINGS_BY_KEY]
+    if foreign:
+        raise ValueError(f"holds sd-scripts arguments that are not LoRA Loom settings ({', '.join(foreign)})")
+    raise ValueError("; ".join(p.message for p in problems))
+
+
+def convert_value(key: str, raw: Any) -> Any:
+    """One kohya_ss value converted to the type of our setting ``key``; ValueError says what is wrong."""
+    setting = SETTINGS_BY_KEY[key]
+    if key == "LoRA_type":
+        return _lora_type(raw)
+    if key == "xformers":
+        return _xformers(raw)
+    if key == "additional_parameters":
+        return _additional_parameters(raw)
+    if key == "log_with" and _is_blank(raw):
+        return setting.default  # kohya_ss's "" means its default logger
+    if setting.kind in ("int", "float", "choice") and _is_blank(raw):
+        return None if setting.optional else setting.default
+    if setting.kind == "int":
+        value = _to_int(raw)
+        if key in ZERO_MEANS_BLANK and value == 0:
+            return None
+        return 1 if key == "clip_skip" and value == 0 else value
+    if setting.kind == "float":
+        return _to_float(raw)
+    if setting.kind == "bool":
+        return _to_bool(raw)
+    if setting.kind == "choice":
+        return _to_choice(setting, raw)
+    if isinstance(raw, (dict, list)):
+        raise ValueError(f"expected text, got {raw!r}")
+    return "" if raw is None else str(raw)
+
+
+# ---------------------------------------------------------------- explaining what is not imported
+
+
+def _is_neutral(key: str, raw: Any) -> bool:
+    if raw is None or raw is False or (isinstance(raw, str) and raw.strip() in ("", "0", "0.0")):
+        return True
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw == 0:
+        return True
+    if key not in NEUTRAL_KOHYA_VALUES:
+        return False
+    expected = NEUTRAL_KOHYA_VALUES[key]
+    try:
+        return raw == expected or _to_float(raw) == float(expected)
+    except ValueError:
+        return False
+
+
+def _explanation(key: str) -> str:
+    if key in EXPLAINED_KEYS:
+        return EXPLAINED_KEYS[key]
+    for prefix, family in FAMILY_KEY_PREFIXES.items():
+        if key.startswith(prefix):
+            return f"an option of the {family} model family, which LoRA Loom does not support yet"
+    if key in ACCELERATE_KEYS:
+        return ("an accelerate launch option, not a job setting (for several GPUs run "
+                "`accelerate launch -m trainer train JOB.toml`)")
+    if key.startswith("huggingface_") or key in ("save_state_to_huggingface", "resume_from_huggingface",
+                                                 "async_upload"):
+        return "uploading to Hugging Face, which LoRA Loom does not do (nothing leaves this machine)"
+    if key.startswith("metadata_"):
+        return "a LoRA metadata field LoRA Loom does not support yet"
+    if key in UNSUPPORTED_FEATURES:
+        return "a kohya_ss feature LoRA Loom does not support yet"
+    return "not a LoRA Loom setting"
+
+
+def explain_unmapped(key: str, raw: Any) -> Unmapped:
+    """Why a kohya_ss key that is not one of our settings is not imported."""
+    neutral = _is_neutral(key, raw)
+    tail = "kohya_ss's off/default value here, so nothing is lost" if neutral else "this value is not used"
+    return Unmapped(key, raw, f"{_explanation(key)}; {tail}", neutral)
+
+
+# ---------------------------------------------------------------- the import
+
+
+def import_kohya_config(source: str | Path | dict) -> ImportResult:
+    """Map a kohya_ss config (path to its JSON, or the dict) onto LoRA Loom settings.
+
+    Raises KohyaImportError for an unreadable file or a model family we cannot train (Flux, SD3 …).
+    """
+    config, label = read_kohya_config(source)
+    family = refused_family(config)
+    if family:
+        raise KohyaImportError(f"{label}: this is a {family} config; the {family} model family is not "
+                               f"supported; LoRA Loom trains SD1.x/SD2.x (and SDXL later)")
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # our key → the file's key it came from
+    unmapped: list[Unmapped] = []
+    for key, raw in config.items():
+        target = RENAMED_KEYS.get(key, key)
+        if target not in SETTINGS_BY_KEY:
+            unmapped.append(explain_unmapped(key, raw))
+        elif target != key and target in config:
+            unmapped.append(Unmapped(key, raw, f"old name of {target}, which this file also holds; "
+                                               f"that value is used", _is_neutral(key, raw)))
+        else:
+            try:
+                values[target] = convert_value(target, raw)
+                origin[target] = key
+            except ValueError as error:
+                unmapped.append(_rejected(key, raw, target, str(error)))
+    notes = _apply_legacy_flags(config, values, origin, unmapped)
+    unmapped += _drop_rejected_values(config, values, origin)
+    notes += _advice(config, values)
+    return ImportResult(values, unmapped, notes)
+
+
+def _rejected(file_key: str, raw: Any, key: str, problem: str) -> Unmapped:
+    default = SETTINGS_BY_KEY[key].default
+    name = key if key == file_key else f"{key}, kohya_ss's {file_key}"
+    return Unmapped(file_key, raw, f"not accepted by LoRA Loom ({name}: {problem}); left at the default "
+                                   f"({default!r})")
+
+
+def _apply_legacy_flags(config, values, origin, unmapped) -> list[str]:
+    """use_8bit_adam and use_wandb decide the optimizer / logger when the file has no newer key for them."""
+    notes = []
+    legacy = {"use_8bit_adam": ("optimizer", "AdamW8bit", "AdamW"), "use_wandb": ("log_with", "wandb", None)}
+    for flag, (key, when_on, when_off) in legacy.items():
+        if flag not in config or key in config:
+            continue
+        unmapped[:] = [u for u in unmapped if u.key != flag]
+        chosen = when_on if _truthy(config[flag]) else when_off
+        if chosen is not None:
+            values[key], origin[key] = chosen, flag
+            notes.append(f"the old flag {flag}={config[flag]!r} was imported as {key} = {chosen!r}")
+    return notes
+
+
+def _drop_rejected_values(config, values, origin) -> list[Unmapped]:
+    """Remove (and report) every value the job model refuses, until the rest forms a valid job."""
+    rejected = []
+    for _ in range(len(values) + 1):
+        try:
+            job_from_values(values)
+            return rejected
+        except JobError as error:
+            problems = error.problems
+        messages: dict[str, list[str]] = {}
+        for problem in problems:
+            # a bad value inside additional_parameters is reported under the setting it names
+            key, text = problem.setting, problem.message
+            if key not in values:
+                key, text = "additional_parameters", f"--{problem.setting} {problem.message}"
+            if key not in values:
+                raise KohyaImportError(f"cannot import: {problem}")
+            messages.setdefault(key, []).append(text)
+        for key, texts in messages.items():
+            values.pop(key)
+            file_key = origin[key]
+            rejected.append(_rejected(file_key, config[file_key], key, "; ".join(texts)))
+    raise KohyaImportError("cannot import: the settings never formed a valid job")
+
+
+def _advice(config: dict[str, Any], values: dict[str, Any]) -> list[str]:
+    """Notes a person should read: where the import changes meaning or needs their attention."""
+    notes = []
+    if _truthy(config.get("sdxl")):
+        notes.append("this is an SDXL config: LoRA Loom trains SD1.x/SD2.x (SDXL later); its settings were "
+                     "imported for use with an SD1.x/SD2.x model, check the resolution and rank")
+    kohya_type, our_type = config.get("LoRA_type"), values.get("LoRA_type")
+    if our_type and kohya_type != our_type:
+        notes.append(f"LoRA type {kohya_type!r} was imported as {our_type!r}")
+    if isinstance(config.get("xformers"), str) and config["xformers"].strip().lower() in ("sdpa", "none"):
+        notes.append(f"xformers {config['xformers']!r} was imported as off (PyTorch attention)")
+    model = values.get("pretrained_model_name_or_path", "")
+    if model and HUB_ID.match(model) and not Path(model).exists():
+        notes.append(f"the model {model!r} looks like a Hugging Face id; LoRA Loom downloads nothing, so "
+                     f"point Pretrained model to a local checkpoint file or diffusers folder")
+    if values.get("lr_scheduler") == "cosine_with_restarts" and values.get("lr_scheduler_num_cycles") is None:
+        notes.append(f"kohya_ss used the epoch count ({values.get('epoch', 1)}) as the number of restarts when "
+                     f"'LR number of cycles' is blank; LoRA Loom's blank means 1 restart, set it to match")
+    if values.get("wandb_api_key"):
+        notes.append("the file holds a WANDB API key: it is used for this run but never written to job files")
+    return notes
+
+
+def import_kohya_to_toml(source: str | Path, destination: str | Path) -> ImportResult:
+    """``python -m trainer import-kohya CONFIG.json -o JOB.toml``: import, then write the job file."""
+    result = import_kohya_config(source)
+    write_job_toml(result.values, destination)
+    return result
+
+
+def report_lines(result: ImportResult) -> list[str]:
+    """The import report for people: what was not imported (neutral keys in one line at the end), notes."""
+    lines = [f"not imported: {u.key} = {u.value!r}: {u.reason}" for u in result.unmapped if not u.neutral]
+    neutral = [u.key for u in result.unmapped if u.neutral]
+    if neutral:
+        lines.append(f"not imported, kohya_ss's off/default values (nothing lost): {', '.join(neutral)}")
+    return lines + [f"note: {note}" for note in result.notes]
+
+
+# ---------------------------------------------------------------- the export
+
+
+def export_kohya_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A kohya_ss LoRA config dict (save it as JSON) for LoRA Loom settings; missing keys take our defaults.
+
+    Blanks become kohya's explicit equivalents (seed → 0 "random", max_train_epochs → 0 "no cap", cycles and
+    power → 1, the UNet / text-encoder rates → the learning rate), secrets are left blank, and max_train_steps
+    is 0 so kohya_ss computes the length from the epochs as we do.
+    """
+    job = job_from_values(values).model_dump()
+    blank_as = {"seed": 0, "max_train_epochs": 0, "lr_scheduler_num_cycles": 1, "lr_scheduler_power": 1.0,
+                "block_lr_zero_threshold": "", "unet_lr": job["learning_rate"],
+                "text_encoder_lr": job["learning_rate"]}
+    config: dict[str, Any] = {"max_train_steps": 0, "lr_warmup_steps": 0}
+    for setting in SETTINGS:
+        value = job[setting.key]
+        if setting.secret:
+            value = ""
+        elif value is None:
+            value = blank_as.get(setting.key, "")
+        config[setting.key] = value
+    config["LoRA_type"] = LORA_TYPE_TO_KOHYA[job["LoRA_type"]]
+    config["xformers"] = "xformers" if job["xformers"] else "sdpa"
+    return dict(sorted(config.items()))
