@@ -158,7 +158,7 @@ class RunManager:
         """The run still in progress (started by this process or an earlier one), if any."""
         self._reap()
         for run_dir in self.list_runs():
-            if finished_event(run_dir) is None and pid_alive(read_pid(run_dir), run_dir):
+            if pid_alive(read_pid(run_dir), run_dir) and finished_event(run_dir) is None:
                 return run_dir
         return None
 

@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 import torch
 
-from test_data_folders import write_image
+from tests.test_data_folders import write_image
 from trainer.data import images
 from trainer.data.batches import DataOptions, epoch_batch_slots
 from trainer.data.buckets import crop_offsets

@@ -1,7 +1,7 @@
 """The plan: buckets and counts, reg balancing and steps per epoch, worked out by hand."""
 import pytest
 
-from test_data_folders import write_image
+from tests.test_data_folders import write_image
 from trainer.data.batches import (DataOptions, balance_reg_repeats, data_options_from_job, option_errors,
                                   parse_resolution, plan_dataset, steps_per_epoch)
 from trainer.data.folders import DataError, scan_dataset

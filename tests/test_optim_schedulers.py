@@ -110,7 +110,7 @@ def test_torch_scheduler_steps_through_lr_factor(scheduler):
         optimizer.zero_grad()
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 @pytest.mark.parametrize("scheduler", [s for s in SCHEDULER_NAMES if s != "adafactor"])
 def test_same_numbers_as_transformers(scheduler):
     from transformers.optimization import get_scheduler
@@ -168,3 +168,20 @@ def test_unused_settings_are_reported():
     assert set(warnings) == {"lr_warmup", "lr_scheduler_num_cycles", "lr_scheduler_power"}
     assert schedule_warnings("cosine_with_restarts", warmup_steps=10, num_cycles=3) == []
     assert schedule_warnings("polynomial", warmup_steps=0, power=2.0) == []
+
+
+def test_scheduler_state_resumes_where_it_stopped():
+    kw = dict(scheduler="cosine_with_restarts", total_steps=20, warmup_steps=4, num_cycles=2)
+    model, optimizer = tiny_optimizer()
+    lr_scheduler = build_lr_scheduler(optimizer, **kw)
+    for _ in range(7):
+        model(torch.ones(1, 3)).sum().backward()
+        optimizer.step()
+        lr_scheduler.step()
+    saved = lr_scheduler.state_dict()
+    _, resumed_optimizer = tiny_optimizer()
+    resumed = build_lr_scheduler(resumed_optimizer, **kw)
+    resumed.load_state_dict(saved)
+    resumed_optimizer.step()
+    resumed.step()
+    assert resumed.get_last_lr() == pytest.approx([1e-3 * lr_factor(8, **kw), 5e-4 * lr_factor(8, **kw)])

@@ -19,24 +19,13 @@ from trainer.spec import SETTINGS, SETTINGS_BY_KEY, JobError, job_from_values, w
 from trainer.spec.checks import parse_additional_parameters
 
 # Old kohya_ss key names → today's (kohya's own `update_my_data` migration, plus renamed block fields).
-RENAMED_KEYS = {
-    "lora_network_weights": "network_weights",
-    "stop_text_encoder_training_pct": "stop_text_encoder_training",
-    "conv_dims": "conv_block_dims",
-    "conv_alphas": "conv_block_alphas",
-}
+RENAMED_KEYS = {"lora_network_weights": "network_weights", "conv_dims": "conv_block_dims",
+                "stop_text_encoder_training_pct": "stop_text_encoder_training", "conv_alphas": "conv_block_alphas"}
 
-LORA_TYPE_FROM_KOHYA = {
-    "Standard": "Standard",
-    "LoCon": "LoCon",  # legacy name, migrated by kohya_ss to LyCORIS/LoCon
-    "Kohya LoCon": "LoCon",
-    "LyCORIS/LoCon": "LoCon",
-    "LoHa": "LoHa",
-    "Kohya LoHa": "LoHa",
-    "LyCORIS/LoHa": "LoHa",
-    "DyLoRA": "DyLoRA",
-    "Kohya DyLoRA": "DyLoRA",
-    "LyCORIS/DyLoRA": "DyLoRA",
+LORA_TYPE_FROM_KOHYA = {  # "LoCon" is the legacy name kohya_ss migrates to LyCORIS/LoCon
+    "Standard": "Standard", "LoCon": "LoCon", "Kohya LoCon": "LoCon", "LyCORIS/LoCon": "LoCon",
+    "LoHa": "LoHa", "Kohya LoHa": "LoHa", "LyCORIS/LoHa": "LoHa",
+    "DyLoRA": "DyLoRA", "Kohya DyLoRA": "DyLoRA", "LyCORIS/DyLoRA": "DyLoRA",
 }
 # networks.lora with conv_dim (Kohya LoCon) and networks.dylora take block-wise dims, as ours do; kohya_ss
 # allows its own "Kohya LoHa" only for SDXL, so LoHa goes out as the LyCORIS one.
@@ -62,8 +51,8 @@ EXPLAINED_KEYS = {
     "training_comment": "a note for the LoRA's metadata, not a LoRA Loom setting",
     "model_list": "a hidden kohya_ss GUI field, not a setting",
     "save_as_bool": "a kohya_ss GUI field that leaked into saved files, not a setting",
-    "use_8bit_adam": "an old kohya_ss flag, superseded by the optimizer setting in this file",
-    "use_wandb": "an old kohya_ss flag, superseded by the log_with setting in this file",
+    "use_8bit_adam": "an old kohya_ss flag, used only in files without the optimizer setting",
+    "use_wandb": "an old kohya_ss flag, used only in files without the log_with setting",
     "max_train_steps": "a kohya_ss feature LoRA Loom does not support yet (it sets the length by Epoch "
                        "and Max train epoch)",
     "lr_warmup_steps": "a kohya_ss feature LoRA Loom does not support yet (warmup is the LR warmup percent)",
@@ -334,13 +323,25 @@ def import_kohya_config(source: str | Path | dict) -> ImportResult:
     notes = _apply_legacy_flags(config, values, origin, unmapped)
     unmapped += _drop_rejected_values(config, values, origin)
     notes += _advice(config, values)
+    for key in [k for k in ("unet_lr", "text_encoder_lr") if k in values and values[k] is None]:
+        values[key] = explicit_blank_rates(values)[key]
+        notes.append(f"blank {key} means 'use the learning rate': imported as {values[key]:g}")
     return ImportResult(values, unmapped, notes)
+
+
+def explicit_blank_rates(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with a blank (None) unet_lr / text_encoder_lr replaced by the learning rate, which is what a
+    blank means. A job file cannot hold a blank (TOML has no null): written blank, it would read back as the
+    setting's default instead."""
+    rate = values.get("learning_rate", SETTINGS_BY_KEY["learning_rate"].default)
+    blanks = {k: rate for k in ("unet_lr", "text_encoder_lr") if k in values and values[k] is None}
+    return {**values, **blanks}
 
 
 def _rejected(file_key: str, raw: Any, key: str, problem: str) -> Unmapped:
     default = SETTINGS_BY_KEY[key].default
     name = key if key == file_key else f"{key}, kohya_ss's {file_key}"
-    return Unmapped(file_key, raw, f"not accepted by LoRA Loom ({name}: {problem}); left at the default "
+    return Unmapped(file_key, raw, f"not accepted by LoRA Loom, {name}: {problem}; left at the default "
                                    f"({default!r})")
 
 
@@ -351,9 +352,9 @@ def _apply_legacy_flags(config, values, origin, unmapped) -> list[str]:
     for flag, (key, when_on, when_off) in legacy.items():
         if flag not in config or key in config:
             continue
-        unmapped[:] = [u for u in unmapped if u.key != flag]
         chosen = when_on if _truthy(config[flag]) else when_off
         if chosen is not None:
+            unmapped[:] = [u for u in unmapped if u.key != flag]
             values[key], origin[key] = chosen, flag
             notes.append(f"the old flag {flag}={config[flag]!r} was imported as {key} = {chosen!r}")
     return notes

@@ -39,8 +39,9 @@ from trainer.sample_prompts import SamplePrompt, parse_sample_prompts
 
 __all__ = [
     "SAMPLER_NAMES", "SamplePrompt", "derived_seed", "encode_prompt", "generate_samples", "make_sample_scheduler",
-    "LinearMultistepScheduler", "lms_coefficient", "parse_sample_prompts", "sample_file_name", "scheduler_class_for",
+    "LinearMultistepScheduler", "lms_coefficient", "parse_sample_prompts", "preserved_state", "sample_file_name", "scheduler_class_for",
 ]
+
 
 def lms_coefficient(sigmas: list[float], order: int, t: int, j: int) -> float:
     """Linear multistep weight of the derivative at σ_{t−j}: ∫_{σ_t}^{σ_{t+1}} ℓ_j(τ) dτ.

@@ -197,11 +197,12 @@ def option_errors(options: DataOptions) -> list[DataError]:
         errors.append(DataError("vae_batch_size must be 0 (= train batch size) or more.", "vae_batch_size"))
     if options.num_workers < 0:
         errors.append(DataError("max_data_loader_n_workers must be 0 or more.", "max_data_loader_n_workers"))
+    cache_setting = "cache_latents_to_disk" if options.cache_latents_to_disk else "cache_latents"
     for setting in ("color_aug", "random_crop"):
         if options.caching and getattr(options, setting):
             errors.append(DataError(
-                f"{setting} cannot be combined with cache_latents{'_to_disk' if options.cache_latents_to_disk else ''}: "
-                f"cached latents are encoded once, so they cannot change every step. Turn one of them off.", setting))
+                f"{setting} cannot be combined with {cache_setting}: cached latents are encoded once, so they "
+                f"cannot change every step. Turn one of them off.", setting))
     if options.enable_bucket and not options.bucket_no_upscale and options.bucket_reso_steps >= 1:
         low, high = snap_bucket_limits(options.min_bucket_reso, options.max_bucket_reso, options.bucket_reso_steps)
         if low < 1 or low > min(options.resolution):

@@ -28,6 +28,9 @@ UNREADABLE_IMAGE_EXTENSIONS = (".gif", ".tif", ".tiff", ".heic", ".heif", ".jxl"
 DEFAULT_CAPTION_EXTENSION = ".caption"
 EXIF_ORIENTATION_TAG = 0x0112
 ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+# What Pillow raises for unreadable files (RuntimeError: a PNG verify() that could not run to its end).
+UNREADABLE_IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, RuntimeError,
+                           Image.DecompressionBombError)
 
 
 class DataError(Exception):
@@ -146,7 +149,8 @@ def _scan_root(root: Path, setting: str, is_reg: bool, caption_ext: str,
             f"{len(loose)} image(s) lie directly in {root} and are not used: put them in a sub-folder "
             f"named like '10_name' (10 = repeats).", setting, str(root)))
     subsets = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    # Hidden folders (.ipynb_checkpoints, .cache) are tool litter, not subsets.
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         subset = _scan_subset(folder, setting, is_reg, caption_ext, found_warnings)
         if subset is not None:
             subsets.append(subset)
@@ -241,7 +245,7 @@ def read_image_size(path) -> tuple[int, int]:
                 image_format = image.format
             with Image.open(path) as image:  # verify() must come straight after open
                 image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, RuntimeError, Image.DecompressionBombError) as err:
+    except UNREADABLE_IMAGE_ERRORS as err:
         raise DataError(f"Image {path} cannot be read ({type(err).__name__}: {err}).",
                         "train_data_dir", path) from err
     if image_format == "JPEG" and not _jpeg_has_end_marker(path):

@@ -39,6 +39,12 @@ class TrainingData:
         self._loader: torch.utils.data.DataLoader | None = None
         self._sampler: _EpochSampler | None = None
 
+    def __getstate__(self) -> dict:
+        """Worker processes started by spawn/forkserver get the data, never the loader that holds them."""
+        state = self.__dict__.copy()
+        state["_loader"] = state["_sampler"] = None
+        return state
+
     @property
     def steps_per_epoch(self) -> int:
         return self.plan.steps_per_epoch

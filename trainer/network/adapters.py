@@ -1,14 +1,12 @@
 """Putting adapters into the UNet and text encoders, and the LoraNetwork handle the loop works with.
 
 Standard and LoCon use peft's LoRA layers, LoHa peft's LoHa layers (both through
-``peft.inject_adapter_in_model`` with the exact module paths, per-module ranks and alphas through
-``rank_pattern`` / ``alpha_pattern``); DyLoRA uses our own module (peft has none). peft's init
+``peft.inject_adapter_in_model`` with the exact module paths, one call per distinct rank and alpha); DyLoRA uses our own module (peft has none). peft's init
 matches kohya's: down (lora_A) kaiming-uniform with a = √5, up (lora_B) zeros; scale = alpha / rank.
 Like peft, injection freezes every other parameter of an adapted model.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -41,26 +39,35 @@ class Adapter:
         return [p for n, p in self.layer.named_parameters() if not n.startswith("base_layer.")]
 
 
-def _peft_config(config: NetworkConfig, plans: list[ModulePlan]):
-    """A peft LoraConfig / LoHaConfig naming every planned module with its own rank and alpha."""
-    paths = [plan.target.path for plan in plans]
-    ranks = {re.escape(plan.target.path): plan.dim for plan in plans}
-    alphas = {re.escape(plan.target.path): plan.alpha for plan in plans}
-    common = dict(r=plans[0].dim, target_modules=paths, rank_pattern=ranks, alpha_pattern=alphas)
+def _peft_config(config: NetworkConfig, paths: list[str], dim: int, alpha: float):
+    """A peft LoraConfig / LoHaConfig for modules that share one rank and alpha, named exactly."""
     if config.lora_type == "LoHa":
-        return LoHaConfig(alpha=plans[0].alpha, use_effective_conv2d=False, init_weights=True, **common)
-    return LoraConfig(lora_alpha=plans[0].alpha, lora_dropout=0.0, bias="none", init_lora_weights=True, **common)
+        return LoHaConfig(r=dim, alpha=alpha, target_modules=paths, use_effective_conv2d=False, init_weights=True)
+    return LoraConfig(r=dim, lora_alpha=alpha, target_modules=paths, lora_dropout=0.0, bias="none", init_lora_weights=True)
+
+
+def _group_by_rank_and_alpha(plans: list[ModulePlan]) -> dict[tuple[int, float], list[str]]:
+    groups: dict[tuple[int, float], list[str]] = {}
+    for plan in plans:
+        groups.setdefault((plan.dim, plan.alpha), []).append(plan.target.path)
+    return groups
 
 
 def _inject(model: torch.nn.Module, plans: list[ModulePlan], config: NetworkConfig, generator) -> list[Adapter]:
-    """Inject adapters for ``plans`` into ``model``; return them in plan order."""
+    """Inject adapters for ``plans`` into ``model``; return them in plan order.
+
+    peft is called once per distinct (rank, alpha) with exact module paths, all under one adapter
+    name. (peft's rank_pattern / alpha_pattern would do it in one call, but match every pattern as a
+    regex against every module: quadratic, and seconds on a full-size UNet.)
+    """
     if not plans:
         return []
     if config.lora_type == "DyLoRA":
         model.requires_grad_(False)
         layers = [replace_with_dylora(model, p.target.path, p.dim, p.alpha, config.unit, generator) for p in plans]
         return [Adapter(plan, layer) for plan, layer in zip(plans, layers)]
-    inject_adapter_in_model(_peft_config(config, plans), model, adapter_name=PEFT_ADAPTER_NAME)
+    for (dim, alpha), paths in _group_by_rank_and_alpha(plans).items():
+        inject_adapter_in_model(_peft_config(config, paths, dim, alpha), model, adapter_name=PEFT_ADAPTER_NAME)
     return [Adapter(plan, model.get_submodule(plan.target.path)) for plan in plans]
 
 

@@ -1,0 +1,294 @@
+"""What the page's buttons, fields and timer do. Every handler takes its inputs by name (dict inputs).
+
+One ``SessionState`` per browser tab remembers the run it watches (a ``RunView`` with its byte offset)
+and the page's own notes (validation, presets). The run manager is shared by all tabs: one run at a time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from gui import presets_panel
+from gui.plan_panel import compute_plan, dataset_markdown, plan_markdown
+from gui.run_view import (
+    RunView,
+    loss_rows,
+    lr_rows,
+    messages_markdown,
+    outputs_markdown,
+    plan_lr_rows,
+    progress_html,
+    read_new_events,
+)
+from gui.runs import LOG_FILE, RunError, pid_alive, read_pid, run_status, stop_requests, tail_text
+from gui.values import has_errors, problem_messages, split_secrets
+
+LOSS_COLUMNS = ["step", "loss", "series"]
+LR_COLUMNS = ["step", "lr", "group"]
+
+
+@dataclass
+class SessionState:
+    view: RunView = field(default_factory=RunView)
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    settled: str = ""  # the final state already shown, so the timer stops redrawing
+    samples_shown: int = -1
+    plan_shown: bool = False
+
+
+def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=columns)
+
+
+def view_state(view: RunView) -> str:
+    """running / completed / stopped / failed / killed / died for the run a view watches."""
+    if view.finished is not None:
+        return str(view.finished.get("status", "completed"))
+    run_dir = Path(view.run_dir)
+    if pid_alive(read_pid(run_dir), run_dir):
+        return "running"
+    read_new_events(view)  # the trainer may have written its last lines just before exiting
+    if view.finished is not None:
+        return str(view.finished.get("status", "completed"))
+    return run_status(run_dir).state
+
+
+class Handlers:
+    def __init__(self, form, area, manager, config):
+        self.form, self.area, self.manager, self.config = form, area, manager, config
+
+    # ----- wiring -----------------------------------------------------------------------------------
+    def wire(self, app: gr.Blocks) -> None:
+        form, area = self.form, self.area
+        run_outputs = self.run_outputs()
+        field_outputs = [*form.errors.values(), area.messages, area.state]
+        gr.on([w.input for w in form.fields.values()], self.check_fields, inputs=form.inputs | {area.state},
+              outputs=field_outputs, show_progress="hidden", trigger_mode="always_last")
+        for key in {s_key for s_key in self._controlling_keys()}:
+            form.fields[key].change(self.visibility, inputs=form.inputs, outputs=self._dependents(),
+                                    show_progress="hidden")
+        area.start.click(self.start, inputs=form.inputs | {area.state},
+                         outputs=[*form.errors.values(), *run_outputs, area.runs])
+        area.stop.click(self.stop, inputs={area.state}, outputs=[area.state, area.messages, area.stop])
+        area.timer.tick(self.tick, inputs={area.state}, outputs=[*run_outputs, area.runs],
+                        show_progress="hidden")
+        area.open_run.click(self.open_run, inputs={area.runs, area.state}, outputs=[*run_outputs, area.runs])
+        area.plan_button.click(self.plan, inputs=form.inputs, outputs=[area.plan_md, area.plan_plot])
+        area.scan_button.click(self.scan, inputs=form.inputs, outputs=[area.dataset_md])
+        self._wire_presets()
+        app.load(self.on_load, inputs={area.state}, outputs=[*run_outputs, area.runs, area.preset]).then(
+            self.scan, inputs=form.inputs, outputs=[area.dataset_md]).then(
+            self.plan_unless_running, inputs=form.inputs | {area.state}, outputs=[area.plan_md, area.plan_plot])
+
+    def _wire_presets(self) -> None:
+        form, area = self.form, self.area
+        value_outputs = [*form.fields.values(), area.preset_report]
+        check = dict(fn=self.check_fields, inputs=form.inputs | {area.state},
+                     outputs=[*form.errors.values(), area.messages, area.state], show_progress="hidden")
+        area.preset_load.click(self.load_preset, inputs=form.inputs | {area.preset},
+                               outputs=value_outputs).then(**check)
+        area.preset_save.click(self.save_preset, inputs=form.inputs | {area.preset_name},
+                               outputs=[area.preset, area.preset_report])
+        area.kohya_file.upload(self.import_kohya, inputs=form.inputs | {area.kohya_file},
+                               outputs=value_outputs).then(**check)
+
+    def run_outputs(self) -> list:
+        a = self.area
+        return [a.state, a.progress, a.loss_plot, a.lr_plot, a.gallery, a.outputs, a.log, a.messages, a.start,
+                a.stop, a.plan_md, a.plan_plot]
+
+    def _controlling_keys(self) -> set[str]:
+        from trainer.spec import SETTINGS
+
+        return {s.visible_when[0] for s in SETTINGS if s.visible_when and s.visible_when[0] in self.form.fields}
+
+    def _dependents(self) -> list:
+        from trainer.spec import SETTINGS
+
+        return [self.form.fields[s.key] for s in SETTINGS if s.visible_when and s.key in self.form.fields]
+
+    # ----- settings ---------------------------------------------------------------------------------
+    def check_fields(self, data: dict) -> dict:
+        """Cheap validation on every edit (no file-system checks): notes under fields and in the panel."""
+        from trainer.spec import validate_values
+
+        session: SessionState = data[self.area.state]
+        _, problems = validate_values(self.form.values(data), for_training=False)
+        session.notes = problem_messages(problems)
+        return {**self.form.error_updates(problems), self.area.messages: self._messages(session),
+                self.area.state: session}
+
+    def visibility(self, data: dict) -> dict:
+        return self.form.visibility_updates(self.form.values(data))
+
+    def _messages(self, session: SessionState) -> str:
+        return messages_markdown(session.notes + session.view.messages)
+
+    # ----- runs -------------------------------------------------------------------------------------
+    def start(self, data: dict) -> dict:
+        """Validate for training; start only when there is no error."""
+        from trainer.spec import JobError, validate_values
+
+        session: SessionState = data[self.area.state]
+        values = self.form.values(data)
+        _, problems = validate_values(values, for_training=True)
+        session.notes = problem_messages(problems)
+        updates = self.form.error_updates(problems)
+        if has_errors(problems):
+            session.notes.insert(0, ("error", "Nothing was started: fix the settings marked in red first."))
+            return {**updates, self.area.messages: self._messages(session), self.area.state: session}
+        public, secrets = split_secrets(values)
+        try:
+            run_dir = self.manager.start(public, secrets)
+        except (RunError, JobError) as error:
+            session.notes.insert(0, ("error", str(error)))
+            return {**updates, self.area.messages: self._messages(session), self.area.state: session}
+        self._attach(session, run_dir)
+        return {**updates, **self.render(session), self.area.runs: self._runs_update(run_dir.name)}
+
+    def stop(self, data: dict) -> dict:
+        session: SessionState = data[self.area.state]
+        run_dir = Path(session.view.run_dir) if session.view.run_dir else None
+        done = self.manager.stop(run_dir)
+        note = {"interrupted": "Stopping: the trainer finishes its step and saves the LoRA. Press Stop again "
+                               "to kill it at once (nothing more is saved).",
+                "killed": "Killed the trainer."}.get(done, "There is no run in progress to stop.")
+        session.notes = [("info", note)]
+        label = "Stop again to kill now" if done == "interrupted" else "Stop training"
+        return {self.area.state: session, self.area.messages: self._messages(session),
+                self.area.stop: gr.update(value=label)}
+
+    def tick(self, data: dict) -> dict:
+        """Once a second: read new events and redraw what changed; nothing when nothing did."""
+        session: SessionState = data[self.area.state]
+        if session.settled or not session.view.run_dir:
+            active = self.manager.active_run()
+            if active is None or str(active) == session.view.run_dir:
+                return {}
+            self._attach(session, active)
+            return {**self.render(session), self.area.runs: self._runs_update(active.name)}
+        arrived = read_new_events(session.view)
+        updates = self.render(session)
+        if not arrived:
+            updates.pop(self.area.loss_plot), updates.pop(self.area.lr_plot)
+        if session.settled:
+            updates[self.area.runs] = self._runs_update(Path(session.view.run_dir).name)
+        return updates
+
+    def open_run(self, data: dict) -> dict:
+        session: SessionState = data[self.area.state]
+        name = data[self.area.runs]
+        if not name:
+            session.notes = [("info", "Choose a run in the Runs list first.")]
+            return {self.area.messages: self._messages(session), self.area.state: session}
+        self._attach(session, self.manager.runs_dir / name)
+        return {**self.render(session), self.area.runs: self._runs_update(name)}
+
+    def on_load(self, data: dict) -> dict:
+        """A page (re)load: re-attach to a run still in progress, fill the Runs and Preset lists."""
+        session: SessionState = data[self.area.state]
+        updates = {self.area.preset: gr.update(choices=self._preset_choices()),
+                   self.area.runs: self._runs_update(None)}
+        active = self.manager.active_run()
+        if active is not None:
+            self._attach(session, active)
+            updates.update(self.render(session))
+            updates[self.area.runs] = self._runs_update(active.name)
+        return updates
+
+    def _attach(self, session: SessionState, run_dir: Path) -> None:
+        session.view = RunView(run_dir=str(run_dir))
+        session.settled, session.samples_shown, session.plan_shown = "", -1, False
+        read_new_events(session.view)
+
+    def render(self, session: SessionState) -> dict:
+        """The run area for the watched run; parts that did not change are left alone."""
+        a, view = self.area, session.view
+        state = view_state(view)
+        running = state == "running"
+        stops = stop_requests(Path(view.run_dir))
+        if state == "died":
+            session.notes = [("error", "The trainer process ended without saying it finished (crashed or "
+                                       "killed from outside). The log below shows its last lines.")]
+        updates = {
+            a.state: session,
+            a.progress: progress_html(view, state),
+            a.loss_plot: frame(loss_rows(view), LOSS_COLUMNS),
+            a.lr_plot: frame(lr_rows(view), LR_COLUMNS),
+            a.outputs: outputs_markdown(view),
+            a.log: tail_text(Path(view.run_dir) / LOG_FILE),
+            a.messages: self._messages(session),
+            a.start: gr.update(interactive=not running),
+            a.stop: gr.update(interactive=running, value="Stop again to kill now" if running and stops == 1
+                              else "Stop training"),
+        }
+        if len(view.samples) != session.samples_shown:
+            session.samples_shown = len(view.samples)
+            updates[a.gallery] = [(p, c) for p, c in view.samples if Path(p).is_file()]
+        if view.plan and not session.plan_shown:
+            session.plan_shown = True
+            updates[a.plan_md] = plan_markdown(view.plan)
+            updates[a.plan_plot] = frame(plan_lr_rows(view.plan), LR_COLUMNS)
+        if not running:
+            session.settled = state
+        return updates
+
+    def _runs_update(self, selected: str | None):
+        choices = [(f"{p.name} — {run_status(p).state}", p.name) for p in self.manager.list_runs()[:50]]
+        return gr.update(choices=choices, value=selected)
+
+    # ----- plan and dataset -------------------------------------------------------------------------
+    def plan(self, data: dict) -> dict:
+        values = self.form.values(data)
+        result = compute_plan(split_secrets(values)[0], self.config.trainer_command)
+        if result.plan is None:
+            return {self.area.plan_md: f"❌ {result.error}", self.area.plan_plot: frame([], LR_COLUMNS)}
+        return {self.area.plan_md: plan_markdown(result.plan),
+                self.area.plan_plot: frame(plan_lr_rows(result.plan), LR_COLUMNS)}
+
+    def plan_unless_running(self, data: dict) -> dict:
+        if data[self.area.state].view.plan:
+            return {}
+        return self.plan(data)
+
+    def scan(self, data: dict) -> dict:
+        values = self.form.values(data)
+        text = dataset_markdown(values.get("train_data_dir", ""), values.get("reg_data_dir", ""),
+                                values.get("caption_extension", ""))
+        return {self.area.dataset_md: text}
+
+    # ----- presets ----------------------------------------------------------------------------------
+    def _preset_choices(self) -> list[tuple[str, str]]:
+        return [tuple(c) for c in presets_panel.preset_choices(self.config.user_presets_dir)]
+
+    def load_preset(self, data: dict) -> dict:
+        path = data[self.area.preset]
+        if not path:
+            return {self.area.preset_report: "Choose a preset first."}
+        try:
+            values = presets_panel.load_preset_values(path, self.form.values(data))
+        except (OSError, ValueError) as error:
+            return {self.area.preset_report: f"❌ Could not load {Path(path).name}: {error}"}
+        return {**self.form.value_updates(values), self.area.preset_report: f"Loaded preset **{Path(path).stem}**."}
+
+    def save_preset(self, data: dict) -> dict:
+        try:
+            path = presets_panel.save_preset_values(data[self.area.preset_name], self.form.values(data),
+                                                    self.config.user_presets_dir)
+        except (OSError, ValueError) as error:
+            return {self.area.preset_report: f"❌ {error}"}
+        return {self.area.preset: gr.update(choices=self._preset_choices(), value=str(path)),
+                self.area.preset_report: f"Saved preset **{path.stem}** to {path}."}
+
+    def import_kohya(self, data: dict) -> dict:
+        path = data[self.area.kohya_file]
+        if not path:
+            return {}
+        try:
+            result = presets_panel.import_kohya_values(path, self.form.values(data))
+        except (OSError, ValueError) as error:
+            return {self.area.preset_report: f"❌ {error}"}
+        return {**self.form.value_updates(result.values), self.area.preset_report: result.report}
