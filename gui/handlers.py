@@ -167,7 +167,7 @@ class Handlers:
         if session.settled or not session.view.run_dir:
             active = self.manager.active_run()
             if active is None or str(active) == session.view.run_dir:
-                return {}
+                return {self.area.state: gr.skip()}  # Gradio needs one key in a dict reply
             self._attach(session, active)
             return {**self.render(session), self.area.runs: self._runs_update(active.name)}
         arrived = read_new_events(session.view)
@@ -251,7 +251,7 @@ class Handlers:
 
     def plan_unless_running(self, data: dict) -> dict:
         if data[self.area.state].view.plan:
-            return {}
+            return {self.area.plan_md: gr.skip()}
         return self.plan(data)
 
     def scan(self, data: dict) -> dict:
@@ -286,7 +286,7 @@ class Handlers:
     def import_kohya(self, data: dict) -> dict:
         path = data[self.area.kohya_file]
         if not path:
-            return {}
+            return {self.area.preset_report: gr.skip()}
         try:
             result = presets_panel.import_kohya_values(path, self.form.values(data))
         except (OSError, ValueError) as error:

@@ -13,6 +13,7 @@ import gradio as gr
 from gui.blocks_table import blocks_markdown
 from gui.form import Form, build_tab_fields
 from gui.handlers import Handlers, SessionState
+from gui.run_view import RunView, progress_html
 from gui.runs import RunManager
 
 CSS = """
@@ -119,7 +120,7 @@ def _run_area(area: RunArea) -> None:
         area.stop = gr.Button("Stop training", variant="stop", elem_id="stop-button", scale=1)
         area.runs = gr.Dropdown(label="Runs", choices=[], value=None, scale=3, elem_id="runs-choice")
         area.open_run = gr.Button("Open run", scale=1, elem_id="open-run-button")
-    area.progress = gr.HTML("", elem_id="run-progress")
+    area.progress = gr.HTML(progress_html(RunView(), "idle"), elem_id="run-progress")
     area.messages = gr.Markdown("", elem_id="messages")
     with gr.Row():
         area.loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=280,

@@ -17,6 +17,12 @@ from typing import Any, NamedTuple
 from gui.runs import PROJECT_ROOT
 
 PLAN_TIMEOUT_S = 120
+DATASET_LABELS = (
+    ("train_images", "Training images"),
+    ("train_samples", "Images × repeats per epoch"),
+    ("reg_images", "Regularization images"),
+    ("batch_size", "Batch size"),
+)
 
 
 class PlanResult(NamedTuple):
@@ -70,20 +76,19 @@ def plan_markdown(plan: dict) -> str:
         ("Intermediate saves (steps)", _points(plan.get("save_steps") or [])),
         ("Samples at steps", _points(plan.get("sample_steps") or [])),
     ]
-    for key, value in dataset.items():
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            rows.insert(0, (key.replace("_", " ").capitalize(), value))
+    dataset_rows = [(label, dataset[key]) for key, label in DATASET_LABELS if key in dataset]
+    rows = dataset_rows + rows
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-    return "| | |\n|---|---|\n" + table
+    return "| Plan | |\n|---|---|\n" + table
 
 
 def dataset_markdown(train_data_dir: str, reg_data_dir: str, caption_extension: str) -> str:
     """A table of the N_name folders found (repeats, images, captions) plus the scan's warnings."""
-    from trainer.data.folders import DataError, scan_dataset
+    from trainer.data import folders  # its DataError is whatever class the scan raises
 
     try:
-        scan = scan_dataset(train_data_dir, reg_data_dir or None, caption_extension or ".caption")
-    except DataError as error:
+        scan = folders.scan_dataset(train_data_dir, reg_data_dir or None, caption_extension or ".caption")
+    except folders.DataError as error:
         return f"❌ `{error.setting or 'train_data_dir'}`: {error.message}"
     lines = ["| folder | kind | repeats | images | with caption file | images × repeats |",
              "|---|---|---|---|---|---|"]

@@ -160,3 +160,24 @@ def test_a_broken_encoder_is_reported(tmp_path):
     with pytest.raises(DataError) as caught:
         data.cache_latents(lambda x: torch.full((x.shape[0], 4, 8, 8), float("nan")), 0, disk=False)
     assert caught.value.setting == "cache_latents" and "NaN" in caught.value.message
+
+
+def test_progress_is_reported_and_reaches_the_total(tmp_path, vae):
+    root = make_images(tmp_path)
+    calls = []
+    data = TrainingData(scan_dataset(root, None, ".txt"), options(), seed=0)
+    data.cache_latents(CountingEncoder(vae), 0, disk=True, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 3), (3, 3)]  # smallest bucket area first: c in 80x40 (3200), then a, b in 64x64 (4096)
+    calls.clear()
+    again = TrainingData(scan_dataset(root, None, ".txt"), options(), seed=0)
+    again.cache_latents(CountingEncoder(vae), 0, disk=True, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(3, 3)]
+
+
+def test_an_unwritable_cache_file_is_named(tmp_path, vae):
+    root = make_images(tmp_path)
+    (root / "2_x" / "a_0064x0064_sd.npz.tmp").mkdir()  # the temporary name is taken by a folder
+    data = TrainingData(scan_dataset(root, None, ".txt"), options(), seed=0)
+    with pytest.raises(DataError) as caught:
+        data.cache_latents(CountingEncoder(vae), 0, disk=True)
+    assert caught.value.setting == "cache_latents_to_disk" and "a_0064x0064_sd.npz" in caught.value.message

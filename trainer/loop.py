@@ -85,14 +85,11 @@ def batch_loss(session: Session, batch, epoch: int, step: int) -> torch.Tensor:
 
 
 def current_lrs(session: Session) -> dict[str, float]:
+    """The learning rate each group uses for the coming update (0 for a text encoder that has stopped)."""
+    last = session.lr_scheduler.get_last_lr()
     lrs = {}
-    for name, group in zip(session.group_names, session.optimizer.param_groups):
-        lr = group.get("lr")
-        if lr is None:  # relative-step Adafactor keeps no lr
-            lr = session.lr_scheduler.get_last_lr()[0] if hasattr(session.lr_scheduler, "get_last_lr") else 0.0
-        if name == "text_encoder" and not session.train_text_encoder:
-            lr = 0.0
-        lrs[name] = float(lr)
+    for index, name in enumerate(session.group_names):
+        lrs[name] = 0.0 if name == "text_encoder" and not session.train_text_encoder else float(last[index])
     return lrs
 
 

@@ -82,23 +82,27 @@ def downsample_curve(values: list[float], max_points: int = MAX_CURVE_POINTS) ->
 
 
 def lr_preview(job, sched: Schedule) -> dict[str, list[list[float]]]:
-    """The LR of each parameter group at every step, as the trainer's scheduler will produce it."""
-    from trainer.optim.schedulers import lr_factor
+    """The LR of each parameter group at every step, as the trainer's scheduler will produce it.
+
+    With block LR weights the UNet's block groups follow the "unet" curve times their weight.
+    """
+    from trainer.optim.optimizers import parse_optimizer_args, uses_own_step_size
+    from trainer.optim.schedulers import lr_curve
     from trainer.spec import effective_lrs
 
     unet_lr, text_lr = effective_lrs(job)
-    groups = {"unet": unet_lr, "text_encoder": text_lr}
-    curves = {}
-    kwargs = dict(scheduler=job.lr_scheduler, total_steps=sched.total_steps, warmup_steps=sched.warmup_steps,
-                  num_cycles=job.lr_scheduler_num_cycles or 1, power=job.lr_scheduler_power or 1.0)
-    for name, base in groups.items():
-        if not base:
-            continue
-        values = [base * lr_factor(step, **kwargs) for step in range(sched.total_steps)]
-        if name == "text_encoder" and sched.text_encoder_stop_step is not None:
-            values = [v if i < sched.text_encoder_stop_step else 0.0 for i, v in enumerate(values)]
-        curves[name] = downsample_curve(values)
-    return curves
+    groups = {name: lr for name, lr in (("unet", unet_lr), ("text_encoder", text_lr)) if lr}
+    try:
+        relative = uses_own_step_size(job.optimizer, parse_optimizer_args(job.optimizer_args))
+    except ValueError:
+        relative = False
+    curves = lr_curve(groups, scheduler=job.lr_scheduler, total_steps=sched.total_steps,
+                      warmup_steps=sched.warmup_steps, num_cycles=job.lr_scheduler_num_cycles or 1,
+                      power=job.lr_scheduler_power or 1.0, lr_init=job.learning_rate, relative_step=relative)
+    stop = sched.text_encoder_stop_step
+    if stop is not None and "text_encoder" in curves:
+        curves["text_encoder"] = [v if i < stop else 0.0 for i, v in enumerate(curves["text_encoder"])]
+    return {name: downsample_curve(values) for name, values in curves.items()}
 
 
 def schedule_for_job(job, batches_per_epoch: int) -> Schedule:

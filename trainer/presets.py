@@ -166,10 +166,13 @@ def kept_keys() -> tuple[str, ...]:
 
 def apply_preset(current_values: dict[str, Any], preset_values: dict[str, Any]) -> dict[str, Any]:
     """All settings after picking a preset: the defaults, then the current model / folder paths, sample
-    prompts and secrets, then everything the preset sets (so the preset wins where it names a kept setting)."""
+    prompts and secrets, then everything the preset sets. A blank path or prompt in the preset (kohya_ss
+    configs carry "" for them) does not wipe the current one; a filled-in one wins."""
+    kept = kept_keys()
     result = defaults()
-    for key in kept_keys():
-        if key in current_values:
-            result[key] = current_values[key]
-    result.update({key: value for key, value in preset_values.items() if key != "spec_version"})
+    result.update({key: current_values[key] for key in kept if key in current_values})
+    for key, value in preset_values.items():
+        if key == "spec_version" or (key in kept and value in ("", None)):
+            continue
+        result[key] = value
     return result

@@ -3,6 +3,7 @@ model with its LoRA network, optimizer, LR schedule, text conditioning and the r
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import random
 import time
@@ -109,6 +110,20 @@ def network_config_from_job(job, train_unet: bool, train_text_encoder: bool, see
     )
 
 
+def rank_and_alpha_of(tensors: dict[str, torch.Tensor]) -> tuple[int, float]:
+    """The rank and alpha a LoRA file was trained with (for dim_from_weights); a file mixing ranks or
+    alphas cannot be described by one rank and is refused."""
+    ranks = {t.shape[0] for k, t in tensors.items() if k.endswith(".lora_down.weight")}
+    alphas = {round(float(t), 6) for k, t in tensors.items() if k.endswith(".alpha")}
+    if len(ranks) != 1:
+        raise TrainingError(f"the LoRA file has modules of different ranks {sorted(ranks)}; set the rank "
+                            "yourself instead of taking it from the file", "dim_from_weights")
+    rank = ranks.pop()
+    if len(alphas) > 1:
+        raise TrainingError(f"the LoRA file has different alphas {sorted(alphas)}", "dim_from_weights")
+    return rank, (alphas.pop() if alphas else float(rank))  # no alpha in old files means alpha = rank
+
+
 def block_lr_weights(job) -> tuple[float, ...] | None:
     """25 weights (IN0 … IN11, MID, OUT0 … OUT11) after the zero threshold, or None when none are set.
 
@@ -166,9 +181,14 @@ def build_session(job, run_dir: Path, events: EventWriter) -> Session:
     base = load_base_model(job.pretrained_model_name_or_path, device=precision.device, dtype=precision.weight_dtype)
     configure_attention(job, base, precision.device, events)
     unet_lr, text_lr = effective_lrs(job)
-    network = apply_network(base.unet, base.text_encoders, network_config_from_job(job, unet_lr > 0, text_lr > 0, seed))
-    if job.network_weights:
-        tensors, _ = read_lora_file(job.network_weights)
+    tensors = read_lora_file(job.network_weights)[0] if job.network_weights else None
+    config = network_config_from_job(job, unet_lr > 0, text_lr > 0, seed)
+    if job.dim_from_weights:
+        dim, alpha = rank_and_alpha_of(tensors)
+        config = dataclasses.replace(config, dim=dim, alpha=alpha)
+        events.status("loading model", note=f"rank {dim} and alpha {alpha:g} taken from {job.network_weights}")
+    network = apply_network(base.unet, base.text_encoders, config)
+    if tensors is not None:
         try:
             network.load_kohya_state_dict(tensors)
         except ValueError as error:

@@ -91,15 +91,25 @@ class TrainingData:
             self._encode_group(group, encode, chunk, latents, flipped)
             if disk:
                 for index in group:
-                    item = self.plan.images[index]
-                    latent_cache.save(paths[index], item.path, keys[index], item.original_size,
-                                      latents[index], flipped[index])
+                    self._save_cache_file(paths[index], self.plan.images[index], keys[index],
+                                          latents[index], flipped[index])
             done += len(group)
             if progress is not None:
                 progress(done, len(keys))
+        if progress is not None and not missing:
+            progress(done, len(keys))
         self._latents = latents
         self._latents_flipped = flipped if self.options.flip_aug else None
         self._loader = None  # workers made before caching hold no latents
+
+    @staticmethod
+    def _save_cache_file(path, item: PlannedImage, key, latent, flipped) -> None:
+        try:
+            latent_cache.save(path, item.path, key, item.original_size, latent, flipped)
+        except OSError as err:
+            raise DataError(f"Cannot write the latent cache file {path} ({err.strerror or err}); make the image "
+                            f"folder writable or turn off cache_latents_to_disk.", "cache_latents_to_disk",
+                            path) from err
 
     def cached_bytes(self) -> int:
         """Bytes held by the in-memory latent cache (0 when nothing is cached)."""

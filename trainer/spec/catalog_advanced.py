@@ -70,6 +70,7 @@ ADVANCED = (
             choices=(75, 150, 225),
             help="Longest caption in tokens. Past 75, captions are encoded in 75-token windows and joined."),
     Setting("full_fp16", "bool", False, "Full fp16 training", tab="advanced", section="Precision",
+            implemented=False,
             help="Keep even the LoRA weights and gradients in fp16 (needs mixed precision fp16): least "
                  "memory, some risk to accuracy. Off by default."),
     Setting("gradient_checkpointing", "bool", False, "Gradient checkpointing", tab="advanced",
