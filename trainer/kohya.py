@@ -316,8 +316,7 @@ def import_kohya_config(source: str | Path | dict) -> ImportResult:
                                                f"that value is used", _is_neutral(key, raw)))
         else:
             try:
-                values[target] = convert_value(target, raw)
-                origin[target] = key
+                values[target], origin[target] = _convert_implemented(target, raw), key
             except ValueError as error:
                 unmapped.append(_rejected(key, raw, target, str(error)))
     notes = _apply_legacy_flags(config, values, origin, unmapped)
@@ -336,6 +335,16 @@ def explicit_blank_rates(values: dict[str, Any]) -> dict[str, Any]:
     rate = values.get("learning_rate", SETTINGS_BY_KEY["learning_rate"].default)
     blanks = {k: rate for k in ("unet_lr", "text_encoder_lr") if k in values and values[k] is None}
     return {**values, **blanks}
+
+
+def _convert_implemented(key: str, raw: Any) -> Any:
+    """convert_value, refusing a non-default value of a setting the trainer cannot honour yet (a job holding
+    one would be refused at training time)."""
+    value = convert_value(key, raw)
+    setting = SETTINGS_BY_KEY[key]
+    if not setting.implemented and value != setting.default:
+        raise ValueError(f"{value!r} is not implemented yet in LoRA Loom (it would be ignored)")
+    return value
 
 
 def _rejected(file_key: str, raw: Any, key: str, problem: str) -> Unmapped:

@@ -156,7 +156,8 @@ class Saver:
         save_lora_file(path, tensors, metadata)
         self.outputs.append(str(path))
         self.events.emit("checkpoint", step=step, epoch=epoch, path=str(path), kind=kind)
-        self.events.status("training")
+        if kind != "final":
+            self.events.status("training")
         return path
 
     def save_epoch(self, step: int, epoch: int) -> None:

@@ -7,6 +7,7 @@ Like peft, injection freezes every other parameter of an adapted model.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -67,7 +68,10 @@ def _inject(model: torch.nn.Module, plans: list[ModulePlan], config: NetworkConf
         layers = [replace_with_dylora(model, p.target.path, p.dim, p.alpha, config.unit, generator) for p in plans]
         return [Adapter(plan, layer) for plan, layer in zip(plans, layers)]
     for (dim, alpha), paths in _group_by_rank_and_alpha(plans).items():
-        inject_adapter_in_model(_peft_config(config, paths, dim, alpha), model, adapter_name=PEFT_ADAPTER_NAME)
+        with warnings.catch_warnings():
+            # Expected from the second call on: the adapter name is the same, the modules are new.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            inject_adapter_in_model(_peft_config(config, paths, dim, alpha), model, adapter_name=PEFT_ADAPTER_NAME)
     return [Adapter(plan, model.get_submodule(plan.target.path)) for plan in plans]
 
 
