@@ -13,9 +13,10 @@ import gradio as gr
 from gui.blocks_table import blocks_markdown
 from gui.form import Form, build_tab_fields
 from gui.handlers import Handlers, SessionState
-from gui.run_view import RunView, progress_html
+from gui.run_view import MOVING_AVERAGE_LABEL, RunView, progress_html
 from gui.runs import RunManager
 
+LR_COLORS = {"unet": "#2563eb", "text_encoder": "#16a34a"}
 CSS = """
 .loom-progress { padding: 8px 4px; }
 .loom-headline { font-weight: 600; margin-bottom: 6px; }
@@ -111,6 +112,7 @@ def _plan_panel(area: RunArea) -> None:
                 area.plan_md = gr.Markdown("", elem_id="plan-table")
             with gr.Column(scale=2):
                 area.plan_plot = gr.LinePlot(x="step", y="lr", color="group", title="Learning rate (preview)",
+                                             color_map=LR_COLORS,
                                              height=240, elem_id="plan-lr-plot")
 
 
@@ -124,8 +126,10 @@ def _run_area(area: RunArea) -> None:
     area.messages = gr.Markdown("", elem_id="messages")
     with gr.Row():
         area.loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=280,
+                                     color_map={"loss": "#93c5fd", MOVING_AVERAGE_LABEL: "#ea580c"},
                                      elem_id="loss-plot")
         area.lr_plot = gr.LinePlot(x="step", y="lr", color="group", title="Learning rate", height=280,
+                                   color_map=LR_COLORS,
                                    elem_id="lr-plot")
     area.gallery = gr.Gallery(label="Samples", columns=6, height=260, elem_id="sample-gallery",
                               show_label=True, allow_preview=True)

@@ -168,11 +168,12 @@ class RunManager:
         Raises RunError when a run is already going, JobError (trainer.spec) when the values are invalid.
         ``secrets`` become environment variables of the trainer (never written to a file).
         """
-        from trainer.spec import write_job_toml
+        from trainer.spec import job_from_values, write_job_toml
 
         busy = self.active_run()
         if busy is not None:
             raise RunError(f"A run is already in progress ({busy.name}); stop it before starting another.")
+        job_from_values(values)  # refuse bad values before any folder is made
         run_dir = self._new_run_dir(str(values.get("output_name") or "run"))
         job_path = write_job_toml(values, run_dir / JOB_FILE)
         self._launch(run_dir, job_path, secrets or {})

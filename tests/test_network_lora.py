@@ -136,8 +136,9 @@ def test_parts_not_trained_get_no_modules():
     unet, text_encoder = tiny_models()
     network = apply_network(unet, [text_encoder], NetworkConfig(dim=2, train_unet=False))
     assert network.module_names("unet") == [] and len(network.module_names("text_encoder")) == 12
+    unet, _ = tiny_models()
     with pytest.raises(ValueError, match="no modules"):
-        apply_network(*tiny_models()[:1], [], NetworkConfig(train_unet=False))
+        apply_network(unet, [], NetworkConfig(train_unet=False))
 
 
 def test_stopping_text_encoder_training_keeps_its_effect(network_and_models):
@@ -212,3 +213,21 @@ def test_metadata_names_module_dim_alpha_and_args(network_and_models):
     assert metadata["ss_network_dim"] == "4" and metadata["ss_network_alpha"] == "2.0"
     assert json.loads(metadata["ss_network_args"]) == {}
     assert all(isinstance(v, str) for v in metadata.values())
+
+
+def test_adapters_stay_float32_on_a_bf16_base():
+    unet, text_encoder = tiny_models()
+    unet.to(torch.bfloat16)
+    network = apply_network(unet, [text_encoder], NetworkConfig(dim=4, alpha=4.0))
+    assert {p.dtype for p in network.trainable_parameters()} == {torch.float32}
+    perturb_up_weights(network)
+    x = torch.randn(2, 32, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    layer = unet.get_submodule(TO_Q)
+    out = layer(x)
+    assert out.dtype == torch.bfloat16
+    tensors = network.kohya_state_dict()
+    name = f"lora_unet_{TO_Q.replace('.', '_')}"
+    delta = x.float() @ tensors[f"{name}.lora_down.weight"].T @ tensors[f"{name}.lora_up.weight"].T
+    assert torch.allclose(out.float(), (layer.base_layer(x).float() + delta), atol=0.05)
+    network.cast_adapters(torch.bfloat16)
+    assert {p.dtype for p in network.trainable_parameters()} == {torch.bfloat16}

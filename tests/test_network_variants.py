@@ -158,7 +158,8 @@ def test_loha_keys_shapes_and_delta(tmp_path):
 
 def test_dylora_trains_one_rank_group_per_call_and_saves_as_lora(tmp_path):
     unet, te = tiny_models()
-    network = apply_network(unet, [te], NetworkConfig(lora_type="DyLoRA", dim=4, alpha=2.0, unit=2, seed=11))
+    config = NetworkConfig(lora_type="DyLoRA", dim=4, alpha=2.0, unit=2, conv_dim=2, conv_alpha=1.0, seed=11)
+    network = apply_network(unet, [te], config)
     layer = unet.get_submodule(TO_Q)
     with torch.no_grad():
         for group in layer.up_groups:
@@ -188,9 +189,26 @@ def test_dylora_trains_one_rank_group_per_call_and_saves_as_lora(tmp_path):
     assert network.metadata()["ss_network_module"] == "networks.dylora"
     path = save_lora_file(tmp_path / "dylora.safetensors", tensors, network.metadata())
     other_unet, other_te = tiny_models(seed=1)
-    other = apply_network(other_unet, [other_te], NetworkConfig(lora_type="DyLoRA", dim=4, alpha=2.0, unit=2))
+    other = apply_network(other_unet, [other_te], config)
     other.load_kohya_state_dict(read_lora_file(path)[0])
     assert all(torch.equal(other.kohya_state_dict()[k], tensors[k]) for k in tensors)
+
+
+def test_dylora_on_a_strided_3x3_conv():
+    unet, _ = tiny_models()
+    config = NetworkConfig(lora_type="DyLoRA", dim=2, unit=2, conv_dim=4, conv_alpha=2.0, train_text_encoder=False)
+    network = apply_network(unet, [], config)
+    assert len(network.module_names()) == 117
+    layer = unet.get_submodule("down_blocks.0.downsamplers.0.conv")
+    with torch.no_grad():
+        for group in layer.up_groups:
+            group.normal_(generator=torch.Generator().manual_seed(8))
+        x = torch.randn(1, 32, 8, 8, generator=torch.Generator().manual_seed(9))
+        down, up = layer.full_down(), layer.full_up()
+        assert down.shape == (4, 32, 3, 3) and up.shape == (32, 4, 1, 1)
+        hidden = torch.nn.functional.conv2d(x, down, stride=2, padding=1)
+        expected = layer.base_layer(x) + torch.nn.functional.conv2d(hidden, up) * (2.0 / 4)
+        assert torch.allclose(layer(x), expected, atol=1e-5)
 
 
 def test_dylora_draws_vary_and_follow_the_seed():
@@ -207,5 +225,8 @@ def test_dylora_draws_vary_and_follow_the_seed():
 
 
 def test_dylora_dim_must_be_a_multiple_of_unit():
-    with pytest.raises(ValueError, match="multiple of unit"):
-        NetworkConfig(lora_type="DyLoRA", dim=6, unit=4)
+    with pytest.raises(ValueError, match=r"network_dim \(6\) must be a multiple of unit \(4\)"):
+        NetworkConfig(lora_type="DyLoRA", dim=6, unit=4, conv_dim=4)
+    with pytest.raises(ValueError, match=r"conv_dim \(1\) must be a multiple of unit \(4\)"):
+        NetworkConfig(lora_type="DyLoRA", dim=8, unit=4)
+    assert NetworkConfig(lora_type="DyLoRA", dim=8, unit=4, conv_dim=0).adapts_conv_layers is False

@@ -90,9 +90,10 @@ def test_toml_round_trip_keeps_every_value_and_never_writes_secrets(tmp_path):
 
 
 def test_blank_values_round_trip_as_blank(tmp_path):
-    path = write_job_toml({"seed": None, "lr_scheduler_num_cycles": None}, tmp_path / "job.toml")
+    path = write_job_toml({"seed": None, "lr_scheduler_num_cycles": None, "unet_lr": None}, tmp_path / "job.toml")
     job = load_job(path)
     assert job.seed is None and job.lr_scheduler_num_cycles is None
+    assert job.unet_lr is None, "a blank unet_lr means 'use learning_rate' and must not become the default"
 
 
 def test_job_file_errors_are_clear(tmp_path):

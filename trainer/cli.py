@@ -97,7 +97,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_import_kohya(args) -> int:
-    from trainer.kohya import KohyaImportError, import_kohya_to_toml
+    from trainer.kohya import KohyaImportError, import_kohya_to_toml, report_lines
 
     try:
         result = import_kohya_to_toml(args.config, args.output)
@@ -105,10 +105,8 @@ def cmd_import_kohya(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_REFUSED
     print(f"wrote {args.output} ({len(result.values)} settings)")
-    for item in result.unmapped:
-        print(f"not imported: {item.key} = {item.value!r}: {item.reason}")
-    for note in result.notes:
-        print(f"note: {note}")
+    for line in report_lines(result):
+        print(line)
     return EXIT_OK
 
 

@@ -78,7 +78,8 @@ def _inject(model: torch.nn.Module, plans: list[ModulePlan], config: NetworkConf
 def apply_network(unet, text_encoders: list, config: NetworkConfig) -> "LoraNetwork":
     """Inject the adapters ``config`` asks for into ``unet`` and ``text_encoders`` (in place).
 
-    Parts with train_unet / train_text_encoder False get no adapter at all. One text encoder gets
+    Parts with train_unet / train_text_encoder False get no adapter at all. Adapter weights are
+    float32 whatever the base dtype (``LoraNetwork.cast_adapters`` changes that). One text encoder gets
     kohya prefix ``lora_te``, two (SDXL) ``lora_te1`` / ``lora_te2``.
     """
     generator = torch.Generator().manual_seed(config.seed)
@@ -92,7 +93,9 @@ def apply_network(unet, text_encoders: list, config: NetworkConfig) -> "LoraNetw
         adapters += _inject(unet, plans, config, generator)
     if not adapters:
         raise ValueError("The network has no modules: train neither the UNet nor the text encoder, or every block dim is 0")
-    return LoraNetwork(config, adapters)
+    network = LoraNetwork(config, adapters)
+    network.cast_adapters(torch.float32)  # as sd-scripts: fp32 adapters even on an fp16/bf16 base
+    return network
 
 
 class LoraNetwork:
@@ -115,6 +118,11 @@ class LoraNetwork:
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Every adapter parameter that currently requires grad."""
         return [p for a in self.adapters for p in a.parameters() if p.requires_grad]
+
+    def cast_adapters(self, dtype: torch.dtype) -> None:
+        """Keep the adapter weights in ``dtype`` (float32 by default; fp16/bf16 for full_fp16/full_bf16)."""
+        for param in (p for a in self.adapters for p in a.parameters()):
+            param.data = param.data.to(dtype)
 
     def set_text_encoder_trainable(self, trainable: bool) -> None:
         """Start or stop training the text-encoder adapters (they keep acting in the forward pass)."""

@@ -22,7 +22,8 @@ class NetworkConfig:
     """What to adapt and how.
 
     dim/alpha: rank and alpha of Linear and 1×1-conv adapters (scale = alpha / dim; alpha 0 means
-    alpha = dim, as in sd-scripts). conv_dim/conv_alpha: the same for 3×3 convs (LoCon, LoHa).
+    alpha = dim, as in sd-scripts). conv_dim/conv_alpha: the same for 3×3 convs (LoCon, LoHa, DyLoRA;
+    0 means no conv adapters).
     unit: DyLoRA's rank step. block_*: 25 values IN00..IN11, MID, OUT00..OUT11 for the UNet; a block
     with dim 0 or LR weight 0 gets no adapter. block_lr_weights are the weights after sd-scripts'
     zero threshold. seed drives DyLoRA's rank draws.
@@ -48,8 +49,8 @@ class NetworkConfig:
 
     @property
     def adapts_conv_layers(self) -> bool:
-        """LoCon and LoHa also adapt the resnet / up- and downsampler layers (when conv_dim > 0)."""
-        if self.lora_type not in ("LoCon", "LoHa"):
+        """LoCon, LoHa and DyLoRA also adapt the resnet / up- and downsampler layers (when conv_dim > 0)."""
+        if self.lora_type not in ("LoCon", "LoHa", "DyLoRA"):
             return False
         return self.conv_dim > 0 or bool(self.conv_block_dims and any(self.conv_block_dims))
 
@@ -73,10 +74,18 @@ def validate_network_config(config: NetworkConfig) -> None:
         if values is not None:
             object.__setattr__(config, name, validate_block_values(name, values, BLOCK_COUNT))
     if config.lora_type == "DyLoRA":
-        dims = [config.dim] + [d for d in (config.block_dims or ()) if d]
-        bad = [d for d in dims if d % config.unit]
+        _check_dylora_dims(config)
+
+
+def _check_dylora_dims(config: NetworkConfig) -> None:
+    """Every DyLoRA rank must be a whole number of units."""
+    dims = {"network_dim": [config.dim], "block_dims": list(config.block_dims or ())}
+    if config.adapts_conv_layers:
+        dims.update(conv_dim=[config.conv_dim], conv_block_dims=list(config.conv_block_dims or ()))
+    for name, values in dims.items():
+        bad = [d for d in values if d % config.unit]
         if bad:
-            raise ValueError(f"DyLoRA: network_dim / block_dims ({bad[0]}) must be a multiple of unit ({config.unit})")
+            raise ValueError(f"DyLoRA: {name} ({bad[0]}) must be a multiple of unit ({config.unit})")
 
 
 def effective_alpha(alpha: float, dim: int) -> float:

@@ -108,6 +108,9 @@ def job_from_values(values: dict[str, Any]) -> BaseModel:
     from .migrate import migrate
 
     values = migrate(dict(values))
+    for setting in SETTINGS:  # TOML has no null: a blank optional setting is written as ""
+        if setting.optional and values.get(setting.key) == "":
+            values[setting.key] = None
     extra = values.get("additional_parameters")
     if isinstance(extra, str) and extra.strip():
         from .checks import parse_additional_parameters
@@ -144,11 +147,20 @@ def job_to_values(job: BaseModel) -> dict[str, Any]:
 
 
 def toml_text(values: dict[str, Any]) -> str:
-    """TOML for a job: spec_version first, then settings in schema order; blanks (None) and secrets left out."""
+    """TOML for a job: spec_version first, then settings in schema order; secrets left out.
+
+    A blank (None) is left out when blank is the default, and written as "" when it is not (so a blank
+    unet_lr, meaning "use learning_rate", survives the round trip)."""
     table: dict[str, Any] = {"spec_version": SPEC_VERSION}
     for setting in SETTINGS:
-        if setting.key in values and values[setting.key] is not None and not setting.secret:
-            table[setting.key] = values[setting.key]
+        if setting.key not in values or setting.secret:
+            continue
+        value = values[setting.key]
+        if value is None:
+            if setting.default is None:
+                continue
+            value = ""
+        table[setting.key] = value
     return tomli_w.dumps(table)
 
 

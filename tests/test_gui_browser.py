@@ -1,0 +1,154 @@
+"""The real app in headless Chromium: tabs, field errors that start nothing, a live run with loss plot and
+samples, a page reload that re-attaches, and Stop that saves the LoRA.
+
+The app runs as ``python app.py`` in a subprocess on a free port with a job built from the demo (its outputs
+in a temporary folder, 50 epochs so the run is still going when the test stops it).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SCREENSHOT = Path("/tmp/loom-browser-test.png")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"app.py exited early with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"app.py did not answer on {url} within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def app_env(tmp_path_factory, demo_dir):
+    from trainer.spec import read_job_toml, write_job_toml
+
+    root = tmp_path_factory.mktemp("gui")
+    values = read_job_toml(demo_dir / "job.toml")
+    values.pop("spec_version", None)
+    values.update(output_dir=str(root / "out"), epoch=50, output_name="browser_lora")
+    job = write_job_toml(values, root / "job.toml")
+    runs = root / "runs"
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    log = (root / "app.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "app.py"), "--port", str(port), "--job", str(job), "--runs-dir", str(runs)],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for_http(url, process)
+        yield {"url": url, "runs": runs, "out": root / "out"}
+    finally:
+        for run_pid in runs.glob("*/pid"):  # never leave a trainer behind
+            try:
+                os.killpg(int(run_pid.read_text()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector("#start-button", timeout=60_000)
+    return page
+
+
+def field(page, key):
+    return page.locator(f"#setting-{key} input, #setting-{key} textarea").first
+
+
+def test_page_has_the_tabs_and_a_plan(app_env, browser):
+    page = open_page(browser, app_env["url"])
+    tabs = page.get_by_role("tab").all_inner_texts()
+    for title in ("Model", "Folders", "Dataset", "Basic", "Advanced", "Blocks/Conv", "Samples"):
+        assert title in tabs
+    page.get_by_role("tab", name="Blocks/Conv").click()
+    for title in ("Weights", "Blocks", "Conv"):
+        assert page.get_by_role("tab", name=title, exact=True).count() == 1
+    page.locator("#plan-table").get_by_text("Total steps").wait_for(timeout=60_000)
+    assert "2000" in page.inner_text("#plan-table")  # 8 images × 10 repeats ÷ batch 2 × 50 epochs
+    page.close()
+
+
+def test_bad_values_show_field_errors_and_start_nothing(app_env, browser):
+    page = open_page(browser, app_env["url"])
+    page.get_by_role("tab", name="Basic").click()
+    field(page, "train_batch_size").fill("0")
+    field(page, "max_resolution").fill("abc")
+    field(page, "max_resolution").press("Tab")
+    batch_error = page.locator("#error-train_batch_size")
+    batch_error.wait_for(state="visible", timeout=20_000)
+    assert "train_batch_size" in batch_error.inner_text() and "1" in batch_error.inner_text()
+    resolution_error = page.locator("#error-max_resolution")
+    resolution_error.wait_for(state="visible", timeout=20_000)
+    assert "max_resolution" in resolution_error.inner_text()
+    page.click("#start-button")
+    page.locator("#messages").get_by_text("Nothing was started").wait_for(timeout=20_000)
+    assert not app_env["runs"].exists() or not any(app_env["runs"].iterdir())
+    field(page, "train_batch_size").fill("2")
+    field(page, "max_resolution").fill("64,64")
+    field(page, "max_resolution").press("Tab")
+    batch_error.wait_for(state="hidden", timeout=20_000)
+    resolution_error.wait_for(state="hidden", timeout=20_000)
+    page.close()
+
+
+def test_start_shows_loss_and_samples_reload_reattaches_and_stop_saves(app_env, browser):
+    page = open_page(browser, app_env["url"])
+    page.click("#start-button")
+    page.locator("#loss-plot .mark-line path").first.wait_for(timeout=90_000)
+    page.locator("#sample-gallery img").first.wait_for(timeout=90_000)
+    assert "step 25 — shapes" in page.inner_text("#sample-gallery")
+    assert "of 2000" in page.inner_text("#run-progress")
+    page.close()
+
+    page = open_page(browser, app_env["url"])  # a reload finds the run still going
+    page.locator("#run-progress").get_by_text("Running").wait_for(timeout=30_000)
+    page.locator("#loss-plot .mark-line path").first.wait_for(timeout=30_000)
+    page.click("#stop-button")
+    page.locator("#run-progress").get_by_text("Stopped by you").wait_for(timeout=60_000)
+    page.locator("#run-outputs").get_by_text(".safetensors").first.wait_for(timeout=20_000)
+    shown = [line for line in page.inner_text("#run-outputs").splitlines() if ".safetensors" in line]
+    lora = Path(shown[0].split(" — ")[0].strip())
+    assert lora.parent == app_env["out"] and lora.is_file()
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.close()
