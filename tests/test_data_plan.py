@@ -162,3 +162,19 @@ def test_options_from_the_real_job_defaults():
     assert options.resolution == parse_resolution(job.max_resolution)
     assert options.caption_extension == job.caption_extension
     assert options.flip_aug and options.batch_size == 2 and options.effective_vae_batch_size == 2
+
+
+def test_without_buckets_the_size_is_floored_to_what_the_unet_takes(tmp_path):
+    """kohya configs carry sizes such as 512,650: trained as 512,640 with a warning naming max_resolution."""
+    from PIL import Image
+
+    from trainer.data.batches import DataOptions, plan_dataset
+    from trainer.data.folders import scan_dataset
+
+    folder = tmp_path / "data" / "2_thing"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (700, 900)).save(folder / "a.png")
+    plan = plan_dataset(scan_dataset(tmp_path / "data", None, ".txt"),
+                        DataOptions(resolution=(512, 650), enable_bucket=False))
+    assert [b.resolution for b in plan.buckets] == [(512, 640)]
+    assert any(w.setting == "max_resolution" for w in plan.warnings)

@@ -323,7 +323,7 @@ def _bucket_chooser(options: DataOptions, found_warnings: list[DataWarning]):
     steps = options.bucket_reso_steps
     max_area = options.resolution[0] * options.resolution[1]
     if not options.enable_bucket:
-        buckets = [tuple(options.resolution)]
+        buckets = [fixed_training_size(options.resolution, found_warnings)]
     elif not options.bucket_no_upscale:
         low, high = snap_bucket_limits(options.min_bucket_reso, options.max_bucket_reso, steps)
         buckets = make_bucket_resolutions(options.resolution, low, high, steps)
@@ -342,6 +342,21 @@ def _bucket_chooser(options: DataOptions, found_warnings: list[DataWarning]):
         return choice
 
     return choose
+
+
+UNET_PIXEL_MULTIPLE = 64  # SD's VAE (÷8) then the UNet's three downsamplings (÷8)
+
+
+def fixed_training_size(resolution: Size, found_warnings: list[DataWarning]) -> Size:
+    """Without buckets every image is cut to one size; sides are floored to a multiple of 64 px so the
+    latents pass the UNet's downsamplings evenly (kohya configs carry sizes such as 512,650)."""
+    width, height = (max(UNET_PIXEL_MULTIPLE, side // UNET_PIXEL_MULTIPLE * UNET_PIXEL_MULTIPLE)
+                     for side in resolution)
+    if (width, height) != tuple(resolution):
+        found_warnings.append(DataWarning(
+            f"max_resolution {resolution[0]},{resolution[1]} is trained as {width},{height} (sides must be "
+            f"multiples of {UNET_PIXEL_MULTIPLE} px without buckets)", "max_resolution", None))
+    return width, height
 
 
 def _warn_if_small(record: ImageRecord, choice: BucketChoice, options: DataOptions,
