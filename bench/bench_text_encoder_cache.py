@@ -136,12 +136,13 @@ def run_config(model: str, demo_dir: Path, model_dir: Path, use_cache: bool, war
         fill_s = time.perf_counter() - fill_started
 
         meter = TextEncoderMeter(session.base.text_encoder)
-        stop, step_times, losses = StopFlag(), {}, {}
+        stop, step_times, cpu_times, losses = StopFlag(), {}, {}, {}
 
         def on_event(event: dict) -> None:
             if event["type"] != "step":
                 return
             step_times[event["step"]] = time.perf_counter()
+            cpu_times[event["step"]] = time.process_time()
             losses[event["step"]] = event["loss"]
             meter.on = warmup <= event["step"] < warmup + timed  # counts the passes of steps warmup+1 …
             if event["step"] >= warmup + timed:
@@ -159,7 +160,8 @@ def run_config(model: str, demo_dir: Path, model_dir: Path, use_cache: bool, war
             "model": model, "cache": use_cache, "threads": torch.get_num_threads(),
             "batch": job.train_batch_size, "timed_steps": timed, "setup_s": setup_s, "fill_s": fill_s,
             "captions_filled": filled, "steps_per_s": timed / (step_times[last] - step_times[warmup]),
-            "median_step_s": statistics.median(durations), "te_s_per_step": meter.seconds / timed,
+            "median_step_s": statistics.median(durations),
+            "cpu_s_per_step": (cpu_times[last] - cpu_times[warmup]) / timed, "te_s_per_step": meter.seconds / timed,
             "te_sequences": meter.sequences, "cache_bytes": cache_bytes(session.text_cache),
             "load_peak_rss": load_peak, "train_peak_rss": train_peak,
             "peak_rss": max(load_peak, train_peak or 0), "last_loss": losses[last],

@@ -65,7 +65,9 @@ class Handlers:
         form, area = self.form, self.area
         run_outputs = self.run_outputs()
         field_outputs = [*form.errors.values(), area.messages, area.state]
-        gr.on([w.input for w in form.fields.values()], self.check_fields, inputs=form.inputs | {area.state},
+        # input fires on typing; blur also catches pasted text (a Textbox's input event needs a keypress)
+        triggers = [w.input for w in form.fields.values()] + [w.blur for w in form.fields.values() if hasattr(w, "blur")]
+        gr.on(triggers, self.check_fields, inputs=form.inputs | {area.state},
               outputs=field_outputs, show_progress="hidden", trigger_mode="always_last")
         for key in {s_key for s_key in self._controlling_keys()}:
             form.fields[key].change(self.visibility, inputs=form.inputs, outputs=self._dependents(),
@@ -219,7 +221,7 @@ class Handlers:
             a.loss_plot: frame(loss_rows(view), LOSS_COLUMNS),
             a.lr_plot: frame(lr_rows(view), LR_COLUMNS),
             a.outputs: outputs_markdown(view),
-            a.log: tail_text(Path(view.run_dir) / LOG_FILE),
+            a.log: tail_text(Path(view.run_dir) / LOG_FILE, max_lines=25),
             a.messages: self._messages(session),
             a.start: gr.update(interactive=not running),
             a.stop: gr.update(interactive=running, value="Stop again to kill now" if running and stops == 1
@@ -234,6 +236,7 @@ class Handlers:
             updates[a.plan_plot] = frame(plan_lr_rows(view.plan), LR_COLUMNS)
         if not running:
             session.settled = state
+            session.notes = [n for n in session.notes if n[0] != "info"]  # "Stopping…" is over
         return updates
 
     def _runs_update(self, selected: str | None):
@@ -269,10 +272,10 @@ class Handlers:
         if not path:
             return {self.area.preset_report: "Choose a preset first."}
         try:
-            values = presets_panel.load_preset_values(path, self.form.values(data))
+            applied = presets_panel.load_preset_values(path, self.form.values(data))
         except (OSError, ValueError) as error:
-            return {self.area.preset_report: f"❌ Could not load {Path(path).name}: {error}"}
-        return {**self.form.value_updates(values), self.area.preset_report: f"Loaded preset **{Path(path).stem}**."}
+            return {self.area.preset_report: f"❌ {error}"}
+        return {**self.form.value_updates(applied.values), self.area.preset_report: applied.report}
 
     def save_preset(self, data: dict) -> dict:
         try:

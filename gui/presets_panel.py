@@ -1,18 +1,15 @@
 """The presets row's logic: list, load, save and kohya_ss import, as plain functions (no gradio).
 
-The real work lives in ``trainer.presets`` and ``trainer.kohya``. Until those land, a small local stand-in
-lists and reads JSON/TOML presets so the row works; the kohya import then says it is not available.
+The work is done by ``trainer.presets`` and ``trainer.kohya``; this module turns their results into what the
+page shows, above all a report of every kohya_ss key that was not imported (never dropped silently).
 """
 from __future__ import annotations
 
-import json
-import tomllib
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from gui.runs import PROJECT_ROOT
-
-BUILTIN_PRESETS_DIR = PROJECT_ROOT / "presets"
+from trainer import presets
+from trainer.kohya import KohyaImportError, import_kohya_config
 
 
 class PresetChoice(NamedTuple):
@@ -20,86 +17,58 @@ class PresetChoice(NamedTuple):
     path: str
 
 
-def _presets_module():
-    try:
-        from trainer import presets
-    except ImportError:
-        return None
-    return presets
+class Applied(NamedTuple):
+    values: dict[str, Any]  # every setting after applying
+    report: str  # Markdown for the presets row
 
 
 def preset_choices(user_dir: Path) -> list[PresetChoice]:
     """Built-in presets first, then the user's, labelled 'user: name'."""
-    module = _presets_module()
-    if module is not None:
-        infos = module.list_presets(Path(user_dir))
-        return [PresetChoice(i.name if i.builtin else f"user: {i.name}", str(i.path)) for i in infos]
-    found = [PresetChoice(p.stem, str(p)) for p in _preset_files(BUILTIN_PRESETS_DIR)]
-    return found + [PresetChoice(f"user: {p.stem}", str(p)) for p in _preset_files(Path(user_dir))]
+    return [PresetChoice(i.name if i.builtin else f"user: {i.name}", str(i.path))
+            for i in presets.list_presets(Path(user_dir))]
 
 
-def _preset_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix in (".json", ".toml") and p.is_file())
-
-
-def load_preset_values(path: str, current: dict[str, Any]) -> dict[str, Any]:
-    """``current`` with the preset's values applied (a preset only holds what differs from defaults)."""
-    module = _presets_module()
-    if module is not None:
-        return dict(module.apply_preset(current, module.load_preset(Path(path))))
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    preset = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    preset.pop("spec_version", None)
-    return {**current, **preset}
+def load_preset_values(path: str, current: dict[str, Any]) -> Applied:
+    """``current`` with the preset applied. A kohya_ss JSON in the list is imported, with its report.
+    Raises ValueError (PresetError) with a message naming the file."""
+    loaded = presets.read_preset(Path(path))
+    values = presets.apply_preset(current, loaded.values)
+    report = f"Loaded preset **{Path(path).stem}**."
+    if loaded.from_kohya:
+        report = import_report(Path(path).name, loaded.values, loaded.unmapped, loaded.notes)
+    return Applied(values, report)
 
 
 def save_preset_values(name: str, values: dict[str, Any], user_dir: Path) -> Path:
-    """Save the settings that differ from the defaults as a user preset; returns its file."""
+    """Save what differs from the defaults as a user preset; returns its file. Raises ValueError."""
     if not name or not name.strip():
         raise ValueError("Type a name for the preset first.")
-    module = _presets_module()
-    if module is not None:
-        return Path(module.save_preset(name.strip(), values, Path(user_dir)))
-    from trainer.spec import sparse_values
-
-    safe = "".join(c if c.isalnum() or c in "-_ ." else "_" for c in name.strip())
-    path = Path(user_dir) / f"{safe}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(sparse_values(values), indent=2, sort_keys=True), encoding="utf-8")
-    return path
+    return presets.save_preset(name.strip(), values, Path(user_dir))
 
 
-class KohyaImport(NamedTuple):
-    values: dict[str, Any]
-    report: str  # Markdown: what was imported, what was not and why
-
-
-def import_kohya_values(path: str, current: dict[str, Any]) -> KohyaImport:
+def import_kohya_values(path: str, current: dict[str, Any]) -> Applied:
     """Apply a kohya_ss config file on top of ``current``. Raises ValueError with a message for the page."""
-    try:
-        from trainer.kohya import KohyaImportError, import_kohya_config
-    except ImportError:
-        raise ValueError("Importing kohya_ss configs is not available in this build (trainer.kohya is missing).") from None
     try:
         result = import_kohya_config(Path(path))
     except KohyaImportError as error:
         raise ValueError(f"{Path(path).name} was not imported: {error}") from None
-    return KohyaImport({**current, **result.values}, import_report(Path(path).name, result))
+    values = presets.apply_preset(current, result.values)
+    return Applied(values, import_report(Path(path).name, result.values, result.unmapped, result.notes))
 
 
-def import_report(file_name: str, result) -> str:
-    """Markdown listing what was imported and every key that was not, with its reason (nothing is dropped silently)."""
-    lines = [f"**Imported {len(result.values)} settings from {file_name}.**"]
-    if result.unmapped:
-        lines.append(f"\n**Not imported ({len(result.unmapped)}):**\n")
-        lines.append("| key | value | why |\n|---|---|---|")
-        for key, value, reason in result.unmapped:
-            lines.append(f"| `{key}` | `{_short(value)}` | {reason} |")
-    for note in result.notes:
-        lines.append(f"\n- {note}")
+def import_report(file_name: str, imported: dict, unmapped: list, notes: list[str]) -> str:
+    """Markdown: how many settings came in, a table of every key that did not and why, then the notes.
+    Keys that only held kohya_ss's off/default values are listed in one line (nothing was lost there)."""
+    lines = [f"**Imported {len(imported)} settings from {file_name}.**"]
+    lost = [u for u in unmapped if not getattr(u, "neutral", False)]
+    neutral = [u.key for u in unmapped if getattr(u, "neutral", False)]
+    if lost:
+        lines += [f"\n**Not imported ({len(lost)}):**\n", "| key | value | why |", "|---|---|---|"]
+        lines += [f"| `{u.key}` | `{_short(u.value)}` | {u.reason} |" for u in lost]
+    if neutral:
+        lines.append(f"\nNot imported, but only kohya_ss's off/default values (nothing lost): "
+                     f"{', '.join(f'`{k}`' for k in neutral)}")
+    lines += [f"\n- {note}" for note in notes]
     return "\n".join(lines)
 
 

@@ -2,8 +2,8 @@
 
 ``demo_values`` is the demo's job shrunk to a few steps (batch 8 → 10 steps per epoch, no samples, no
 intermediate saves, outputs under the test's folder). ``run_demo`` runs it through ``run_training`` (what
-``python -m trainer train`` calls); ``run_until`` uses the session API with a StopFlag so a run can be
-stopped after a given step. Both return a ``Run`` holding the events and the output folder.
+``python -m trainer train`` calls); ``run_in_session`` uses the session API, keeps the session for
+inspection and can stop the run with a StopFlag after a given step. Both return a ``Run`` holding the events and the output folder.
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ class Run:
     run_dir: Path
     output_dir: Path
     output_name: str
+    session: object = None  # the Session, for runs made through the session API
 
     def of(self, kind: str) -> list[dict]:
         return [e for e in self.events if e["type"] == kind]
@@ -91,20 +92,22 @@ def _finish(job, run_dir: Path, status: str) -> Run:
     return Run(status, events, run_dir, Path(job.output_dir), job.output_name)
 
 
-def run_demo(demo_dir: Path, work: Path, listeners=(), **overrides) -> Run:
-    """Train the shortened demo job (with ``overrides``) in-process through ``run_training``."""
+def run_demo(demo_dir: Path, work: Path, listeners=(), echo=None, **overrides) -> Run:
+    """Train the shortened demo job (with ``overrides``) in-process through ``run_training``; ``echo`` is a
+    text stream that receives the trainer's log lines."""
     from trainer.run import run_training
 
     job = job_from_values(demo_values(demo_dir, work, **overrides))
     run_dir = _run_dir(work)
-    with EventWriter(run_dir / "events.jsonl") as events:
+    with EventWriter(run_dir / "events.jsonl", echo=echo) as events:
         events.listeners.extend(listeners)
         status = run_training(job, run_dir, events)
     return _finish(job, run_dir, status)
 
 
-def run_until(demo_dir: Path, work: Path, stop_after: int, **overrides) -> Run:
-    """Train through the session API and request a stop (as SIGINT does) once step ``stop_after`` is done."""
+def run_in_session(demo_dir: Path, work: Path, stop_after: int | None = None, listeners=(), **overrides) -> Run:
+    """Train through the session API (build_session, cache_latents, Saver, train) and request a stop, as
+    SIGINT does, once step ``stop_after`` is done. The returned Run keeps the session for inspection."""
     from trainer.loop import StopFlag, train
     from trainer.saving import Saver
     from trainer.session import build_session, cache_latents
@@ -114,17 +117,19 @@ def run_until(demo_dir: Path, work: Path, stop_after: int, **overrides) -> Run:
     stop = StopFlag()
 
     def stop_at(event: dict) -> None:
-        if event["type"] == "step" and event["step"] >= stop_after:
+        if stop_after is not None and event["type"] == "step" and event["step"] >= stop_after:
             stop.request()
 
     with EventWriter(run_dir / "events.jsonl") as events:
-        events.listeners.append(stop_at)
+        events.listeners.extend([stop_at, *listeners])
         session = build_session(job, run_dir, events)
         cache_latents(session, events)
         saver = Saver(session, events)
         status = train(session, events, stop, saver)
         events.emit("finished", status=status, outputs=saver.outputs)
-    return _finish(job, run_dir, status)
+    run = _finish(job, run_dir, status)
+    run.session = session
+    return run
 
 
 def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

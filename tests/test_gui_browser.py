@@ -51,7 +51,7 @@ def app_env(tmp_path_factory, demo_dir):
     root = tmp_path_factory.mktemp("gui")
     values = read_job_toml(demo_dir / "job.toml")
     values.pop("spec_version", None)
-    values.update(output_dir=str(root / "out"), epoch=50, output_name="browser_lora")
+    values.update(output_dir=str(root / "out"), epoch=50, output_name="browser_lora", sample_every_n_steps=10)
     job = write_job_toml(values, root / "job.toml")
     runs = root / "runs"
     port = free_port()
@@ -137,7 +137,7 @@ def test_start_shows_loss_and_samples_reload_reattaches_and_stop_saves(app_env, 
     page.click("#start-button")
     page.locator("#loss-plot .mark-line path").first.wait_for(timeout=90_000)
     page.locator("#sample-gallery img").first.wait_for(timeout=90_000)
-    assert "step 25 — shapes" in page.inner_text("#sample-gallery")
+    assert "step 10 — shapes" in page.inner_text("#sample-gallery")
     assert "of 2000" in page.inner_text("#run-progress")
     page.close()
 

@@ -25,7 +25,8 @@ def test_config_from_a_job():
         "text_encoder_lr": 0,
     })
     config = network_config_from_job(job, seed=5)
-    assert (config.lora_type, config.dim, config.alpha, config.conv_dim, config.conv_alpha) == ("LoCon", 16, 8.0, 4, 2.0)
+    settings = (config.lora_type, config.dim, config.alpha, config.conv_dim, config.conv_alpha)
+    assert settings == ("LoCon", 16, 8.0, 4, 2.0)
     assert config.block_dims == (4,) * 24 + (0,) and config.block_alphas is None
     assert config.train_text_encoder is False and config.seed == 5
     # sine over 12 blocks: sin(π/2 · i/11); IN00 = 0 and IN01 = sin(π/22) ≈ 0.142 > 0.1 stays.

@@ -86,7 +86,8 @@ def test_base_weights_are_frozen_and_only_adapters_train(network_and_models):
     assert frozen_base == []
     perturb_up_weights(network)
     generator = torch.Generator().manual_seed(0)
-    loss = unet(torch.randn(1, 4, 8, 8, generator=generator), 10, torch.randn(1, 7, 32, generator=generator)).sample.square().mean()
+    latents, context = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 7, 32, generator=generator)
+    loss = unet(latents, 10, context).sample.square().mean()
     loss.backward()
     unet_params = [p for a in network.adapters if a.part == "unet" for p in a.parameters()]
     assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in unet_params)
@@ -99,7 +100,8 @@ def test_scale_is_alpha_over_dim_for_linear_and_1x1_conv(network_and_models):
     x = torch.randn(3, 32, generator=torch.Generator().manual_seed(1))
     layer = unet.get_submodule(TO_Q)
     name = f"lora_unet_{TO_Q.replace('.', '_')}"
-    expected = layer.base_layer(x) + (2.0 / 4) * x @ tensors[f"{name}.lora_down.weight"].T @ tensors[f"{name}.lora_up.weight"].T
+    down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
+    expected = layer.base_layer(x) + (2.0 / 4) * x @ down.T @ up.T
     assert torch.allclose(layer(x), expected, atol=1e-6)
 
     image = torch.randn(1, 32, 4, 4, generator=torch.Generator().manual_seed(2))

@@ -130,7 +130,8 @@ def test_full_size_sd1_unet_has_kohyas_192_modules_in_the_known_blocks():
         full = UNet2DConditionModel(cross_attention_dim=768)
     targets = unet_targets(full, include_conv_blocks=False)
     assert len(targets) == 192
-    # Attention lives in down_blocks 0–2 (IN01, IN02, IN04, IN05, IN07, IN08), mid, and up_blocks 1–3 (OUT03–OUT11).
+    # Attention lives in down_blocks 0–2 (IN01, IN02, IN04, IN05, IN07, IN08), mid,
+    # and up_blocks 1–3 (OUT03–OUT11).
     assert sorted({block_index(t.path) for t in targets}) == [1, 2, 4, 5, 7, 8, 12] + list(range(16, 25))
     with_conv = {block_index(t.path) for t in unet_targets(full, include_conv_blocks=True)}
     assert sorted(with_conv) == list(range(1, 25))

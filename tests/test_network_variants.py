@@ -40,7 +40,9 @@ def modules_in_file(tensors) -> dict[str, int]:
 
 def test_block_dims_and_alphas_set_each_module():
     unet, te = tiny_models()
-    config = NetworkConfig(dim=4, alpha=4.0, block_dims=per_block(2, IN01=0, MID=6), block_alphas=per_block(1.0, MID=3.0))
+    config = NetworkConfig(
+        dim=4, alpha=4.0, block_dims=per_block(2, IN01=0, MID=6), block_alphas=per_block(1.0, MID=3.0)
+    )
     network = apply_network(unet, [te], config)
     tensors = network.kohya_state_dict()
     ranks = modules_in_file(tensors)
@@ -148,7 +150,8 @@ def test_loha_keys_shapes_and_delta(tmp_path):
 
     path = save_lora_file(tmp_path / "loha.safetensors", tensors, network.metadata())
     other_unet, other_te = tiny_models()
-    other = apply_network(other_unet, [other_te], NetworkConfig(lora_type="LoHa", dim=4, alpha=2.0, conv_dim=2, conv_alpha=1.0))
+    loha = NetworkConfig(lora_type="LoHa", dim=4, alpha=2.0, conv_dim=2, conv_alpha=1.0)
+    other = apply_network(other_unet, [other_te], loha)
     other.load_kohya_state_dict(read_lora_file(path)[0])
     assert all(torch.equal(other.kohya_state_dict()[k], tensors[k]) for k in tensors)
 

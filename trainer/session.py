@@ -19,12 +19,12 @@ from trainer.data.training_data import TrainingData
 from trainer.events import EventWriter
 from trainer.loss import sd_alphas_cumprod
 from trainer.models.loading import BaseModel, load_base_model
-from trainer.network import LoraNetwork, NetworkConfig, apply_network, read_lora_file
+from trainer.network import LoraNetwork, apply_network, read_lora_file
+from trainer.network.from_job import network_config_from_job
 from trainer.optim.optimizers import build_optimizer, optimizer_warnings, parse_optimizer_args
 from trainer.optim.schedulers import build_lr_scheduler
 from trainer.plan import Schedule, lr_preview, schedule_for_job
 from trainer.spec import effective_lrs
-from trainer.spec.fields import parse_block_alphas, parse_block_dims, parse_half_lr_weights, parse_mid_lr_weight
 from trainer.text_encoding import TextEmbeddingCache, encode_captions
 
 
@@ -99,17 +99,6 @@ def resolve_precision(job, events: EventWriter) -> Precision:
     return Precision(device, dtype, weight_dtype, use_grad_scaler=(dtype == torch.float16))
 
 
-def network_config_from_job(job, train_unet: bool, train_text_encoder: bool, seed: int) -> NetworkConfig:
-    return NetworkConfig(
-        lora_type=job.LoRA_type, dim=job.network_dim, alpha=job.network_alpha, conv_dim=job.conv_dim,
-        conv_alpha=job.conv_alpha, unit=job.unit, train_unet=train_unet, train_text_encoder=train_text_encoder,
-        block_dims=parse_block_dims(job.block_dims), block_alphas=parse_block_alphas(job.block_alphas),
-        conv_block_dims=parse_block_dims(job.conv_block_dims),
-        conv_block_alphas=parse_block_alphas(job.conv_block_alphas),
-        block_lr_weights=block_lr_weights(job), seed=seed,
-    )
-
-
 def rank_and_alpha_of(tensors: dict[str, torch.Tensor]) -> tuple[int, float]:
     """The rank and alpha a LoRA file was trained with (for dim_from_weights); a file mixing ranks or
     alphas cannot be described by one rank and is refused."""
@@ -122,20 +111,6 @@ def rank_and_alpha_of(tensors: dict[str, torch.Tensor]) -> tuple[int, float]:
     if len(alphas) > 1:
         raise TrainingError(f"the LoRA file has different alphas {sorted(alphas)}", "dim_from_weights")
     return rank, (alphas.pop() if alphas else float(rank))  # no alpha in old files means alpha = rank
-
-
-def block_lr_weights(job) -> tuple[float, ...] | None:
-    """25 weights (IN0 … IN11, MID, OUT0 … OUT11) after the zero threshold, or None when none are set.
-
-    IN0 has no LoRA module in SD's layout; its weight is carried for the table's sake. Missing groups are 1.
-    """
-    down, mid, up = (parse_half_lr_weights(job.down_lr_weight), parse_mid_lr_weight(job.mid_lr_weight),
-                     parse_half_lr_weights(job.up_lr_weight))
-    if down is None and mid is None and up is None:
-        return None
-    weights = list(down or (1.0,) * 12) + list(mid or (1.0,)) + list(up or (1.0,) * 12)
-    threshold = job.block_lr_zero_threshold or 0.0
-    return tuple(w if w > threshold else 0.0 for w in weights)
 
 
 def configure_attention(job, base: BaseModel, device: torch.device, events: EventWriter) -> None:
@@ -182,7 +157,7 @@ def build_session(job, run_dir: Path, events: EventWriter) -> Session:
     configure_attention(job, base, precision.device, events)
     unet_lr, text_lr = effective_lrs(job)
     tensors = read_lora_file(job.network_weights)[0] if job.network_weights else None
-    config = network_config_from_job(job, unet_lr > 0, text_lr > 0, seed)
+    config = network_config_from_job(job, seed)
     if job.dim_from_weights:
         dim, alpha = rank_and_alpha_of(tensors)
         config = dataclasses.replace(config, dim=dim, alpha=alpha)

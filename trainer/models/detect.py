@@ -19,6 +19,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from trainer.models.errors import ModelLoadError
+
 UNET_PREFIX = "model.diffusion_model."
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 LORA_MARKERS = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", ".lora_down.", ".lora_A.", ".hada_w1_a", "lora_up")
@@ -26,7 +28,7 @@ V_PREDICTION_NORM_KEY = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.n
 FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "Stable Diffusion XL"}
 
 
-class ModelFileError(ValueError):
+class ModelFileError(ModelLoadError):
     """The file cannot be read as a model (missing, truncated, corrupt); the message names the file."""
 
 
@@ -139,8 +141,8 @@ def _std_of_tensor(path: Path, header: dict, name: str) -> float | None:
     if entry is None or entry["dtype"] not in formats:
         return None
     start, end = entry["data_offsets"]
-    header_size = struct.unpack("<Q", path.open("rb").read(8))[0]
     with path.open("rb") as handle:
+        (header_size,) = struct.unpack("<Q", handle.read(8))
         handle.seek(8 + header_size + start)
         raw = handle.read(end - start)
     code = formats[entry["dtype"]]
@@ -178,7 +180,7 @@ def inspect_safetensors(path: Path) -> ModelInfo:
 
 def inspect_ckpt(path: Path) -> ModelInfo:
     """A pickled checkpoint, read with torch's safe loader (imports torch)."""
-    from trainer.models.checkpoint_file import read_checkpoint
+    from trainer.models.checkpoint_file import read_checkpoint  # torch only here
 
     tensors, _ = read_checkpoint(path)
     names = sorted(tensors)

@@ -195,7 +195,7 @@ def vae_name_to_ldm(name: str, layout: VaeLayout) -> str:
         if kind == "resnets":
             return f"{side}.{ldm_blocks}.{ldm_level}.block.{index}.{_rename_start(inner, VAE_RESNET_NAMES) or inner}"
         if kind in ("downsamplers", "upsamplers") and index == "0":
-            return f"{side}.{ldm_blocks}.{ldm_level}.{kind[:-3]}.{inner}"  # downsample / upsample
+            return f"{side}.{ldm_blocks}.{ldm_level}.{kind.removesuffix('rs')}.{inner}"  # downsample / upsample
         raise LayoutError(f"unknown VAE parameter {name!r}")
     return name  # conv_in, conv_out
 

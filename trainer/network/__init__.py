@@ -12,10 +12,11 @@ Public API (what the training loop and the GUI call):
     save_lora_file(path, tensors, metadata) -> Path     (atomic, adds sshs hashes)
     read_lora_file(path) -> (tensors, metadata)
     block_index(module_name) -> 0..24, describe_blocks(unet) -> {"IN00": [paths], …}, BLOCK_LABELS
+    network_config_from_job(job, seed=0) -> NetworkConfig   (trainer.network.from_job; reads kohya_ss keys)
 
 Modules: targets (which modules, kohya names), blocks (the block table), config (settings and
 metadata), module_plan (rank/alpha per module), adapters (injection, LoraNetwork), kohya_keys
-(adapter ↔ kohya keys), dylora (our DyLoRA module), lora_file (save/load, hashes).
+(adapter ↔ kohya keys), dylora (our DyLoRA module), lora_file (save/load, hashes), from_job.
 """
 from trainer.network.adapters import LoraNetwork, apply_network
 from trainer.network.blocks import BLOCK_COUNT, BLOCK_LABELS, block_index, describe_blocks

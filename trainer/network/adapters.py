@@ -1,7 +1,8 @@
 """Putting adapters into the UNet and text encoders, and the LoraNetwork handle the loop works with.
 
 Standard and LoCon use peft's LoRA layers, LoHa peft's LoHa layers (both through
-``peft.inject_adapter_in_model`` with the exact module paths, one call per distinct rank and alpha); DyLoRA uses our own module (peft has none). peft's init
+``peft.inject_adapter_in_model`` with the exact module paths, one call per distinct rank and
+alpha); DyLoRA uses our own module (peft has none). peft's init
 matches kohya's: down (lora_A) kaiming-uniform with a = √5, up (lora_B) zeros; scale = alpha / rank.
 Like peft, injection freezes every other parameter of an adapted model.
 """
@@ -44,7 +45,9 @@ def _peft_config(config: NetworkConfig, paths: list[str], dim: int, alpha: float
     """A peft LoraConfig / LoHaConfig for modules that share one rank and alpha, named exactly."""
     if config.lora_type == "LoHa":
         return LoHaConfig(r=dim, alpha=alpha, target_modules=paths, use_effective_conv2d=False, init_weights=True)
-    return LoraConfig(r=dim, lora_alpha=alpha, target_modules=paths, lora_dropout=0.0, bias="none", init_lora_weights=True)
+    return LoraConfig(
+        r=dim, lora_alpha=alpha, target_modules=paths, lora_dropout=0.0, bias="none", init_lora_weights=True
+    )
 
 
 def _group_by_rank_and_alpha(plans: list[ModulePlan]) -> dict[tuple[int, float], list[str]]:
@@ -92,7 +95,9 @@ def apply_network(unet, text_encoders: list, config: NetworkConfig) -> "LoraNetw
         plans = plan_modules(unet_targets(unet, config.adapts_conv_layers), config)
         adapters += _inject(unet, plans, config, generator)
     if not adapters:
-        raise ValueError("The network has no modules: train neither the UNet nor the text encoder, or every block dim is 0")
+        raise ValueError(
+            "The network has no modules: neither the UNet nor the text encoder is trained, or every block dim is 0"
+        )
     network = LoraNetwork(config, adapters)
     network.cast_adapters(torch.float32)  # as sd-scripts: fp32 adapters even on an fp16/bf16 base
     return network

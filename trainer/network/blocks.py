@@ -25,7 +25,9 @@ BLOCK_LABELS: tuple[str, ...] = (
     tuple(f"IN{i:02d}" for i in range(12)) + ("MID",) + tuple(f"OUT{i:02d}" for i in range(12))
 )
 
-_DOWN_UP_PATTERN = re.compile(r"(up|down)_blocks[._](\d+)[._](resnets|upsamplers|downsamplers|attentions)[._](\d+)(?:[._]|$)")
+_DOWN_UP_PATTERN = re.compile(
+    r"(up|down)_blocks[._](\d+)[._](resnets|upsamplers|downsamplers|attentions)[._](\d+)(?:[._]|$)"
+)
 _MID_PATTERN = re.compile(r"(?:^|[._])mid_block[._]")
 
 

@@ -43,9 +43,8 @@ class DyLoraAdapter(torch.nn.Module):
         self.down_groups = torch.nn.ParameterList(
             [torch.nn.Parameter(chunk.clone()) for chunk in full_down.split(unit, dim=0)]
         )
-        self.up_groups = torch.nn.ParameterList(
-            [torch.nn.Parameter(torch.zeros(up_shape, dtype=weight.dtype, device=weight.device)) for _ in range(dim // unit)]
-        )
+        zeros = [torch.zeros(up_shape, dtype=weight.dtype, device=weight.device) for _ in range(dim // unit)]
+        self.up_groups = torch.nn.ParameterList([torch.nn.Parameter(z) for z in zeros])
 
     @property
     def group_count(self) -> int:

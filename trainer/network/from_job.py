@@ -22,8 +22,9 @@ def combine_block_lr_weights(down, mid, up, zero_threshold: float | None) -> tup
 
 
 def network_config_from_job(job, seed: int = 0) -> NetworkConfig:
-    """NetworkConfig for a job (``trainer.spec`` model). The text encoder gets no adapters when its
-    learning rate is 0 (sd-scripts would still create them, untrained)."""
+    """NetworkConfig for a job (``trainer.spec`` model). A part whose effective learning rate is 0 gets no
+    adapters (sd-scripts would still create the text encoder's, untrained)."""
+    from trainer.spec import effective_lrs
     from trainer.spec.fields import (
         parse_block_alphas,
         parse_block_dims,
@@ -31,6 +32,7 @@ def network_config_from_job(job, seed: int = 0) -> NetworkConfig:
         parse_mid_lr_weight,
     )
 
+    unet_lr, text_encoder_lr = effective_lrs(job)
     return NetworkConfig(
         lora_type=job.LoRA_type,
         dim=job.network_dim,
@@ -38,7 +40,8 @@ def network_config_from_job(job, seed: int = 0) -> NetworkConfig:
         conv_dim=job.conv_dim,
         conv_alpha=job.conv_alpha,
         unit=job.unit,
-        train_text_encoder=bool(job.text_encoder_lr),
+        train_unet=unet_lr > 0,
+        train_text_encoder=text_encoder_lr > 0,
         block_dims=parse_block_dims(job.block_dims),
         block_alphas=parse_block_alphas(job.block_alphas),
         conv_block_dims=parse_block_dims(job.conv_block_dims),
