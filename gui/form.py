@@ -61,8 +61,14 @@ class Form:
 
 
 def _display_value(setting: Setting, value: Any) -> Any:
-    if setting.kind in ("str", "path", "text") and value is None:
-        return ""
+    """What the widget can show: a value it cannot hold (text in a number box, an unknown choice from a
+    hand-edited job file) shows blank; validation names the setting in the messages panel."""
+    if setting.kind in ("str", "path", "text"):
+        return "" if value is None else value
+    if setting.kind in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return None
+    if setting.kind == "choice" and value not in setting.choices:
+        return None
     return value
 
 
@@ -95,18 +101,20 @@ def make_widget(setting: Setting, value: Any, visible: bool = True) -> gr.compon
     return gr.Textbox(value=value, lines=1, max_lines=1, **common)
 
 
-def build_tab_fields(form: Form, tab: str, values: dict[str, Any]) -> None:
-    """Widgets of one tab, grouped by section, each with its hidden error note; registered in ``form``."""
+def build_tab_fields(form: Form, tab: str, values: dict[str, Any], problems: list[Problem] = ()) -> None:
+    """Widgets of one tab, grouped by section, each with its error note (shown only for ``problems``)."""
+    grouped = problems_by_setting(problems)
     for section, settings in sections_of(settings_of_tab(tab)):
         if section:
             gr.Markdown(f"#### {section}", elem_classes=["loom-section"])
         with gr.Group():
             for setting in settings:
-                _add_field(form, setting, values)
+                _add_field(form, setting, values, grouped.get(setting.key, []))
 
 
-def _add_field(form: Form, setting: Setting, values: dict[str, Any]) -> None:
+def _add_field(form: Form, setting: Setting, values: dict[str, Any], problems: list[Problem]) -> None:
     widget = make_widget(setting, values.get(setting.key, setting.default), is_visible(setting, values))
     form.fields[setting.key] = widget
-    form.errors[setting.key] = gr.Markdown("", visible=False, elem_id=f"error-{setting.key}",
+    form.errors[setting.key] = gr.Markdown(field_error_text(setting.key, problems), visible=bool(problems),
+                                           elem_id=f"error-{setting.key}",
                                            elem_classes=["loom-field-error"])

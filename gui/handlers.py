@@ -212,6 +212,9 @@ class Handlers:
         state = view_state(view)
         running = state == "running"
         stops = stop_requests(Path(view.run_dir))
+        if not running:
+            session.settled = state
+            session.notes = [n for n in session.notes if n[0] != "info"]  # "Stopping…" is over
         if state == "died":
             session.notes = [("error", "The trainer process ended without saying it finished (crashed or "
                                        "killed from outside). The log below shows its last lines.")]
@@ -229,15 +232,21 @@ class Handlers:
         }
         if len(view.samples) != session.samples_shown:
             session.samples_shown = len(view.samples)
-            updates[a.gallery] = [(p, c) for p, c in view.samples if Path(p).is_file()]
+            updates[a.gallery] = [(self._servable(p), c) for p, c in view.samples if Path(p).is_file()]
         if view.plan and not session.plan_shown:
             session.plan_shown = True
             updates[a.plan_md] = plan_markdown(view.plan)
             updates[a.plan_plot] = frame(plan_lr_rows(view.plan), LR_COLUMNS)
-        if not running:
-            session.settled = state
-            session.notes = [n for n in session.notes if n[0] != "info"]  # "Stopping…" is over
         return updates
+
+    def _servable(self, path: str):
+        """Gradio serves files only from the runs folder (allowed_paths); an image elsewhere goes as pixels."""
+        if Path(path).resolve().is_relative_to(self.manager.runs_dir):
+            return path
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return image.copy()
 
     def _runs_update(self, selected: str | None):
         choices = [(f"{p.name} — {run_status(p).state}", p.name) for p in self.manager.list_runs()[:50]]

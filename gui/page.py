@@ -13,7 +13,8 @@ import gradio as gr
 from gui.blocks_table import blocks_markdown
 from gui.form import Form, build_tab_fields
 from gui.handlers import Handlers, SessionState
-from gui.run_view import MOVING_AVERAGE_LABEL, RunView, progress_html
+from gui.run_view import MOVING_AVERAGE_LABEL, RunView, messages_markdown, progress_html
+from gui.values import problem_messages
 from gui.runs import RunManager
 
 LR_COLORS = {"unet": "#2563eb", "text_encoder": "#16a34a"}
@@ -23,7 +24,8 @@ CSS = """
 .loom-bar { height: 14px; background: var(--neutral-200); border-radius: 7px; overflow: hidden; }
 .loom-fill { height: 100%; background: var(--color-accent); transition: width 0.5s; }
 .loom-details { font-size: 0.9em; margin-top: 4px; opacity: 0.85; }
-.loom-field-error { color: var(--error-text-color, #b91c1c); font-size: 0.9em; padding: 0 8px 6px; }
+.loom-field-error, .loom-field-error * { color: var(--error-text-color, #b91c1c) !important; }
+.loom-field-error { font-size: 0.9em; padding: 0 8px 6px; }
 .loom-section { margin-top: 10px; }
 """
 
@@ -76,15 +78,15 @@ def _presets_row(area: RunArea) -> None:
                                       elem_id="preset-name")
         area.preset_save = gr.Button("Save as preset", scale=1)
         area.kohya_file = gr.File(label="Import kohya_ss config (.json / .toml)", file_types=[".json", ".toml"],
-                                  type="filepath", scale=3, height=90, elem_id="kohya-import")
+                                  type="filepath", scale=3, height=120, elem_id="kohya-import")
     area.preset_report = gr.Markdown("", elem_id="preset-report")
 
 
-def _settings_tabs(form: Form, values: dict, area: RunArea) -> None:
+def _settings_tabs(form: Form, values: dict, area: RunArea, problems: list) -> None:
     with gr.Tabs(elem_id="settings-tabs"):
         for tab_id, title in (("model", "Model"), ("folders", "Folders")):
             with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}"):
-                build_tab_fields(form, tab_id, values)
+                build_tab_fields(form, tab_id, values, problems)
         with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
             gr.Markdown("The folders found in the image folder (and the regularization folder), as the "
                         "trainer will read them.")
@@ -92,16 +94,16 @@ def _settings_tabs(form: Form, values: dict, area: RunArea) -> None:
             area.dataset_md = gr.Markdown("", elem_id="dataset-table")
         for tab_id, title in (("basic", "Basic"), ("advanced", "Advanced")):
             with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}"):
-                build_tab_fields(form, tab_id, values)
+                build_tab_fields(form, tab_id, values, problems)
         with gr.Tab("Blocks/Conv", id="blocks-conv", elem_id="tab-blocks-conv"):
             with gr.Tabs():
                 for tab_id, title in (("weights", "Weights"), ("blocks", "Blocks"), ("conv", "Conv")):
                     with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}"):
-                        build_tab_fields(form, tab_id, values)
+                        build_tab_fields(form, tab_id, values, problems)
             with gr.Accordion("Which UNet modules each block holds", open=False):
                 gr.Markdown(blocks_markdown())
         with gr.Tab("Samples", id="samples", elem_id="tab-samples"):
-            build_tab_fields(form, "samples", values)
+            build_tab_fields(form, "samples", values, problems)
 
 
 def _plan_panel(area: RunArea) -> None:
@@ -116,14 +118,14 @@ def _plan_panel(area: RunArea) -> None:
                                              height=240, elem_id="plan-lr-plot")
 
 
-def _run_area(area: RunArea) -> None:
+def _run_area(area: RunArea, opening_messages: str) -> None:
     with gr.Row(equal_height=True):
         area.start = gr.Button("Start training", variant="primary", elem_id="start-button", scale=2)
         area.stop = gr.Button("Stop training", variant="stop", elem_id="stop-button", scale=1)
         area.runs = gr.Dropdown(label="Runs", choices=[], value=None, scale=3, elem_id="runs-choice")
         area.open_run = gr.Button("Open run", scale=1, elem_id="open-run-button")
     area.progress = gr.HTML(progress_html(RunView(), "idle"), elem_id="run-progress")
-    area.messages = gr.Markdown("", elem_id="messages")
+    area.messages = gr.Markdown(opening_messages, elem_id="messages")
     with gr.Row():
         area.loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=280,
                                      color_map={"loss": "#93c5fd", MOVING_AVERAGE_LABEL: "#ea580c"},
@@ -140,18 +142,20 @@ def _run_area(area: RunArea) -> None:
 
 def build_app(config: AppConfig) -> gr.Blocks:
     """The whole page; ``config.job_values`` fills the form (missing keys take their defaults)."""
-    from trainer.spec import defaults
+    from trainer.spec import defaults, validate_values
 
     values = {**defaults(), **config.job_values}
+    _, problems = validate_values(values, for_training=False)  # a job file with a bad or unknown key says so
+    opening_notes = problem_messages(problems)
     form, area = Form(), RunArea()
     manager = RunManager(config.runs_dir, config.trainer_command)
     with gr.Blocks(title="LoRA Loom", analytics_enabled=False) as app:
         gr.Markdown("# LoRA Loom\nTrain LoRA adapters for Stable Diffusion.")
         _presets_row(area)
-        _settings_tabs(form, values, area)
+        _settings_tabs(form, values, area, problems)
         _plan_panel(area)
-        _run_area(area)
-        area.state = gr.State(SessionState())
+        _run_area(area, messages_markdown(opening_notes))
+        area.state = gr.State(SessionState(notes=opening_notes))
         area.timer = gr.Timer(1.0)
         Handlers(form, area, manager, config).wire(app)
     return app

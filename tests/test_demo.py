@@ -35,7 +35,8 @@ def test_demo_images_match_their_captions(demo_dir):
 
 def test_demo_job_loads_through_the_schema(demo_dir):
     job = load_job(demo_dir / "job.toml")
-    assert job.pretrained_model_name_or_path == str(demo_dir / "model")
+    assert job.pretrained_model_name_or_path == str(demo_dir / "model.safetensors")
+    assert (job.v2, job.v_parameterization) == (False, False)
     assert job.train_data_dir == str(demo_dir / "data")
     assert (job.output_name, job.max_resolution, job.network_dim, job.seed) == ("demo_lora", "64,64", 8, 42)
     assert (job.train_batch_size, job.epoch, job.sample_sampler) == (2, 5, "euler_a")
@@ -46,9 +47,10 @@ def test_build_demo_is_idempotent(demo_dir):
     job_path = demo_dir / "job.toml"
     image_path = demo_dir / "data" / "10_shapes" / "shape_00.png"
     weights = demo_dir / "model" / "unet" / "diffusion_pytorch_model.safetensors"
-    stamps = [path.stat().st_mtime_ns for path in (job_path, image_path, weights)]
+    single_file = demo_dir / "model.safetensors"
+    stamps = [path.stat().st_mtime_ns for path in (job_path, image_path, weights, single_file)]
     assert build_demo(demo_dir) == demo_dir
-    assert [path.stat().st_mtime_ns for path in (job_path, image_path, weights)] == stamps
+    assert [path.stat().st_mtime_ns for path in (job_path, image_path, weights, single_file)] == stamps
 
 
 def test_demo_dataset_is_seeded(tmp_path):

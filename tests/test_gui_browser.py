@@ -146,9 +146,20 @@ def test_start_shows_loss_and_samples_reload_reattaches_and_stop_saves(app_env, 
     page.locator("#loss-plot .mark-line path").first.wait_for(timeout=30_000)
     page.click("#stop-button")
     page.locator("#run-progress").get_by_text("Stopped by you").wait_for(timeout=60_000)
+    page.locator("#messages").get_by_text("Stopping:").wait_for(state="detached", timeout=10_000)
     page.locator("#run-outputs").get_by_text(".safetensors").first.wait_for(timeout=20_000)
     shown = [line for line in page.inner_text("#run-outputs").splitlines() if ".safetensors" in line]
     lora = Path(shown[0].split(" — ")[0].strip())
     assert lora.parent == app_env["out"] and lora.is_file()
     page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.close()
+
+    page = open_page(browser, app_env["url"])  # later: the Runs list opens the finished run again
+    page.click("#runs-choice input")
+    page.get_by_role("option", name="stopped").first.click()
+    page.click("#open-run-button")
+    page.locator("#run-progress").get_by_text("Stopped by you").wait_for(timeout=30_000)
+    page.locator("#sample-gallery img").first.wait_for(timeout=30_000)
+    page.locator("#loss-plot .mark-line path").first.wait_for(timeout=30_000)
+    assert str(lora) in page.inner_text("#run-outputs")
     page.close()

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gui.blocks_table import block_rows
 from gui.plan_panel import compute_plan, dataset_markdown, plan_markdown
 from gui.presets_panel import load_preset_values, save_preset_values
@@ -79,7 +81,8 @@ def test_user_preset_round_trip(tmp_path):
     assert path.parent == tmp_path
     text = path.read_text()
     assert "network_dim" in text and "learning_rate" not in text  # a preset stores only what differs
-    loaded = load_preset_values(str(path), {**defaults(), "output_dir": "/keep/me"})
+    loaded, report = load_preset_values(str(path), {**defaults(), "output_dir": "/keep/me"})
+    assert report == "Loaded preset **my style**."
     assert loaded["network_dim"] == 32 and loaded["optimizer"] == "AdamW" and loaded["output_dir"] == "/keep/me"
 
 
@@ -103,9 +106,15 @@ def test_kohya_import_reports_every_key_it_did_not_take(tmp_path):
     assert "| `mystery_knob` | `7` |" in applied.report
     flux = tmp_path / "flux.json"
     flux.write_text('{"LoRA_type": "Flux1", "flux1_checkbox": true, "network_dim": 16}')
-    try:
+    with pytest.raises(ValueError, match="flux.json was not imported.*Flux"):
         import_kohya_values(str(flux), defaults())
-    except ValueError as error:
-        assert "flux.json was not imported" in str(error) and "Flux" in str(error)
-    else:
-        raise AssertionError("a Flux config must be refused")
+
+
+def test_app_flags_default_to_local_and_private(capsys):
+    import app
+
+    args = app.parse_args([])
+    assert (args.listen, args.port, args.share, args.job) == ("127.0.0.1", 7860, False, "")
+    with pytest.raises(SystemExit):
+        app.parse_args(["--username", "me"])  # a login needs both halves
+    assert "--username and --password go together" in capsys.readouterr().err

@@ -157,10 +157,10 @@ def test_corrupt_weights_name_the_component(tiny_model_dir, tmp_path):
         load_base_model(copy)
 
 
-def test_single_file_checkpoint_is_reported_not_supported(tmp_path):
+def test_empty_or_foreign_files_are_refused_with_the_file_named(tmp_path):
     checkpoint = tmp_path / "model.safetensors"
     checkpoint.write_bytes(b"")
-    with pytest.raises(ModelLoadError, match="single-file"):
+    with pytest.raises(ModelLoadError, match="model.safetensors is empty or truncated"):
         load_base_model(checkpoint)
     text_file = tmp_path / "notes.txt"
     text_file.write_text("hello")

@@ -1,10 +1,13 @@
 """The built-in demo: a tiny model, a small generated dataset and a ready job file.
 
-``build_demo(out_dir)`` lays out::
+``build_demo(out_dir, family="sd1")`` lays out::
 
-    out_dir/model/              the tiny SD1.x model (trainer.models.tiny)
+    out_dir/model/              the tiny model as a diffusers folder (trainer.models.tiny)
+    out_dir/model.safetensors   the same model as one file in the original (LDM) layout
     out_dir/data/10_shapes/     8 PNGs of coloured shapes (64×64) + .txt captions, 10 repeats
-    out_dir/job.toml            a job that trains a LoRA on them in a minute on a CPU
+    out_dir/job.toml            a job that trains a LoRA on the single file in a minute on a CPU
+
+``family="sd2"`` makes the model SD2.x-shaped with v-prediction (like SD2.x-768-v).
 
 It is idempotent: what already exists is reused, so the app can call it at every start.
 """
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from trainer.models.tiny import build_tiny_sd1
+from trainer.models.tiny import build_tiny_sd
 
 IMAGE_COUNT = 8
 IMAGE_SIZE = 64
@@ -38,10 +41,16 @@ DEMO_SAMPLE_PROMPTS = (
 )
 
 
-def demo_job_values(out_dir: Path) -> dict:
-    """The demo's settings (kohya key names), with absolute paths under ``out_dir``."""
+DEMO_FAMILIES = ("sd1", "sd2")
+SINGLE_FILE_NAME = "model.safetensors"
+
+
+def demo_job_values(out_dir: Path, family: str = "sd1") -> dict:
+    """The demo's settings (kohya key names), with absolute paths under ``out_dir``; trains on the single file."""
+    family_values = {"v2": True, "v_parameterization": True} if family == "sd2" else {}
     return {
-        "pretrained_model_name_or_path": str(out_dir / "model"),
+        **family_values,
+        "pretrained_model_name_or_path": str(out_dir / SINGLE_FILE_NAME),
         "train_data_dir": str(out_dir / "data"),
         "output_dir": str(out_dir / "output"),
         "logging_dir": str(out_dir / "logs"),
@@ -122,33 +131,45 @@ def build_dataset(data_dir: Path, seed: int = 0) -> Path:
     return folder
 
 
-def build_model(model_dir: Path, seed: int = 0) -> Path:
+def build_model(model_dir: Path, seed: int = 0, family: str = "sd1") -> Path:
     """The tiny model, built in a side folder and renamed, so an interrupted build is never reused."""
     if (model_dir / "model_index.json").is_file():
         return model_dir
     partial = model_dir.with_name(model_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    build_tiny_sd1(partial, seed=seed)
+    build_tiny_sd(partial, family, seed=seed, v_prediction=family == "sd2")
     shutil.rmtree(model_dir, ignore_errors=True)
     partial.rename(model_dir)
     return model_dir
 
 
-def write_demo_job(out_dir: Path) -> Path:
+def build_single_file(model_dir: Path, path: Path) -> Path:
+    """The folder's model as one original-layout file (written to a temporary name, then renamed)."""
+    if path.is_file():
+        return path
+    from trainer.models.loading import save_as_single_file
+
+    return save_as_single_file(model_dir, path)
+
+
+def write_demo_job(out_dir: Path, family: str = "sd1") -> Path:
     """``out_dir/job.toml`` through the schema (validated), unless one exists already."""
     job_path = out_dir / "job.toml"
     if job_path.is_file():
         return job_path
     from trainer.spec import write_job_toml
 
-    return write_job_toml(demo_job_values(out_dir), job_path)
+    return write_job_toml(demo_job_values(out_dir, family), job_path)
 
 
-def build_demo(out_dir: str | Path, seed: int = 0) -> Path:
+def build_demo(out_dir: str | Path, seed: int = 0, family: str = "sd1") -> Path:
     """Make (or reuse) the demo model, dataset and job file under ``out_dir``; returns ``out_dir``."""
+    if family not in DEMO_FAMILIES:
+        raise ValueError(f"unknown demo family {family!r}; expected one of {', '.join(DEMO_FAMILIES)}")
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    build_model(out_dir / "model", seed=seed)
+    model_dir = build_model(out_dir / "model", seed=seed, family=family)
+    build_single_file(model_dir, out_dir / SINGLE_FILE_NAME)
     build_dataset(out_dir / "data", seed=seed)
-    write_demo_job(out_dir)
+    write_demo_job(out_dir, family)
     return out_dir

@@ -1,31 +1,36 @@
 """Load a base Stable Diffusion model for LoRA training, fully offline.
 
 ``load_base_model(path)`` returns a ``BaseModel``: frozen, eval-mode components plus what the training
-loop needs to know about the model family (latent scale, prediction type). Today it reads diffusers
-folders of SD1.x and SD2.x; the dispatch in ``load_base_model`` is where single-file checkpoints and
-SDXL slot in (each a ``_load_*`` function returning a ``BaseModel``).
+loop needs to know about the model family (latent scale, prediction type). It reads diffusers folders and
+single-file checkpoints in the original layout (``.safetensors``, or ``.ckpt`` through torch's safe
+loader) of SD1.x, SD2.x and SDXL; the family is detected from the weights. Configs come from the file's
+shapes (``ldm_configs``) and the tokenizers are built offline, so nothing is ever downloaded.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from trainer.models.checkpoint_file import read_checkpoint
+from trainer.models.detect import declared_v_prediction, family_from_names, inspect_model
+from trainer.models.detect import folder_family as detect_family  # noqa: F401 - kept for older callers
+from trainer.models.errors import ModelLoadError
+from trainer.models.single_file import models_from_ldm
 from trainer.models.tokenizer import build_clip_tokenizer
+from trainer.models.vae_file import load_vae
 
 SD_VAE_SCALE_FACTOR = 0.18215  # SD1.x / SD2.x latent scale (sd-scripts-semantics §4, step 1)
 SDXL_VAE_SCALE_FACTOR = 0.13025
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder")
-
-
-class ModelLoadError(RuntimeError):
-    """The base model could not be loaded; the message says which file and what to do."""
+TRAINABLE_FAMILIES = ("sd1", "sd2")  # SDXL loads, but the training loop does not condition it yet
+FAMILY_WORDS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 
 
 @dataclass
@@ -37,12 +42,14 @@ class BaseModel:
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     noise_scheduler: DDPMScheduler
-    family: str  # "sd1" | "sd2" (| "sdxl" later)
+    family: str  # "sd1" | "sd2" | "sdxl"
     vae_scale_factor: float
     v_prediction: bool
     source_path: Path
     text_encoder_2: Any = None  # SDXL's second text encoder (OpenCLIP bigG); None for SD1/SD2
     tokenizer_2: Any = None
+    vae_path: Path | None = None  # the separate VAE, when one replaced the model's own
+    notes: list[str] = field(default_factory=list)  # things the user should hear about (suggestions)
 
     @property
     def text_encoders(self) -> list:
@@ -68,12 +75,17 @@ def load_base_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     v_prediction: bool | None = None,
+    v2: bool = False,
+    vae: str | Path | None = None,
+    families: tuple[str, ...] = TRAINABLE_FAMILIES,
 ) -> BaseModel:
-    """Load the model at ``path`` (a diffusers folder) frozen, in eval mode, on ``device`` in ``dtype``.
+    """Load the model at ``path`` (diffusers folder or single file) frozen, in eval mode, on ``device`` in ``dtype``.
 
-    ``v_prediction=None`` takes the prediction type from the folder's scheduler config (SD2-768-v models
-    say ``v_prediction`` there); pass True/False to override, like sd-scripts' ``--v_parameterization``.
-    Raises ``ModelLoadError`` with an actionable message; never touches the network.
+    ``v_prediction=None`` takes the prediction type from the model itself (a folder's scheduler config, a
+    file's model-spec metadata), else epsilon; True/False override it, like sd-scripts' ``--v_parameterization``.
+    ``v2=True`` insists the model is SD2.x (the family is detected from the weights either way).
+    ``vae`` replaces the model's VAE with a separate file or folder. ``families`` lists the families the
+    caller can train. Raises ``ModelLoadError`` with an actionable message; never touches the network.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -81,23 +93,62 @@ def load_base_model(
             f"Base model not found: {path}. Set pretrained_model_name_or_path to a local diffusers "
             "folder or checkpoint file (hub ids are not downloaded)."
         )
-    if path.is_file():
-        return _load_single_file(path)
-    model = _load_diffusers_folder(path, v_prediction)
+    model = _load_single_file(path, v_prediction) if path.is_file() else _load_diffusers_folder(path, v_prediction)
+    _check_family(model, v2, families)
+    if vae:
+        model.vae = load_vae(vae, model.family)
+        model.vae_path = Path(vae).expanduser()
     return _freeze(model, torch.device(device), dtype)
 
 
-def _load_single_file(path: Path) -> BaseModel:
-    """Single-file LDM checkpoints: recognised, not yet supported (issue 6)."""
+def _check_family(model: BaseModel, v2: bool, families: tuple[str, ...]) -> None:
+    words = FAMILY_WORDS[model.family]
+    if v2 and model.family != "sd2":
+        raise ModelLoadError(f"v2 (SD2.x model) is set, but {model.source_path} is an {words} model by its "
+                             "weights; clear v2 or choose an SD2.x model.", setting="v2")
+    if model.family not in families:
+        raise ModelLoadError(f"{model.source_path} is an {words} model; training {words} is not supported yet.")
+
+
+def _tokenizers(family: str) -> tuple[CLIPTokenizer, CLIPTokenizer | None]:
+    """The offline CLIP tokenizer(s): SD2.x and SDXL's second encoder pad with '!', SD1.x with <|endoftext|>."""
+    if family == "sdxl":
+        return build_clip_tokenizer(), build_clip_tokenizer(pad_token="!")
+    return build_clip_tokenizer(pad_token="!" if family == "sd2" else "<|endoftext|>"), None
+
+
+def _single_file_family(path: Path, tensors: dict) -> str:
+    family = family_from_names(tensors)
+    if family is None:
+        info = inspect_model(path, allow_torch=False) if path.suffix.lower() == ".safetensors" else None
+        reason = info.summary() if info else "no SD1.x, SD2.x or SDXL text encoder and UNet found in it"
+        raise ModelLoadError(f"{path} cannot be trained on: {reason}.")
+    return family
+
+
+def _load_single_file(path: Path, v_prediction: bool | None) -> BaseModel:
+    """An original-layout checkpoint: tensors → diffusers / transformers models, tokenizers built offline."""
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise ModelLoadError(
             f"{path} is not a model checkpoint (expected a diffusers folder or one of "
             f"{', '.join(SINGLE_FILE_SUFFIXES)})."
         )
-    raise ModelLoadError(
-        f"{path}: single-file checkpoints are not supported yet. Convert it to a diffusers folder "
-        "(diffusers' StableDiffusionPipeline.from_single_file(...).save_pretrained(folder)) and point "
-        "pretrained_model_name_or_path at that folder."
+    tensors, metadata = read_checkpoint(path)
+    family = _single_file_family(path, tensors)
+    notes = []
+    if v_prediction is None:
+        v_prediction = bool(declared_v_prediction(metadata))
+        info = inspect_model(path) if family == "sd2" and path.suffix.lower() == ".safetensors" else None
+        if info is not None and info.suggest_v_parameterization and not v_prediction:
+            notes.append(f"{info.notes[-1]}; training with epsilon prediction as v_parameterization is off")
+    unet, vae, encoders = models_from_ldm(tensors, metadata, family, v_prediction)
+    tokenizer, tokenizer_2 = _tokenizers(family)
+    return BaseModel(
+        unet=unet, vae=vae, text_encoder=encoders[0], tokenizer=tokenizer,
+        noise_scheduler=training_noise_scheduler(v_prediction), family=family,
+        vae_scale_factor=SDXL_VAE_SCALE_FACTOR if family == "sdxl" else SD_VAE_SCALE_FACTOR,
+        v_prediction=v_prediction, source_path=path,
+        text_encoder_2=encoders[1] if len(encoders) > 1 else None, tokenizer_2=tokenizer_2, notes=notes,
     )
 
 
@@ -107,18 +158,6 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelLoadError(f"Cannot read {path}: {error}") from error
-
-
-def detect_family(folder: Path) -> str:
-    """'sd1', 'sd2' or 'sdxl' from the folder's configs (model_index class, UNet conditioning width)."""
-    index_path = folder / "model_index.json"
-    pipeline_class = read_json(index_path).get("_class_name", "") if index_path.is_file() else ""
-    unet_config = read_json(folder / "unet" / "config.json")
-    if "XL" in pipeline_class or unet_config.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    if unet_config.get("cross_attention_dim") == 1024:
-        return "sd2"
-    return "sd1"
 
 
 def _check_diffusers_folder(folder: Path) -> None:
@@ -142,14 +181,14 @@ def _load_component(model_class, folder: Path, subfolder: str):
         ) from error
 
 
-def _load_tokenizer(folder: Path, family: str) -> CLIPTokenizer:
-    """The folder's tokenizer when it has one, else the offline CLIP tokenizer (SD2 pads with '!')."""
-    if (folder / "tokenizer").is_dir():
+def _load_tokenizer(folder: Path, subfolder: str, pad_token: str) -> CLIPTokenizer:
+    """The folder's tokenizer when it has one, else the offline CLIP tokenizer with ``pad_token``."""
+    if (folder / subfolder).is_dir():
         try:
-            return CLIPTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
+            return CLIPTokenizer.from_pretrained(str(folder / subfolder), local_files_only=True)
         except Exception as error:
-            raise ModelLoadError(f"Cannot load the tokenizer from {folder / 'tokenizer'}: {error}") from error
-    return build_clip_tokenizer(pad_token="!" if family == "sd2" else "<|endoftext|>")
+            raise ModelLoadError(f"Cannot load the tokenizer from {folder / subfolder}: {error}") from error
+    return build_clip_tokenizer(pad_token=pad_token)
 
 
 def _scheduler_says_v_prediction(folder: Path) -> bool:
@@ -162,20 +201,21 @@ def _scheduler_says_v_prediction(folder: Path) -> bool:
 def _load_diffusers_folder(folder: Path, v_prediction: bool | None) -> BaseModel:
     _check_diffusers_folder(folder)
     family = detect_family(folder)
-    if family == "sdxl":
-        raise ModelLoadError(f"{folder} is an SDXL model; SDXL training is not supported yet.")
     if v_prediction is None:
         v_prediction = _scheduler_says_v_prediction(folder)
+    sdxl = family == "sdxl"
     return BaseModel(
         unet=_load_component(UNet2DConditionModel, folder, "unet"),
         vae=_load_component(AutoencoderKL, folder, "vae"),
         text_encoder=_load_component(CLIPTextModel, folder, "text_encoder"),
-        tokenizer=_load_tokenizer(folder, family),
+        tokenizer=_load_tokenizer(folder, "tokenizer", "!" if family == "sd2" else "<|endoftext|>"),
         noise_scheduler=training_noise_scheduler(v_prediction),
         family=family,
-        vae_scale_factor=SD_VAE_SCALE_FACTOR,
+        vae_scale_factor=SDXL_VAE_SCALE_FACTOR if sdxl else SD_VAE_SCALE_FACTOR,
         v_prediction=v_prediction,
         source_path=folder,
+        text_encoder_2=_load_component(CLIPTextModelWithProjection, folder, "text_encoder_2") if sdxl else None,
+        tokenizer_2=_load_tokenizer(folder, "tokenizer_2", "!") if sdxl else None,
     )
 
 
@@ -188,3 +228,19 @@ def _freeze(model: BaseModel, device: torch.device, dtype: torch.dtype) -> BaseM
         network.requires_grad_(False)
         network.eval()
     return model
+
+
+def save_as_single_file(folder: str | Path, path: str | Path) -> Path:
+    """Write the diffusers model in ``folder`` as one ``.safetensors`` file in the original (LDM) layout.
+
+    The metadata records the prediction type (SAI model spec) and the attention head counts, which the
+    shapes cannot tell, so ``load_base_model(path)`` rebuilds exactly the folder's model.
+    """
+    from trainer.models.checkpoint_file import write_safetensors
+    from trainer.models.single_file import heads_metadata, ldm_state_dict
+
+    model = _load_diffusers_folder(Path(folder), None)
+    tensors = ldm_state_dict(model.unet, model.vae, model.text_encoders, model.family)
+    metadata = {**heads_metadata(model.unet, model.text_encoders),
+                "modelspec.prediction_type": "v" if model.v_prediction else "epsilon"}
+    return write_safetensors(tensors, path, metadata)

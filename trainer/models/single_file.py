@@ -95,7 +95,10 @@ def _fill(model: torch.nn.Module, state: dict, what: str) -> torch.nn.Module:
     if missing:
         raise ModelLoadError(f"the checkpoint's {what} lacks {len(missing)} weights (first: {missing[0]}); "
                              "the file is incomplete or of another architecture")
-    model.load_state_dict({name: state[name] for name in expected}, strict=True, assign=True)
+    # Fresh, aligned copies: tensors sliced out of a file buffer can take other (equally valid) SIMD paths,
+    # which would make a model loaded from a file differ from the same model loaded from a folder in the
+    # last bits. Copies also free the file's buffer once the caller drops it.
+    model.load_state_dict({name: state[name].clone() for name in expected}, strict=True, assign=True)
     return model
 
 

@@ -1,8 +1,10 @@
-"""A tiny Stable Diffusion 1.x-shaped model for tests and the demo, built in about a second.
+"""Tiny Stable Diffusion 1.x- and 2.x-shaped models for tests and the demo, built in about a second.
 
-It has SD1.x's structure at a fraction of the width: a UNet with two resnets and a downsampler per
+They have the real structure at a fraction of the width: a UNet with two resnets and a downsampler per
 down block and cross-attention, a VAE with SD's downscale factor of 8 (64 px → 8×8 latents), a CLIP
 text encoder with the real 49,408-token vocabulary, the real CLIP tokenizer and SD's scheduler config.
+The SD2.x variant differs as SD2 does: Linear transformer projections, an OpenCLIP-style text encoder
+(exact GELU), a tokenizer that pads with "!", and optionally v-prediction (like SD2.x-768-v).
 Weights are random but seeded, so two builds with the same seed are identical.
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from trainer.models.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer, save_tokenizer
+from trainer.models.tokenizer import CLIP_VOCAB_SIZE, EOS_TOKEN, build_clip_tokenizer, save_tokenizer
 
 TEXT_HIDDEN_SIZE = 32
 LATENT_CHANNELS = 4
@@ -33,8 +35,14 @@ SD1_SCHEDULER_CONFIG = {
 }
 
 
-def tiny_unet_config() -> dict:
-    """UNet2DConditionModel arguments: SD1.x's layout (2 resnets per block, attention in the top blocks)."""
+def tiny_unet_config(family: str = "sd1") -> dict:
+    """UNet2DConditionModel arguments: SD's layout (2 resnets per block, attention in the top blocks).
+
+    ``family="sd2"`` adds SD2's Linear projections in and out of the transformers and head counts that
+    grow with the width (SD2 uses 64-wide heads; here 8-wide).
+    """
+    if family == "sd2":
+        return {**tiny_unet_config("sd1"), "use_linear_projection": True, "attention_head_dim": (4, 8)}
     return {
         "sample_size": 8,
         "in_channels": LATENT_CHANNELS,
@@ -65,8 +73,13 @@ def tiny_vae_config() -> dict:
     }
 
 
-def tiny_text_encoder_config() -> CLIPTextConfig:
-    """CLIPTextConfig with the real vocabulary and SD1.x's special-token ids, 2 layers of width 32."""
+def tiny_text_encoder_config(family: str = "sd1") -> CLIPTextConfig:
+    """CLIPTextConfig with the real vocabulary and CLIP's special-token ids, 2 layers of width 32.
+
+    SD1.x's OpenAI CLIP uses quick_gelu; SD2.x's OpenCLIP uses exact gelu and pads with "!" (id 0).
+    """
+    if family == "sd2":
+        return CLIPTextConfig(**{**tiny_text_encoder_config("sd1").to_dict(), "hidden_act": "gelu", "pad_token_id": 0})
     return CLIPTextConfig(
         vocab_size=CLIP_VOCAB_SIZE,
         hidden_size=TEXT_HIDDEN_SIZE,
@@ -98,10 +111,12 @@ def _model_index() -> dict:
     }
 
 
-def sd1_scheduler_file_config() -> dict:
-    """``scheduler/scheduler_config.json`` as SD1.x folders ship it: PNDM, plus the DDIM keys
-    (``clip_sample``, ``set_alpha_to_one``) that other schedulers read when built ``from_config``."""
-    return {"_class_name": "PNDMScheduler", "_diffusers_version": "0.42.1", **SD1_SCHEDULER_CONFIG}
+def sd1_scheduler_file_config(v_prediction: bool = False) -> dict:
+    """``scheduler/scheduler_config.json`` as SD1.x/SD2.x folders ship it: PNDM, plus the DDIM keys
+    (``clip_sample``, ``set_alpha_to_one``) that other schedulers read when built ``from_config``;
+    SD2.x-768-v folders say ``prediction_type: v_prediction``."""
+    prediction = {"prediction_type": "v_prediction" if v_prediction else "epsilon"}
+    return {"_class_name": "PNDMScheduler", "_diffusers_version": "0.42.1", **SD1_SCHEDULER_CONFIG, **prediction}
 
 
 def _write_json(path: Path, content: dict) -> None:
@@ -115,20 +130,32 @@ def build_tiny_sd1(out_dir: str | Path, seed: int = 0) -> Path:
     Deterministic for a given ``seed``; loadable offline with ``StableDiffusionPipeline.from_pretrained``.
     Returns the folder.
     """
+    return build_tiny_sd(out_dir, "sd1", seed)
+
+
+def build_tiny_sd2(out_dir: str | Path, seed: int = 0, v_prediction: bool = False) -> Path:
+    """Write a tiny SD2.x diffusers folder; ``v_prediction=True`` makes it a 768-v-style model."""
+    return build_tiny_sd(out_dir, "sd2", seed, v_prediction)
+
+
+def build_tiny_sd(out_dir: str | Path, family: str, seed: int = 0, v_prediction: bool = False) -> Path:
+    """A tiny ``family`` ("sd1" | "sd2") diffusers folder, deterministic for ``seed``."""
+    if family not in ("sd1", "sd2"):
+        raise ValueError(f"unknown tiny model family {family!r}; expected 'sd1' or 'sd2'")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Each part gets its own seed so changing one part's shape leaves the others' weights unchanged.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**tiny_unet_config())
+        unet = UNet2DConditionModel(**tiny_unet_config(family))
         torch.manual_seed(seed + 1)
         vae = AutoencoderKL(**tiny_vae_config())
         torch.manual_seed(seed + 2)
-        text_encoder = CLIPTextModel(tiny_text_encoder_config())
+        text_encoder = CLIPTextModel(tiny_text_encoder_config(family))
     unet.save_pretrained(out_dir / "unet")
     vae.save_pretrained(out_dir / "vae")
     text_encoder.save_pretrained(out_dir / "text_encoder")
-    save_tokenizer(build_clip_tokenizer(), out_dir / "tokenizer")
-    _write_json(out_dir / "scheduler" / "scheduler_config.json", sd1_scheduler_file_config())
+    save_tokenizer(build_clip_tokenizer(pad_token="!" if family == "sd2" else EOS_TOKEN), out_dir / "tokenizer")
+    _write_json(out_dir / "scheduler" / "scheduler_config.json", sd1_scheduler_file_config(v_prediction))
     _write_json(out_dir / "model_index.json", _model_index())
     return out_dir

@@ -17,14 +17,16 @@ MODEL_AND_FOLDERS = (
     Setting("pretrained_model_name_or_path", "path", "", "Pretrained model", tab="model",
             help="The base Stable Diffusion model the LoRA is trained against: a local diffusers folder or a "
                  "single checkpoint file. Nothing is downloaded; the path must exist on this machine."),
-    Setting("v2", "bool", False, "SD2.x model", tab="model", implemented=False,
-            help="The base model is Stable Diffusion 2.x (OpenCLIP text encoder). Detected from the weights; "
-                 "set it only to override the detection."),
-    Setting("v_parameterization", "bool", False, "v-parameterization", tab="model", implemented=False,
-            help="The model predicts velocity (v) instead of noise, as SD2.x 768-v models do. Detected from a "
-                 "diffusers folder's scheduler; suggested for single files that look like SD2.x-768."),
-    Setting("vae", "path", "", "VAE", tab="model", implemented=False,
-            help="Optional separate VAE file or folder to use instead of the model's own."),
+    Setting("v2", "bool", False, "SD2.x model", tab="model",
+            help="The base model is Stable Diffusion 2.x (OpenCLIP text encoder). The family is detected from the "
+                 "weights; setting this makes the run refuse a model that is not SD2.x."),
+    Setting("v_parameterization", "bool", False, "v-parameterization", tab="model",
+            help="The model predicts velocity (v) instead of noise, as SD2.x 768-v models do. Off: as the model "
+                 "declares it (a diffusers folder's scheduler, a file's model-spec metadata), else noise. "
+                 "Suggested for single files that look like SD2.x-768-v."),
+    Setting("vae", "path", "", "VAE", tab="model",
+            help="Optional separate VAE to use instead of the model's own: a .safetensors/.ckpt file (original "
+                 "or diffusers layout) or a diffusers folder."),
     Setting("output_name", "str", "last", "Output name", tab="model",
             help="File name (without extension) of the trained LoRA. Intermediate saves add -000002 "
                  "(epoch) or -step00000200 (step) to it."),
