@@ -511,7 +511,7 @@ def test_caption_extension_picks_the_caption_files(demo_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def text_session(demo_dir):
+def tiny_base(demo_dir):
     from trainer.models.loading import load_base_model
 
     base = load_base_model(str(demo_dir / "model"), device=torch.device("cpu"), dtype=torch.float32)
@@ -526,17 +526,17 @@ def _states(base, captions, **values):
         return Session.text_states(session, captions)
 
 
-def test_text_settings_reach_the_conditioning(text_session):
+def test_text_settings_reach_the_conditioning(tiny_base):
     captions = ["shapes, red circle", "shapes, blue square, green background"]
-    plain = _states(text_session, captions)
+    plain = _states(tiny_base, captions)
     assert plain.shape[1] == 77
-    assert not torch.allclose(_states(text_session, captions, clip_skip=2), plain)
-    assert _states(text_session, captions, max_token_length=150).shape[1] == 152
-    assert _states(text_session, captions, no_token_padding=True).shape[1] < 77
-    one = _states(text_session, ["(red:1.0) circle"], weighted_captions=True)
-    assert torch.allclose(one, _states(text_session, ["red circle"]), atol=1e-5)
-    assert not torch.allclose(_states(text_session, ["(red:1.0) circle"]), one, atol=1e-5)
-    assert not torch.allclose(_states(text_session, ["(red:1.5) circle"], weighted_captions=True), one, atol=1e-5)
+    assert not torch.allclose(_states(tiny_base, captions, clip_skip=2), plain)
+    assert _states(tiny_base, captions, max_token_length=150).shape[1] == 152
+    assert _states(tiny_base, captions, no_token_padding=True).shape[1] < 77
+    one = _states(tiny_base, ["(red:1.0) circle"], weighted_captions=True)
+    assert torch.allclose(one, _states(tiny_base, ["red circle"]), atol=1e-5)
+    assert not torch.allclose(_states(tiny_base, ["(red:1.0) circle"]), one, atol=1e-5)
+    assert not torch.allclose(_states(tiny_base, ["(red:1.5) circle"], weighted_captions=True), one, atol=1e-5)
 
 
 def test_text_settings_are_accepted_by_a_real_run(baseline, demo_dir, tmp_path):

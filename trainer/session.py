@@ -153,7 +153,10 @@ def build_session(job, run_dir: Path, events: EventWriter) -> Session:
     events.emit("started", plan=plan)
 
     events.status("loading model")
-    base = load_base_model(job.pretrained_model_name_or_path, device=precision.device, dtype=precision.weight_dtype)
+    base = load_base_model(job.pretrained_model_name_or_path, device=precision.device, dtype=precision.weight_dtype,
+                           v2=job.v2, v_prediction=True if job.v_parameterization else None, vae=job.vae or None)
+    for note in base.notes:
+        events.warning(note, setting="v_parameterization")
     configure_attention(job, base, precision.device, events)
     unet_lr, text_lr = effective_lrs(job)
     tensors = read_lora_file(job.network_weights)[0] if job.network_weights else None
