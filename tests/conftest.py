@@ -7,6 +7,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent / "offline"))
+import network_guard  # noqa: E402
+
+network_guard.install()  # the whole suite runs with the network switched off (loopback still works)
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

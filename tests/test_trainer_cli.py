@@ -2,6 +2,7 @@
 by diffusers, real learning, a graceful stop, and bad jobs refused."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -92,6 +93,10 @@ def test_lora_file_loads_in_diffusers_with_every_module_placed(trained, demo_dir
     assert metadata["ss_network_module"] == "networks.lora" and metadata["ss_network_dim"] == "8"
     assert metadata["ss_steps"] == "20" and metadata["ss_base_model_version"] == "sd_v1"
     assert json.loads(metadata["lora_loom.job"])["train_batch_size"] == 4
+    base = (demo_dir / "model.safetensors").read_bytes()  # the base model's hashes, for tools that group by model
+    assert metadata["ss_sd_model_name"] == "model.safetensors"
+    assert metadata["ss_new_sd_model_hash"] == hashlib.sha256(base).hexdigest()
+    assert metadata["ss_sd_model_hash"] == hashlib.sha256(base[0x100000:0x110000]).hexdigest()[:8]
 
     pipe = _tiny_pipeline(demo_dir)
     before = _image(pipe)

@@ -113,7 +113,11 @@ def cmd_import_kohya(args) -> int:
 def cmd_demo(args) -> int:
     from trainer.models.demo import build_demo
 
-    out = build_demo(Path(args.dir))
+    try:
+        out = build_demo(Path(args.dir), family=args.family)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_REFUSED
     print(f"demo ready in {out} (job: {Path(args.dir) / 'job.toml'})")
     return EXIT_OK
 
@@ -138,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_import_kohya)
     demo = sub.add_parser("demo", help="build the built-in demo (tiny model, dataset, job.toml) into DIR")
     demo.add_argument("dir")
+    demo.add_argument("--family", default="sd1", choices=("sd1", "sd2", "sdxl"),
+                      help="model family of the tiny demo model (default sd1)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,8 +1,6 @@
-"""Checks that need the trainer's own modules (optimizer signatures, the model path), run by ``validate``
+"""Checks that need the trainer's own modules (optimizer signatures), run by ``validate``
 and before ``train``; still no model is loaded."""
 from __future__ import annotations
-
-from pathlib import Path
 
 from trainer.spec import Problem
 
@@ -17,9 +15,4 @@ def deep_checks(job) -> list[Problem]:
         problems.append(Problem(getattr(error, "setting", None) or "optimizer_args", str(error)))
     if job.lr_scheduler == "adafactor" and job.optimizer != "Adafactor":
         problems.append(Problem("lr_scheduler", "the adafactor scheduler needs the Adafactor optimizer"))
-    model = Path(job.pretrained_model_name_or_path).expanduser() if job.pretrained_model_name_or_path else None
-    if model is not None and model.is_dir() and not (model / "model_index.json").exists() \
-            and not (model / "unet").is_dir():
-        problems.append(Problem("pretrained_model_name_or_path",
-                                f"{model} is a folder but not a diffusers model (no model_index.json or unet/)"))
     return problems

@@ -3,6 +3,7 @@ of old step files, and the training state that makes an exact resume possible.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +19,8 @@ from trainer.spec import SETTINGS, effective_lrs, job_to_values
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STATE_FILE = "train_state.json"
+LEGACY_HASH_OFFSET, LEGACY_HASH_BYTES = 0x100000, 0x10000
+HASH_CHUNK_BYTES = 1 << 24
 
 
 def epoch_file_name(name: str, epoch: int) -> str:
@@ -55,6 +58,38 @@ def dataset_metadata(data) -> dict:
             "bucket_info": {"buckets": buckets, "mean_img_ar_error": data.mean_ar_error}}
 
 
+def file_hashes(path: str, what: str) -> dict[str, str]:
+    """``ss_{what}_hash`` (A1111's old hash: sha256 of 64 KiB at offset 1 MiB, 8 hex digits) and
+    ``ss_new_{what}_hash`` (sha256 of the whole file) of a model file; nothing for a folder."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return {}
+    whole = hashlib.sha256()
+    with path.open("rb") as handle:
+        handle.seek(LEGACY_HASH_OFFSET)
+        legacy = hashlib.sha256(handle.read(LEGACY_HASH_BYTES)).hexdigest()[:8]
+        handle.seek(0)
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            whole.update(chunk)
+    return {f"ss_{what}_hash": legacy, f"ss_new_{what}_hash": whole.hexdigest()}
+
+
+def base_model_version(family: str, v_prediction: bool) -> str:
+    """``ss_base_model_version`` as sd-scripts writes it: sd_v1, sd_v2, sd_v2_v (v-prediction), sdxl_base_v1-0."""
+    if family == "sdxl":
+        return "sdxl_base_v1-0"
+    return "sd_v1" if family == "sd1" else "sd_v2" + ("_v" if v_prediction else "")
+
+
+def modelspec_architecture(family: str, v_prediction: bool) -> str:
+    """SAI model spec architecture of a LoRA for ``family``."""
+    if family == "sdxl":
+        return "stable-diffusion-xl-v1-base/lora"
+    if family == "sd2":
+        return "stable-diffusion-v2-768-v/lora" if v_prediction else "stable-diffusion-v2-512/lora"
+    return "stable-diffusion-v1/lora"
+
+
 def _text(value) -> str:
     return "None" if value is None else str(value)
 
@@ -85,7 +120,7 @@ def training_metadata(session: Session) -> dict[str, str]:
         "ss_mixed_precision": job.mixed_precision,
         "ss_full_fp16": job.full_fp16,
         "ss_v2": session.base.family == "sd2",
-        "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}.get(session.base.family),
+        "ss_base_model_version": base_model_version(session.base.family, session.base.v_prediction),
         "ss_clip_skip": job.clip_skip,
         "ss_max_token_length": job.max_token_length,
         "ss_cache_latents": job.cache_latents,
@@ -118,9 +153,10 @@ def training_metadata(session: Session) -> dict[str, str]:
         "ss_tag_frequency": json.dumps(info.get("tag_frequency", {})),
         "ss_bucket_info": json.dumps(info.get("bucket_info", {})),
         "ss_sd_model_name": Path(job.pretrained_model_name_or_path).name,
+        **file_hashes(job.pretrained_model_name_or_path, "sd_model"),
+        **({"ss_vae_name": Path(job.vae).name, **file_hashes(job.vae, "vae")} if job.vae else {}),
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
-                                   "sdxl": "stable-diffusion-xl-v1-base/lora"}.get(session.base.family, ""),
+        "modelspec.architecture": modelspec_architecture(session.base.family, session.base.v_prediction),
         "modelspec.implementation": "diffusers",
         "modelspec.title": job.output_name,
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
