@@ -144,3 +144,50 @@ def test_diffusers_loads_every_module_of_our_file(tiny_model_dir, tmp_path):
     assert np.abs(lora_image - plain_image).max() > 1e-3
     # diffusers applies the same scale (alpha / dim) as our adapters: same picture.
     assert np.allclose(lora_image, ours_image, atol=1e-4)
+
+
+def perturbed_file(network, path, seed: int = 3):
+    """The network's file with random lora_up weights (a fresh network's are zero), loaded back into it."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {key: torch.randn(t.shape, generator=generator) * 0.2 if key.endswith("lora_up.weight") else t
+               for key, t in network.kohya_state_dict().items()}
+    network.load_kohya_state_dict(tensors)
+    return save_lora_file(path, tensors, network.metadata())
+
+
+BLOCK_DIMS = tuple([2] * 6 + [0] * 6 + [4] + [3] * 12)
+VARIANTS = {
+    "locon": NetworkConfig(lora_type="LoCon", dim=4, alpha=2.0, conv_dim=2, conv_alpha=1.0),
+    "dylora": NetworkConfig(lora_type="DyLoRA", dim=4, alpha=4.0, conv_dim=2, conv_alpha=2.0, unit=2),
+    # One alpha for every block: diffusers 0.42 drops per-module alphas of some attention modules (its
+    # alpha_pattern keys keep old processor names; peft warns "did not match"), so a file with block_alphas
+    # that differ loads with the wrong scale there. Ranks may differ freely.
+    "block_dims": NetworkConfig(lora_type="LoCon", dim=4, alpha=4.0, block_dims=BLOCK_DIMS,
+                                block_alphas=tuple(1.5 for _ in BLOCK_DIMS), conv_dim=0),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_diffusers_loads_locon_dylora_and_per_block_ranks_exactly(variant, tiny_model_dir, tmp_path):
+    """Every module placed (no key skipped), per-module rank and alpha honoured: diffusers' picture is ours."""
+    ours = load_pipeline(tiny_model_dir)
+    network = apply_network(ours.unet, [ours.text_encoder], VARIANTS[variant])
+    path = perturbed_file(network, tmp_path / "lora.safetensors")
+    ours.unet.eval(), ours.text_encoder.eval()
+    ours_image = generate(ours)
+    tensors, _ = read_lora_file(path)
+    modules = {key.rsplit(".", 2)[0] if "weight" in key else key.rsplit(".", 1)[0] for key in tensors}
+    if variant != "block_dims":
+        assert any(tensors[f"{m}.lora_down.weight"].ndim == 4 and tensors[f"{m}.lora_down.weight"].shape[-1] == 3
+                   for m in modules)  # 3×3 conv adapters are in the file
+    else:
+        ranks = {tensors[f"{m}.lora_down.weight"].shape[0] for m in modules if m.startswith("lora_unet_")}
+        assert ranks == {2, 3, 4}
+
+    pipe = load_pipeline(tiny_model_dir)
+    plain = generate(pipe)
+    pipe.load_lora_weights(str(path))
+    assert adapted_layers(pipe.unet) + adapted_layers(pipe.text_encoder) == len(modules)
+    loaded = generate(pipe)
+    assert np.abs(loaded - plain).max() > 1e-3
+    assert np.allclose(loaded, ours_image, atol=1e-4)

@@ -61,8 +61,9 @@ class TrainingData:
 
     def cache_latents(self, encode: Callable[[torch.Tensor], torch.Tensor], vae_batch_size: int = 0,
                       disk: bool = False, progress: Progress | None = None, encoder_id: str = "",
-                      cache_suffix: str = "sd") -> None:
+                      cache_suffix: str = "sd") -> tuple[int, int]:
         """Encode every planned image once (plus its mirror image with flip_aug) and keep the latents.
+        Returns (images encoded now, images whose latents came from valid disk files).
 
         ``encode(pixels)``: (B, 3, H, W) in [-1, 1] → (B, C, H/f, W/f) *unscaled* latents.
         ``vae_batch_size`` 0 means train_batch_size. ``disk`` reuses and writes
@@ -101,6 +102,7 @@ class TrainingData:
         self._latents = latents
         self._latents_flipped = flipped if self.options.flip_aug else None
         self._loader = None  # workers made before caching hold no latents
+        return len(missing), len(keys) - len(missing)
 
     @staticmethod
     def _save_cache_file(path, item: PlannedImage, key, latent, flipped) -> None:
