@@ -8,7 +8,7 @@ label = setting.label, info = setting.help, ``elem_id="setting-<key>"``; the not
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
@@ -101,15 +101,20 @@ def make_widget(setting: Setting, value: Any, visible: bool = True) -> gr.compon
     return gr.Textbox(value=value, lines=1, max_lines=1, **common)
 
 
-def build_tab_fields(form: Form, tab: str, values: dict[str, Any], problems: list[Problem] = ()) -> None:
-    """Widgets of one tab, grouped by section, each with its error note (shown only for ``problems``)."""
+def build_tab_fields(form: Form, tab: str, values: dict[str, Any], problems: list[Problem] = (),
+                     after: dict[str, Callable[[], Any]] | None = None) -> None:
+    """Widgets of one tab, grouped by section, each with its error note (shown only for ``problems``).
+    ``after[key]()`` builds extra components right under that setting's field (the model note)."""
     grouped = problems_by_setting(problems)
+    after = after or {}
     for section, settings in sections_of(settings_of_tab(tab)):
         if section:
             gr.Markdown(f"#### {section}", elem_classes=["loom-section"])
         with gr.Group():
             for setting in settings:
                 _add_field(form, setting, values, grouped.get(setting.key, []))
+                if setting.key in after:
+                    after[setting.key]()
 
 
 def _add_field(form: Form, setting: Setting, values: dict[str, Any], problems: list[Problem]) -> None:

@@ -5,6 +5,7 @@ and the page's own notes (validation, presets). The run manager is shared by all
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from gui import presets_panel
+from gui.model_note import MODEL_KEY, model_note
 from gui.plan_panel import compute_plan, dataset_markdown, plan_markdown
 from gui.run_view import (
     RunView,
@@ -26,6 +28,8 @@ from gui.run_view import (
 from gui.runs import LOG_FILE, RunError, pid_alive, read_pid, run_status, stop_requests, tail_text
 from gui.values import has_errors, problem_messages, split_secrets
 
+PLAN_SETTLE_S = 1.0  # the plan is made again once edits have paused this long (it costs a subprocess)
+DATASET_KEYS = ("train_data_dir", "reg_data_dir", "caption_extension")
 LOSS_COLUMNS = ["step", "loss", "series"]
 LR_COLUMNS = ["step", "lr", "group"]
 
@@ -37,6 +41,9 @@ class SessionState:
     settled: str = ""  # the final state already shown, so the timer stops redrawing
     samples_shown: int = -1
     plan_shown: bool = False
+    edited: dict | None = None  # the form's values (secrets left out) after the latest edit
+    edited_at: float = 0.0  # time.monotonic() of that edit
+    planned: dict | None = None  # the values the plan panel was last made from
 
 
 def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
@@ -79,8 +86,14 @@ class Handlers:
                         show_progress="hidden")
         area.open_run.click(self.open_run, inputs={area.runs, area.state}, outputs=[*run_outputs, area.runs])
         area.plan_button.click(self.plan, inputs=form.inputs, outputs=[area.plan_md, area.plan_plot])
+        area.plan_timer.tick(self.plan_when_settled, inputs={area.state},
+                             outputs=[area.plan_md, area.plan_plot, area.dataset_md], show_progress="hidden")
         area.scan_button.click(self.scan, inputs=form.inputs, outputs=[area.dataset_md])
         self._wire_presets()
+        note_inputs = {form.fields[k] for k in (MODEL_KEY, "v2", "v_parameterization") if k in form.fields}
+        gr.on([w.change for w in note_inputs], self.show_model_note, inputs=note_inputs,
+              outputs=[area.model_note], show_progress="hidden", trigger_mode="always_last")
+        app.load(self.show_model_note, inputs=note_inputs, outputs=[area.model_note], show_progress="hidden")
         app.load(self.on_load, inputs={area.state}, outputs=[*run_outputs, area.runs, area.preset]).then(
             self.scan, inputs=form.inputs, outputs=[area.dataset_md]).then(
             self.plan_unless_running, inputs=form.inputs | {area.state}, outputs=[area.plan_md, area.plan_plot])
@@ -118,10 +131,18 @@ class Handlers:
         from trainer.spec import validate_values
 
         session: SessionState = data[self.area.state]
-        _, problems = validate_values(self.form.values(data), for_training=False)
+        values = self.form.values(data)
+        _, problems = validate_values(values, for_training=False)
         session.notes = problem_messages(problems)
+        session.edited, session.edited_at = split_secrets(values)[0], time.monotonic()
         return {**self.form.error_updates(problems), self.area.messages: self._messages(session),
                 self.area.state: session}
+
+    def show_model_note(self, data: dict) -> dict:
+        """What the base model is (read from its header), with suggestions for v2 / v_parameterization."""
+        values = self.form.values(data)
+        note = model_note(values.get(MODEL_KEY, ""), values.get("v2", False), values.get("v_parameterization", False))
+        return {self.area.model_note: note}
 
     def visibility(self, data: dict) -> dict:
         return self.form.visibility_updates(self.form.values(data))
@@ -254,20 +275,41 @@ class Handlers:
 
     # ----- plan and dataset -------------------------------------------------------------------------
     def plan(self, data: dict) -> dict:
-        values = self.form.values(data)
-        result = compute_plan(split_secrets(values)[0], self.config.trainer_command)
+        return self._plan_updates(split_secrets(self.form.values(data))[0])
+
+    def _plan_updates(self, values: dict) -> dict:
+        result = compute_plan(values, self.config.trainer_command)
         if result.plan is None:
             return {self.area.plan_md: f"❌ {result.error}", self.area.plan_plot: frame([], LR_COLUMNS)}
         return {self.area.plan_md: plan_markdown(result.plan),
                 self.area.plan_plot: frame(plan_lr_rows(result.plan), LR_COLUMNS)}
 
     def plan_unless_running(self, data: dict) -> dict:
-        if data[self.area.state].view.plan:
+        session: SessionState = data[self.area.state]
+        if session.view.plan:
             return {self.area.plan_md: gr.skip()}
+        session.planned = split_secrets(self.form.values(data))[0]
         return self.plan(data)
 
+    def plan_when_settled(self, data: dict) -> dict:
+        """Timer: once edits have paused for PLAN_SETTLE_S, make the plan again from the latest values (and
+        rescan the folders if they changed). Not while the page watches a run that is going: the panel shows
+        that run's plan then."""
+        session: SessionState = data[self.area.state]
+        wanted, planned = session.edited, session.planned
+        watching_run = bool(session.view.plan) and not session.settled
+        if wanted is None or wanted == planned or watching_run or time.monotonic() - session.edited_at < PLAN_SETTLE_S:
+            return {self.area.plan_md: gr.skip()}
+        session.planned = wanted
+        updates = self._plan_updates(wanted)
+        if planned is None or any(wanted.get(k) != planned.get(k) for k in DATASET_KEYS):
+            updates.update(self._scan_updates(wanted))
+        return updates
+
     def scan(self, data: dict) -> dict:
-        values = self.form.values(data)
+        return self._scan_updates(self.form.values(data))
+
+    def _scan_updates(self, values: dict) -> dict:
         text = dataset_markdown(values.get("train_data_dir", ""), values.get("reg_data_dir", ""),
                                 values.get("caption_extension", ""))
         return {self.area.dataset_md: text}

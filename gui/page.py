@@ -13,6 +13,7 @@ import gradio as gr
 from gui.blocks_table import blocks_markdown
 from gui.form import Form, build_tab_fields
 from gui.handlers import Handlers, SessionState
+from gui.model_note import MODEL_KEY, model_note
 from gui.run_view import MOVING_AVERAGE_LABEL, RunView, messages_markdown, progress_html
 from gui.values import problem_messages
 from gui.runs import RunManager
@@ -55,9 +56,11 @@ class RunArea:
     outputs: Any = None
     messages: Any = None
     log: Any = None
+    model_note: Any = None
     plan_md: Any = None
     plan_plot: Any = None
     plan_button: Any = None
+    plan_timer: Any = None
     dataset_md: Any = None
     scan_button: Any = None
     preset: Any = None
@@ -83,10 +86,15 @@ def _presets_row(area: RunArea) -> None:
 
 
 def _settings_tabs(form: Form, values: dict, area: RunArea, problems: list) -> None:
+    def add_model_note() -> None:
+        note = model_note(values.get(MODEL_KEY, ""), values.get("v2", False), values.get("v_parameterization", False))
+        area.model_note = gr.Markdown(note, elem_id="model-note", padding=True)
+
     with gr.Tabs(elem_id="settings-tabs"):
-        for tab_id, title in (("model", "Model"), ("folders", "Folders")):
-            with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}"):
-                build_tab_fields(form, tab_id, values, problems)
+        with gr.Tab("Model", id="model", elem_id="tab-model"):
+            build_tab_fields(form, "model", values, problems, after={MODEL_KEY: add_model_note})
+        with gr.Tab("Folders", id="folders", elem_id="tab-folders"):
+            build_tab_fields(form, "folders", values, problems)
         with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
             gr.Markdown("The folders found in the image folder (and the regularization folder), as the "
                         "trainer will read them.")
@@ -157,5 +165,6 @@ def build_app(config: AppConfig) -> gr.Blocks:
         _run_area(area, messages_markdown(opening_notes))
         area.state = gr.State(SessionState(notes=opening_notes))
         area.timer = gr.Timer(1.0)
+        area.plan_timer = gr.Timer(1.0)
         Handlers(form, area, manager, config).wire(app)
     return app

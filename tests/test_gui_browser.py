@@ -1,5 +1,6 @@
-"""The real app in headless Chromium: tabs, field errors that start nothing, a live run with loss plot and
-samples, a page reload that re-attaches, and Stop that saves the LoRA.
+"""The real app in headless Chromium: tabs, a plan that follows the form, field errors that start nothing,
+the model note (and a LoRA as base model refused at Start), user presets, kohya_ss import, a live run with
+loss plot, samples and warnings, a page reload that re-attaches, and Stop that saves the LoRA.
 
 The app runs as ``python app.py`` in a subprocess on a free port with a job built from the demo (its outputs
 in a temporary folder, 50 epochs so the run is still going when the test stops it).
@@ -7,6 +8,7 @@ in a temporary folder, 50 epochs so the run is still going when the test stops i
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 
@@ -23,6 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 SCREENSHOT = Path("/tmp/loom-browser-test.png")
+KOHYA_PRESETS = Path("/work/shared/fixtures/kohya_presets")
 
 
 def free_port() -> int:
@@ -98,14 +102,19 @@ def field(page, key):
 
 def test_page_has_the_tabs_and_a_plan(app_env, browser):
     page = open_page(browser, app_env["url"])
-    tabs = page.get_by_role("tab").all_inner_texts()
     for title in ("Model", "Folders", "Dataset", "Basic", "Advanced", "Blocks/Conv", "Samples"):
-        assert title in tabs
+        expect(page.get_by_role("tab", name=title, exact=True)).to_have_count(1)  # waits while the bar lays out
     page.get_by_role("tab", name="Blocks/Conv").click()
     for title in ("Weights", "Blocks", "Conv"):
-        assert page.get_by_role("tab", name=title, exact=True).count() == 1
+        expect(page.get_by_role("tab", name=title, exact=True)).to_have_count(1)
     page.locator("#plan-table").get_by_text("Total steps").wait_for(timeout=60_000)
     assert "2000" in page.inner_text("#plan-table")  # 8 images × 10 repeats ÷ batch 2 × 50 epochs
+    page.locator("#plan-lr-plot .mark-line path").first.wait_for(timeout=30_000)  # the LR preview
+    page.get_by_role("tab", name="Basic").click()
+    field(page, "epoch").fill("10")  # the plan follows the form without "Update plan"
+    field(page, "epoch").press("Tab")
+    total = page.locator("#plan-table tr", has_text="Total steps")
+    expect(total).to_have_text(re.compile(r"Total steps\s+400\s*$"), timeout=30_000)  # 8 × 10 ÷ 2 × 10
     page.close()
 
 
@@ -132,7 +141,71 @@ def test_bad_values_show_field_errors_and_start_nothing(app_env, browser):
     page.close()
 
 
-def test_start_shows_loss_and_samples_reload_reattaches_and_stop_saves(app_env, browser):
+def runs_started(app_env) -> int:
+    return len(list(app_env["runs"].glob("*/job.toml"))) if app_env["runs"].exists() else 0
+
+
+def test_model_note_names_the_model_and_a_lora_as_base_model_starts_nothing(app_env, browser, tmp_path):
+    from tests.test_gui_values import write_safetensors
+
+    lora = write_safetensors(tmp_path / "style_lora.safetensors", ["lora_unet_x.lora_down.weight",
+                                                                 "lora_unet_x.lora_up.weight", "lora_unet_x.alpha"])
+    before = runs_started(app_env)
+    page = open_page(browser, app_env["url"])
+    note = page.locator("#model-note")
+    note.get_by_text("Stable Diffusion 1.x (single file)").wait_for(timeout=20_000)
+    field(page, "pretrained_model_name_or_path").fill(str(lora))
+    field(page, "pretrained_model_name_or_path").press("Tab")
+    note.get_by_text("style_lora.safetensors is a LoRA file, not a base model").wait_for(timeout=20_000)
+    page.click("#start-button")
+    page.locator("#messages").get_by_text("Nothing was started").wait_for(timeout=20_000)
+    model_error = page.locator("#error-pretrained_model_name_or_path")
+    model_error.wait_for(state="visible", timeout=20_000)
+    assert "pretrained_model_name_or_path" in model_error.inner_text() and "LoRA" in model_error.inner_text()
+    assert runs_started(app_env) == before
+    page.close()
+
+
+def test_a_saved_user_preset_brings_a_changed_value_back(app_env, browser):
+    page = open_page(browser, app_env["url"])
+    page.get_by_role("tab", name="Basic").click()
+    dim = field(page, "network_dim")
+    dim.fill("12")
+    dim.press("Tab")
+    page.fill("#preset-name input, #preset-name textarea", "browser style")
+    page.get_by_role("button", name="Save as preset").click()
+    page.locator("#preset-report").get_by_text("Saved preset browser style").wait_for(timeout=20_000)
+    dim.fill("40")
+    dim.press("Tab")
+    page.get_by_role("button", name="Load preset").click()
+    page.locator("#preset-report").get_by_text("Loaded preset browser style").wait_for(timeout=20_000)
+    page.wait_for_function("document.querySelector('#setting-network_dim input').value === '12'", timeout=20_000)
+    page.close()
+
+
+def test_kohya_import_fills_the_form_reports_unmapped_keys_and_refuses_flux(app_env, browser):
+    page = open_page(browser, app_env["url"])
+    page.get_by_role("tab", name="Basic").click()
+    upload = page.locator("#kohya-import input[type=file]")
+    upload.set_input_files(str(KOHYA_PRESETS / "loha-sd15.json"))
+    report = page.locator("#preset-report")
+    report.get_by_text("Imported 73 settings from loha-sd15.json").wait_for(timeout=30_000)
+    assert "use_cp" in report.inner_text() and "scale_weight_norms" in report.inner_text()
+    page.wait_for_function("document.querySelector('#setting-network_dim input').value === '32'", timeout=20_000)
+    assert field(page, "LoRA_type").input_value() == "LoHa"
+
+    page.locator("#kohya-import button[aria-label='Clear']").click()
+    upload.set_input_files(str(KOHYA_PRESETS / "flux1D - adamw8bit fp8.json"))
+    refusal = report.get_by_text("was not imported")
+    refusal.wait_for(timeout=30_000)
+    assert "Flux" in refusal.inner_text()
+    assert field(page, "network_dim").input_value() == "32"  # the form is left as it was
+    page.close()
+
+
+def test_start_shows_loss_samples_and_warnings_reload_reattaches_and_stop_saves(app_env, browser):
+    from trainer.events import read_events
+
     page = open_page(browser, app_env["url"])
     page.click("#start-button")
     page.locator("#loss-plot .mark-line path").first.wait_for(timeout=90_000)
@@ -151,6 +224,9 @@ def test_start_shows_loss_and_samples_reload_reattaches_and_stop_saves(app_env, 
     shown = [line for line in page.inner_text("#run-outputs").splitlines() if ".safetensors" in line]
     lora = Path(shown[0].split(" — ")[0].strip())
     assert lora.parent == app_env["out"] and lora.is_file()
+    events, _ = read_events(next(app_env["runs"].glob("*/events.jsonl")), 0)
+    warnings = [e["message"] for e in events if e["type"] == "warning"]  # on CPU: xformers needs a GPU
+    assert all(message in page.inner_text("#messages") for message in warnings)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     page.close()
 

@@ -1,5 +1,6 @@
 """The GUI's pure parts without a browser: widget values → settings, field notes, plan and dataset text,
-the block table, the presets row's fallback, and that the GUI modules import without torch."""
+the plan timer's debounce, the model note, the block table, the presets row's fallback, and that the GUI
+modules import without torch."""
 from __future__ import annotations
 
 import subprocess
@@ -118,3 +119,90 @@ def test_app_flags_default_to_local_and_private(capsys):
     with pytest.raises(SystemExit):
         app.parse_args(["--username", "me"])  # a login needs both halves
     assert "--username and --password go together" in capsys.readouterr().err
+
+
+def write_safetensors(path: Path, names: list[str], metadata: dict | None = None) -> Path:
+    """A valid .safetensors file holding one fp32 zero per name (enough for inspect_model's header reading)."""
+    import json
+    import struct
+
+    header = {name: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, name in enumerate(names)}
+    if metadata:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 4 * len(names))
+    return path
+
+
+SD2_NAMES = ["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.ln_final.weight"]
+
+
+def test_model_note_names_the_family_of_the_demo_single_file(demo_dir):
+    from gui.model_note import model_note
+
+    note = model_note(str(demo_dir / "model.safetensors"))
+    assert note == "✅ Model: Stable Diffusion 1.x (single file)."
+    assert "diffusers folder" in model_note(str(demo_dir / "model"))
+    assert "is on, but the weights say Stable Diffusion 1.x" in model_note(str(demo_dir / "model.safetensors"), v2=True)
+
+
+def test_model_note_refuses_a_lora_a_vae_and_a_corrupt_file_with_a_reason(tmp_path):
+    from gui.model_note import model_note
+
+    lora = write_safetensors(tmp_path / "style.safetensors", ["lora_unet_x.lora_down.weight", "lora_unet_x.alpha"])
+    assert model_note(str(lora)).startswith("❌ style.safetensors is a LoRA file, not a base model.")
+    vae = write_safetensors(tmp_path / "vae.safetensors", ["encoder.conv_in.weight", "decoder.conv_out.weight"])
+    assert "is a VAE file, not a base model" in model_note(str(vae))
+    corrupt = tmp_path / "broken.safetensors"
+    corrupt.write_bytes(b"\x10\0\0\0\0\0\0\0{not json")
+    assert model_note(str(corrupt)).startswith(f"❌ {corrupt} is not a valid .safetensors file")
+    assert model_note(str(tmp_path / "missing.safetensors")) == f"❌ {tmp_path / 'missing.safetensors'} does not exist"
+    assert model_note("  ").startswith("Choose the base model")
+    pickled = tmp_path / "old.ckpt"
+    pickled.write_bytes(b"")
+    assert "a pickled checkpoint (.ckpt); its family is checked when training starts" in model_note(str(pickled))
+
+
+def test_model_note_suggests_v2_and_v_parameterization_without_setting_them(tmp_path):
+    from gui.model_note import model_note
+
+    sd2 = write_safetensors(tmp_path / "sd2-768.safetensors", SD2_NAMES)
+    note = model_note(str(sd2))
+    assert note.startswith("✅ Model: Stable Diffusion 2.x (single file), v-prediction suggested")
+    assert "`v2`) is off" in note and "consider turning on **v-parameterization**" in note
+    settled = model_note(str(sd2), v2=True, v_parameterization=True)
+    assert "💡" not in settled and "⚠️" not in settled
+    declared = write_safetensors(tmp_path / "sd2v.safetensors", SD2_NAMES, {"modelspec.prediction_type": "v"})
+    assert "declares v-prediction" in model_note(str(declared), v2=True)
+
+
+def test_plan_follows_edits_once_they_pause_and_only_once(monkeypatch):
+    """The plan timer makes the plan from the latest edit after PLAN_SETTLE_S, once per change, and leaves
+    the panel alone while the page watches a run that is going."""
+    from types import SimpleNamespace
+
+    from gui import handlers
+    from gui.handlers import Handlers, SessionState
+
+    fake_trainer = [sys.executable, "-c", "import json; print(json.dumps({'total_steps': 7, 'lr_curve': {}}))"]
+    area = SimpleNamespace(state="state", plan_md="plan_md", plan_plot="plan_plot", dataset_md="dataset_md")
+    ui = Handlers(form=None, area=area, manager=None, config=SimpleNamespace(trainer_command=fake_trainer))
+    clock = [100.0]
+    monkeypatch.setattr(handlers.time, "monotonic", lambda: clock[0])
+    session = SessionState(planned=defaults())
+    tick = lambda: ui.plan_when_settled({"state": session})  # noqa: E731
+
+    assert list(tick()) == ["plan_md"]  # nothing edited yet: skipped
+    session.edited, session.edited_at = {**defaults(), "epoch": 3}, clock[0]
+    clock[0] += 0.5
+    assert list(tick()) == ["plan_md"]  # still typing
+    clock[0] += 1.0
+    made = tick()
+    assert "| **Total steps** | **7** |" in made["plan_md"]
+    assert "dataset_md" not in made  # the folders did not change: no rescan
+    assert list(tick()) == ["plan_md"]  # the same values are not planned twice
+    session.edited, session.edited_at = {**defaults(), "train_data_dir": "/nowhere"}, clock[0] - 5
+    assert tick()["dataset_md"].startswith("❌ `train_data_dir`")
+    session.edited, session.edited_at = {**defaults(), "epoch": 4}, clock[0] - 5
+    session.view.plan = {"total_steps": 99}  # a run in progress owns the panel
+    assert list(tick()) == ["plan_md"]
