@@ -53,6 +53,8 @@ class ModelInfo:
             text = f"{FAMILY_NAMES[self.family]} ({'diffusers folder' if self.kind == 'diffusers_folder' else 'single file'})"
             if self.v_prediction or self.suggest_v_parameterization:
                 text += ", v-prediction" + ("" if self.v_prediction else " suggested")
+        elif self.kind == "checkpoint":
+            text = "a pickled checkpoint (its family is checked when training starts)"
         else:
             text = {"lora": "a LoRA file, not a base model", "vae": "a VAE file, not a base model"}.get(
                 self.kind, "not a Stable Diffusion checkpoint this app can train on")
@@ -237,7 +239,7 @@ def inspect_model(path: str | Path, allow_torch: bool = False) -> ModelInfo:
     if suffix in (".ckpt", ".pt", ".pth", ".bin"):
         if allow_torch:
             return inspect_ckpt(path)
-        return ModelInfo(str(path), "checkpoint", notes=["a pickled checkpoint: its family is checked when training starts"])
+        return ModelInfo(str(path), "checkpoint")
     return ModelInfo(str(path), "unknown", notes=[f"{suffix or 'no extension'}: expected .safetensors, .ckpt or a folder"])
 
 
