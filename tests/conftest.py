@@ -39,3 +39,13 @@ def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     build_demo(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def sdxl_demo_dir(tmp_path_factory):
+    """The demo built for SDXL: the tiny SDXL folder (model/), its single file (model.safetensors), data, job."""
+    from trainer.models.demo import build_demo
+
+    out = tmp_path_factory.mktemp("sdxl_demo")
+    build_demo(out, family="sdxl")
+    return out

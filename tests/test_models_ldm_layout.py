@@ -1,8 +1,8 @@
 """Our diffusers ↔ original (LDM) layout converter: hand-worked names, and round trips on tiny models."""
 import pytest
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from trainer.models.errors import ModelLoadError
 from trainer.models.ldm_layout import LayoutError, UNetLayout, VaeLayout, unet_name_to_ldm, vae_name_to_ldm
@@ -13,6 +13,8 @@ from trainer.models.tiny import build_tiny_sd2
 
 # SD1.5's UNet: 4 levels, 2 resnets each, attention on the first three.
 SD15 = UNetLayout(layers_per_block=2, attention_levels=(True, True, True, False))
+# SDXL's UNet: 3 levels, 2 resnets each, attention on the lower two.
+SDXL = UNetLayout(layers_per_block=2, attention_levels=(False, True, True))
 
 
 @pytest.mark.parametrize("diffusers_name, ldm_name", [
@@ -34,6 +36,22 @@ SD15 = UNetLayout(layers_per_block=2, attention_levels=(True, True, True, False)
 ])
 def test_unet_names_match_the_original_numbering(diffusers_name, ldm_name):
     assert unet_name_to_ldm(diffusers_name, SD15) == ldm_name
+
+
+@pytest.mark.parametrize("diffusers_name, ldm_name", [
+    ("down_blocks.0.resnets.0.conv1.weight", "input_blocks.1.0.in_layers.2.weight"),
+    ("down_blocks.0.downsamplers.0.conv.weight", "input_blocks.3.0.op.weight"),
+    ("down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k.weight",
+     "input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight"),
+    ("down_blocks.2.resnets.1.conv2.weight", "input_blocks.8.0.out_layers.3.weight"),
+    ("add_embedding.linear_1.weight", "label_emb.0.0.weight"),
+    ("up_blocks.0.attentions.2.proj_out.bias", "output_blocks.2.1.proj_out.bias"),
+    ("up_blocks.0.upsamplers.0.conv.weight", "output_blocks.2.2.conv.weight"),  # after the attention
+    ("up_blocks.1.upsamplers.0.conv.weight", "output_blocks.5.2.conv.weight"),
+    ("up_blocks.2.resnets.2.conv_shortcut.weight", "output_blocks.8.0.skip_connection.weight"),
+])
+def test_sdxl_unet_names_match_the_original_numbering(diffusers_name, ldm_name):
+    assert unet_name_to_ldm(diffusers_name, SDXL) == ldm_name
 
 
 @pytest.mark.parametrize("diffusers_name, ldm_name", [
@@ -82,9 +100,13 @@ def test_openclip_fused_attention_splits_into_q_k_v_rows():
     assert not any("layers.0" in name for name in openclip_to_hf(ldm, "m.", keep_layers=0, with_projection=False))
 
 
-def _parts(folder):
-    return (UNet2DConditionModel.from_pretrained(folder / "unet"), AutoencoderKL.from_pretrained(folder / "vae"),
-            CLIPTextModel.from_pretrained(folder / "text_encoder"))
+def _parts(folder, family="sd1"):
+    """(unet, vae, text encoders…) of a tiny folder."""
+    parts = (UNet2DConditionModel.from_pretrained(folder / "unet"), AutoencoderKL.from_pretrained(folder / "vae"),
+             CLIPTextModel.from_pretrained(folder / "text_encoder"))
+    if family == "sdxl":
+        parts += (CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2"),)
+    return parts
 
 
 def _assert_same_weights(first, second):
@@ -99,32 +121,57 @@ def tiny_sd2_dir(tmp_path_factory):
     return build_tiny_sd2(tmp_path_factory.mktemp("sd2") / "model", v_prediction=True)
 
 
-@pytest.mark.parametrize("family", ["sd1", "sd2"])
-def test_round_trip_through_the_original_layout_keeps_every_tensor(family, tiny_model_dir, tiny_sd2_dir):
-    folder = tiny_model_dir if family == "sd1" else tiny_sd2_dir
-    unet, vae, text_encoder = _parts(folder)
-    tensors = ldm_state_dict(unet, vae, [text_encoder], family)
-    prefixes = {"sd1": "cond_stage_model.transformer.text_model.", "sd2": "cond_stage_model.model.transformer."}
-    assert any(name.startswith(prefixes[family]) for name in tensors)
+@pytest.fixture
+def folder_of(tiny_model_dir, tiny_sd2_dir, sdxl_demo_dir):
+    return lambda family: {"sd1": tiny_model_dir, "sd2": tiny_sd2_dir, "sdxl": sdxl_demo_dir / "model"}[family]
+
+
+TEXT_PREFIXES = {"sd1": ("cond_stage_model.transformer.text_model.",),
+                 "sd2": ("cond_stage_model.model.transformer.",),
+                 "sdxl": ("conditioner.embedders.0.transformer.text_model.",
+                          "conditioner.embedders.1.model.transformer.")}
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_round_trip_through_the_original_layout_keeps_every_tensor(family, folder_of):
+    unet, vae, *encoders = _parts(folder_of(family), family)
+    tensors = ldm_state_dict(unet, vae, encoders, family)
+    for prefix in TEXT_PREFIXES[family]:
+        assert any(name.startswith(prefix) for name in tensors), prefix
+    assert all(name.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner."))
+               for name in tensors)
     assert sum(t.numel() for t in tensors.values()) == sum(
-        p.numel() for part in (unet, vae, text_encoder) for p in part.state_dict().values())
+        p.numel() for part in (unet, vae, *encoders) for p in part.state_dict().values())
     assert tensors["first_stage_model.encoder.mid.attn_1.q.weight"].ndim == 4  # 1×1 conv in LDM
-    unet2, vae2, (text_encoder2,) = models_from_ldm(tensors, heads_metadata(unet, [text_encoder]), family)
-    for original, rebuilt in ((unet, unet2), (vae, vae2), (text_encoder, text_encoder2)):
+    unet2, vae2, encoders2 = models_from_ldm(tensors, heads_metadata(unet, encoders), family)
+    assert len(encoders2) == len(encoders)
+    for original, rebuilt in ((unet, unet2), (vae, vae2), *zip(encoders, encoders2)):
         _assert_same_weights(original, rebuilt)
-    assert unet2.config.use_linear_projection == (family == "sd2")
-    assert text_encoder2.config.hidden_act == ("gelu" if family == "sd2" else "quick_gelu")
+    assert unet2.config.use_linear_projection == (family != "sd1")
+    assert encoders2[-1].config.hidden_act == ("quick_gelu" if family == "sd1" else "gelu")
+    if family == "sdxl":
+        assert isinstance(encoders2[1], CLIPTextModelWithProjection)
+        for key in ("addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim",
+                    "cross_attention_dim", "down_block_types"):
+            value = unet.config[key]
+            assert unet2.config[key] == (tuple(value) if isinstance(value, list) else value), key
+        assert tuple(unet2.config.transformer_layers_per_block) == tuple(unet.config.transformer_layers_per_block)
 
 
-@pytest.mark.parametrize("family", ["sd1", "sd2"])
-def test_diffusers_reads_our_single_file_bit_exact(family, tiny_model_dir, tiny_sd2_dir, tmp_path):
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_diffusers_reads_our_single_file_bit_exact(family, folder_of, tmp_path):
     """An independent check of our names: diffusers' own converter, given the folder's configs."""
-    folder = tiny_model_dir if family == "sd1" else tiny_sd2_dir
+    folder = folder_of(family)
     path = save_as_single_file(folder, tmp_path / "model.safetensors")
-    theirs = StableDiffusionPipeline.from_single_file(str(path), config=str(folder), local_files_only=True,
-                                                      safety_checker=None, requires_safety_checker=False)
-    for original, rebuilt in zip(_parts(folder), (theirs.unet, theirs.vae, theirs.text_encoder)):
-        _assert_same_weights(original, rebuilt)
+    if family == "sdxl":
+        theirs = StableDiffusionXLPipeline.from_single_file(str(path), config=str(folder), local_files_only=True)
+        rebuilt = (theirs.unet, theirs.vae, theirs.text_encoder, theirs.text_encoder_2)
+    else:
+        theirs = StableDiffusionPipeline.from_single_file(str(path), config=str(folder), local_files_only=True,
+                                                          safety_checker=None, requires_safety_checker=False)
+        rebuilt = (theirs.unet, theirs.vae, theirs.text_encoder)
+    for original, mine in zip(_parts(folder, family), rebuilt, strict=True):
+        _assert_same_weights(original, mine)
 
 
 def test_missing_weights_are_named(tiny_model_dir):

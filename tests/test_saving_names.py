@@ -3,7 +3,7 @@ import hashlib
 
 import pytest
 
-from trainer.saving import base_model_version, file_hashes, modelspec_architecture
+from trainer.saving import base_model_version, file_hashes, modelspec_architecture, modelspec_implementation
 
 
 @pytest.mark.parametrize("family, v, version, architecture", [
@@ -15,6 +15,8 @@ from trainer.saving import base_model_version, file_hashes, modelspec_architectu
 def test_version_and_architecture(family, v, version, architecture):
     assert base_model_version(family, v) == version
     assert modelspec_architecture(family, v) == architecture
+    sgm = "https://github.com/Stability-AI/generative-models"  # sd-scripts' word for SDXL LoRAs
+    assert modelspec_implementation(family) == (sgm if family == "sdxl" else "diffusers")
 
 
 def test_file_hashes_of_a_file_and_none_for_a_folder(tmp_path):

@@ -19,8 +19,10 @@ from trainer.data.captions import process_caption
 from trainer.events import EventWriter
 from trainer.loss import add_noise, prediction_target, training_loss
 from trainer.noise import sample_timesteps, training_noise
+from trainer.precision import grad_scaler
 from trainer.saving import Saver
 from trainer.sampling import generate_samples
+from trainer.sdxl_conditioning import sdxl_added_conditions
 from trainer.session import Session
 
 
@@ -75,10 +77,11 @@ def batch_loss(session: Session, batch, epoch: int, step: int) -> torch.Tensor:
     timesteps = sample_timesteps(latents.shape[0], session.noise_generator).to(device)
     noisy = add_noise(latents, noise, timesteps, session.alphas_cumprod)
     with torch.set_grad_enabled(session.train_text_encoder), autocast(session):
-        states = session.text_states(processed_captions(session, batch, epoch, step))
+        states, pooled = session.text_conditioning(processed_captions(session, batch, epoch, step))
+    dtype = session.precision.weight_dtype
+    extra = {} if pooled is None else {"added_cond_kwargs": sdxl_added_conditions(pooled, batch, dtype)}
     with autocast(session):
-        prediction = session.base.unet(noisy.to(session.precision.weight_dtype), timesteps,
-                                       states.to(session.precision.weight_dtype)).sample
+        prediction = session.base.unet(noisy.to(dtype), timesteps, states.to(dtype), **extra).sample
     target = prediction_target(latents, noise, timesteps, session.alphas_cumprod, session.base.v_prediction)
     return training_loss(prediction, target, timesteps, session.alphas_cumprod, sample_weights=batch.loss_weights,
                          min_snr_gamma=job.min_snr_gamma, v_prediction=session.base.v_prediction)
@@ -144,7 +147,8 @@ def train(session: Session, events: EventWriter, stop: StopFlag, saver: Saver) -
     """Run the plan; returns "completed" or "stopped" (the LoRA is saved either way)."""
     job, plan = session.job, session.schedule
     accumulation = job.gradient_accumulation_steps
-    scaler = torch.amp.GradScaler(session.precision.device.type) if session.precision.use_grad_scaler else None
+    precision = session.precision
+    scaler = grad_scaler(precision.device.type, precision.adapter_dtype) if precision.use_grad_scaler else None
     progress = Progress(plan.total_steps, window=plan.batches_per_epoch, start_step=saver.start_step)
     step, epoch = saver.start_step, saver.start_epoch
     events.status("training")

@@ -3,8 +3,10 @@
 * prompts: kohya's one-prompt-a-line syntax with ``--n --w --h --d --l --s --ss``, parsed by
   ``trainer.sample_prompts`` (torch-free, so the page can validate them live) and re-exported here;
 * ``make_sample_scheduler``: every kohya sampler name → a diffusers scheduler with SD's betas;
-* ``generate_samples``: a ``StableDiffusionPipeline`` around the already-loaded (possibly LoRA-injected)
-  modules, one PNG per prompt, leaving the caller's RNG state, devices and train/eval modes as they were.
+* ``generate_samples``: a ``StableDiffusionPipeline`` (``StableDiffusionXLPipeline`` for SDXL) around the
+  already-loaded (possibly LoRA-injected) modules, one PNG per prompt, leaving the caller's RNG state,
+  devices and train/eval modes as they were. SDXL prompts are encoded as in training
+  (``trainer.text_encoding.encode_captions_sdxl``); clip_skip does not apply to SDXL.
 
 Two conscious departures from sd-scripts: a prompt without ``--d`` gets a seed derived from the run seed
 and its index (sd-scripts draws a truly random one), so the same prompt is comparable across sample
@@ -32,10 +34,12 @@ from diffusers import (
     KDPM2DiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
 )
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 
 from trainer.sample_prompts import SamplePrompt, parse_sample_prompts
+from trainer.text_encoding import encode_captions_sdxl
 
 __all__ = [
     "SAMPLER_NAMES", "SamplePrompt", "derived_seed", "encode_prompt", "generate_samples", "make_sample_scheduler",
@@ -196,8 +200,19 @@ def _device_of(network: torch.nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _pipeline(base_model, scheduler) -> StableDiffusionPipeline:
+def _is_sdxl(base_model) -> bool:
+    return getattr(base_model, "family", None) == "sdxl"
+
+
+def _pipeline(base_model, scheduler) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
     """A pipeline that shares (does not copy) the loaded modules, LoRA layers included."""
+    if _is_sdxl(base_model):
+        pipeline = StableDiffusionXLPipeline(
+            vae=base_model.vae, text_encoder=base_model.text_encoder, text_encoder_2=base_model.text_encoder_2,
+            tokenizer=base_model.tokenizer, tokenizer_2=base_model.tokenizer_2, unet=base_model.unet,
+            scheduler=scheduler, add_watermarker=False)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
     pipeline = StableDiffusionPipeline(
         vae=base_model.vae,
         text_encoder=base_model.text_encoder,
@@ -217,11 +232,9 @@ def _render(base_model, prompt: SamplePrompt, sampler: str, seed: int, device, d
     pipeline = _pipeline(base_model, scheduler)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
-    encoder, tokenizer = base_model.text_encoder, base_model.tokenizer
     with torch.no_grad(), autocast:
         result = pipeline(
-            prompt_embeds=encode_prompt(encoder, tokenizer, prompt.prompt, clip_skip, device),
-            negative_prompt_embeds=encode_prompt(encoder, tokenizer, prompt.negative_prompt, clip_skip, device),
+            **_prompt_embeddings(base_model, prompt, clip_skip, device),
             height=prompt.height,
             width=prompt.width,
             num_inference_steps=prompt.steps,
@@ -230,6 +243,20 @@ def _render(base_model, prompt: SamplePrompt, sampler: str, seed: int, device, d
             output_type="pil",
         )
     return result.images[0]
+
+
+def _prompt_embeddings(base_model, prompt: SamplePrompt, clip_skip: int, device) -> dict[str, torch.Tensor]:
+    """The pipeline's embedding arguments for a prompt and its negative prompt."""
+    if _is_sdxl(base_model):
+        tokenizers = [base_model.tokenizer, base_model.tokenizer_2]
+        encoders = [base_model.text_encoder, base_model.text_encoder_2]
+        states, pooled = encode_captions_sdxl(tokenizers, encoders, [prompt.prompt])
+        negative, negative_pooled = encode_captions_sdxl(tokenizers, encoders, [prompt.negative_prompt])
+        return {"prompt_embeds": states, "pooled_prompt_embeds": pooled, "negative_prompt_embeds": negative,
+                "negative_pooled_prompt_embeds": negative_pooled}
+    encoder, tokenizer = base_model.text_encoder, base_model.tokenizer
+    return {"prompt_embeds": encode_prompt(encoder, tokenizer, prompt.prompt, clip_skip, device),
+            "negative_prompt_embeds": encode_prompt(encoder, tokenizer, prompt.negative_prompt, clip_skip, device)}
 
 
 def generate_samples(
@@ -260,6 +287,8 @@ def generate_samples(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     networks = [base_model.unet, base_model.text_encoder, base_model.vae]
+    if _is_sdxl(base_model):
+        networks.append(base_model.text_encoder_2)
     records = []
     with preserved_state(networks, device):
         for index, prompt in enumerate(prompts):

@@ -16,6 +16,7 @@ from trainer.events import EventWriter
 from trainer.network import read_lora_file, save_lora_file
 from trainer.session import Session, TrainingError
 from trainer.spec import SETTINGS, effective_lrs, job_to_values
+from trainer.spec.checks import check_network_weights_kept
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STATE_FILE = "train_state.json"
@@ -90,6 +91,11 @@ def modelspec_architecture(family: str, v_prediction: bool) -> str:
     return "stable-diffusion-v1/lora"
 
 
+def modelspec_implementation(family: str) -> str:
+    """SAI model spec implementation of a LoRA: sd-scripts names Stability's repository for SDXL."""
+    return "https://github.com/Stability-AI/generative-models" if family == "sdxl" else "diffusers"
+
+
 def _text(value) -> str:
     return "None" if value is None else str(value)
 
@@ -157,7 +163,7 @@ def training_metadata(session: Session) -> dict[str, str]:
         **({"ss_vae_name": Path(job.vae).name, **file_hashes(job.vae, "vae")} if job.vae else {}),
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": modelspec_architecture(session.base.family, session.base.v_prediction),
-        "modelspec.implementation": "diffusers",
+        "modelspec.implementation": modelspec_implementation(session.base.family),
         "modelspec.title": job.output_name,
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.prediction_type": "v" if session.base.v_prediction else "epsilon",
@@ -178,6 +184,8 @@ class Saver:
         self.session = session
         self.events = events
         self.job = session.job
+        for problem in check_network_weights_kept(self.job):  # validation refuses this too; never write over it
+            raise TrainingError(problem.message, problem.setting)
         self.output_dir = Path(self.job.output_dir).expanduser()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.base_metadata = {**training_metadata(session), **session.network.metadata()}

@@ -1,4 +1,4 @@
-"""Captions → CLIP token ids → the hidden states the UNet cross-attends to (SD1.x / SD2.x).
+"""Captions → CLIP token ids → the hidden states the UNet cross-attends to (SD1.x / SD2.x / SDXL).
 
 Long captions (sd-scripts-semantics.md §2). CLIP has 77 positions: BOS, 75 tokens, EOS. With
 ``max_token_length`` N = 150 or 225 the caption's first N tokens are cut into n = N/75 windows of 75,
@@ -19,6 +19,12 @@ max_token_length + 2, most of which would be padding. Only as many 75-token wind
 longest caption needs. CLIP's attention is causal, so the states that remain are exactly the ones the
 fully padded encoding gives at the same positions; what changes is that the UNet no longer attends to
 the padding states.
+
+SDXL (sd-scripts ``strategy_sdxl``, semantics §8) has two encoders. Each tokenizes the same ids into its
+own windows (the second pads with "!"); the states are each encoder's *penultimate* layer without the
+final layer norm, concatenated along the channels, then re-assembled and weighted like SD's. The pooled
+vector is the second encoder's ``text_embeds`` (its projection of the first EOS state of the last layer,
+after the final layer norm) of the first window. ``clip_skip`` does not apply.
 """
 from __future__ import annotations
 
@@ -149,6 +155,41 @@ def encode_captions(
     return _weight_and_cut(states, weights, weighted=weighted, pad_to_longest=pad_to_longest)
 
 
+def encode_captions_sdxl(
+    tokenizers,
+    text_encoders,
+    captions: list[str],
+    *,
+    max_token_length: int = 75,
+    weighted: bool = False,
+    pad_to_longest: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's ``(states (B, n·75 + 2, C1 + C2), pooled (B, P))`` for two tokenizers and encoders.
+
+    Gradients flow as in :func:`encode_captions`.
+    """
+    max_token_length = check_max_token_length(max_token_length)
+    ids, weights = caption_token_ids(tokenizers[0], captions, max_token_length, weighted=weighted)
+    windows = [_window_tensor(tokenizer, ids, max_token_length, pad_to_longest) for tokenizer in tokenizers]
+    window_states, pooled = encode_sdxl_window_states(text_encoders, windows)
+    states = reassemble_windows(window_states)
+    return _weight_and_cut(states, weights, weighted=weighted, pad_to_longest=pad_to_longest), pooled
+
+
+def encode_sdxl_window_states(text_encoders, windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each window through both SDXL encoders: ``(B, n, W)`` ids per encoder → ``(B, n, W, C1 + C2)``
+    penultimate states (no final layer norm) and the second encoder's pooled ``(B, P)`` of window 0."""
+    first, second = text_encoders
+    batch, n_windows, width = windows[0].shape
+    flat = [ids.reshape(batch * n_windows, width).to(_device_of(encoder))
+            for ids, encoder in zip(windows, text_encoders)]
+    states_1 = first(flat[0], output_hidden_states=True).hidden_states[-2]
+    output_2 = second(flat[1], output_hidden_states=True)
+    states = torch.cat([states_1, output_2.hidden_states[-2].to(states_1.dtype)], dim=-1)
+    pooled = output_2.text_embeds.reshape(batch, n_windows, -1)[:, 0]
+    return states.reshape(batch, n_windows, width, states.shape[-1]), pooled
+
+
 def _weight_and_cut(
     states: torch.Tensor, weights: list[list[float]], *, weighted: bool, pad_to_longest: bool
 ) -> torch.Tensor:
@@ -225,11 +266,12 @@ def _device_of(model) -> torch.device:
 
 
 class TextEmbeddingCache:
-    """Encode each distinct (caption, settings) once, for a text encoder that is not being trained.
+    """Encode each distinct (caption, settings) once, for text encoders that are not being trained.
 
     Entries are keyed by the processed caption and the settings that change its states
     (``max_token_length``, ``clip_skip``, ``weighted``). Each holds the caption's per-window states
-    (fully padded, before re-assembly) and its token weights; a batch is re-assembled from them, so
+    (fully padded, before re-assembly), its token weights and, for SDXL (``tokenizer_2`` and
+    ``text_encoder_2`` given), its pooled vector; a batch is re-assembled from them, so
     ``pad_to_longest`` batches come out exactly as :func:`encode_captions` makes them (CLIP attends
     causally, so a window's first states do not depend on the padding after them). Missing captions
     of a call are encoded together in one batch under ``no_grad``. Shuffled captions make many
@@ -237,18 +279,25 @@ class TextEmbeddingCache:
     no bound.
     """
 
-    def __init__(self, tokenizer, text_encoder, *, max_entries: int | None = None):
+    def __init__(self, tokenizer, text_encoder, *, max_entries: int | None = None, tokenizer_2=None,
+                 text_encoder_2=None):
         if max_entries is not None and max_entries < 1:
             raise ValueError(f"max_entries must be at least 1 or None, got {max_entries}")
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        self.tokenizer_2 = tokenizer_2
+        self.text_encoder_2 = text_encoder_2
         self.max_entries = max_entries
-        # key → (window states (n, 77, C), token weights)
-        self.entries: OrderedDict[tuple, tuple[torch.Tensor, list[float]]] = OrderedDict()
+        # key → (window states (n, 77, C), token weights, pooled (P,) for SDXL else None)
+        self.entries: OrderedDict[tuple, tuple[torch.Tensor, list[float], torch.Tensor | None]] = OrderedDict()
         self.encoded_count = 0  # captions actually run through the text encoder
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    @property
+    def sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
 
     def encode_captions(
         self,
@@ -260,6 +309,19 @@ class TextEmbeddingCache:
         pad_to_longest: bool = False,
     ) -> torch.Tensor:
         """Same result as :func:`encode_captions` with the same settings, without gradients."""
+        return self.encode(captions, max_token_length=max_token_length, clip_skip=clip_skip, weighted=weighted,
+                           pad_to_longest=pad_to_longest)[0]
+
+    def encode(
+        self,
+        captions: list[str],
+        *,
+        max_token_length: int = 75,
+        clip_skip: int = 1,
+        weighted: bool = False,
+        pad_to_longest: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(states, pooled)``: as :func:`encode_captions_sdxl` for SDXL; SD's states and None otherwise."""
         max_token_length = check_max_token_length(max_token_length)
         keys = [(caption, max_token_length, clip_skip, weighted) for caption in captions]
         found = {key: self.entries[key] for key in keys if key in self.entries}
@@ -271,19 +333,26 @@ class TextEmbeddingCache:
         weights = [found[key][1] for key in keys]
         n_windows, per_window = window_layout([len(row) for row in weights], max_token_length, pad_to_longest)
         window_states = torch.stack([found[key][0][:n_windows, : per_window + 2] for key in keys])
-        states = reassemble_windows(window_states)
-        return _weight_and_cut(states, weights, weighted=weighted, pad_to_longest=pad_to_longest)
+        states = _weight_and_cut(reassemble_windows(window_states), weights, weighted=weighted,
+                                 pad_to_longest=pad_to_longest)
+        pooled = torch.stack([found[key][2] for key in keys]) if self.sdxl else None
+        return states, pooled
 
     def _encode_missing(self, keys: list[tuple], max_token_length: int, clip_skip: int, weighted: bool) -> dict:
         captions = [key[0] for key in keys]
         ids, weights = caption_token_ids(self.tokenizer, captions, max_token_length, weighted=weighted)
-        windows = _window_tensor(self.tokenizer, ids, max_token_length, pad_to_longest=False)
+        tokenizers = [self.tokenizer, self.tokenizer_2] if self.sdxl else [self.tokenizer]
+        windows = [_window_tensor(tokenizer, ids, max_token_length, pad_to_longest=False) for tokenizer in tokenizers]
         with torch.no_grad():
-            window_states = encode_window_states(self.text_encoder, windows, clip_skip=clip_skip)
+            if self.sdxl:
+                window_states, pooled = encode_sdxl_window_states([self.text_encoder, self.text_encoder_2], windows)
+            else:
+                window_states, pooled = encode_window_states(self.text_encoder, windows[0], clip_skip=clip_skip), None
         self.encoded_count += len(keys)
-        return {key: (states.clone(), row_weights) for key, states, row_weights in zip(keys, window_states, weights)}
+        return {key: (states.clone(), row_weights, None if pooled is None else pooled[index].clone())
+                for index, (key, states, row_weights) in enumerate(zip(keys, window_states, weights))}
 
-    def _remember(self, key: tuple, entry: tuple[torch.Tensor, list[float]]) -> None:
+    def _remember(self, key: tuple, entry: tuple) -> None:
         self.entries[key] = entry
         self.entries.move_to_end(key)
         if self.max_entries is not None and len(self.entries) > self.max_entries:

@@ -7,7 +7,8 @@
     out_dir/data/10_shapes/     8 PNGs of coloured shapes (64×64) + .txt captions, 10 repeats
     out_dir/job.toml            a job that trains a LoRA on the single file in a minute on a CPU
 
-``family="sd2"`` makes the model SD2.x-shaped with v-prediction (like SD2.x-768-v).
+``family="sd2"`` makes the model SD2.x-shaped with v-prediction (like SD2.x-768-v); ``family="sdxl"``
+makes it SDXL-shaped (two text encoders, size conditioning; written in the SGM single-file layout).
 
 It is idempotent: what already exists is reused, so the app can call it at every start.
 """
@@ -41,7 +42,7 @@ DEMO_SAMPLE_PROMPTS = (
 )
 
 
-DEMO_FAMILIES = ("sd1", "sd2")
+DEMO_FAMILIES = ("sd1", "sd2", "sdxl")
 SINGLE_FILE_NAME = "model.safetensors"
 
 

@@ -29,7 +29,7 @@ SD_VAE_SCALE_FACTOR = 0.18215  # SD1.x / SD2.x latent scale (sd-scripts-semantic
 SDXL_VAE_SCALE_FACTOR = 0.13025
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder")
-TRAINABLE_FAMILIES = ("sd1", "sd2")  # SDXL loads, but the training loop does not condition it yet
+TRAINABLE_FAMILIES = ("sd1", "sd2", "sdxl")
 FAMILY_WORDS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 
 

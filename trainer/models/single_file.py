@@ -31,6 +31,7 @@ from trainer.models.ldm_text import (
 )
 
 FAMILIES = ("sd1", "sd2", "sdxl")
+TEXT_MODEL_LEVEL = "text_model."
 
 
 def _check_family(family: str) -> None:
@@ -46,7 +47,18 @@ def text_encoder_to_ldm(state: dict, family: str, index: int = 0) -> dict[str, t
         return hf_to_openclip(state, SD2_TEXT_PREFIX)
     if index == 0:
         return hf_clip_to_ldm(state, SDXL_TEXT_PREFIXES[0])
-    return hf_to_openclip(state, SDXL_TEXT_PREFIXES[1])
+    return hf_to_openclip(_without_text_model_level(state), SDXL_TEXT_PREFIXES[1])
+
+
+def _without_text_model_level(state: dict) -> dict:
+    """transformers 5 keeps ``text_model.`` in CLIPTextModelWithProjection's names (not in CLIPTextModel's)."""
+    return {name.removeprefix(TEXT_MODEL_LEVEL): tensor for name, tensor in state.items()}
+
+
+def _with_text_model_level(state: dict) -> dict:
+    """The inverse, for a CLIPTextModelWithProjection: every name but the projection under ``text_model.``."""
+    return {name if name.startswith("text_projection.") else TEXT_MODEL_LEVEL + name: tensor
+            for name, tensor in state.items()}
 
 
 def unet_to_ldm(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
@@ -138,8 +150,10 @@ def vae_from_ldm(vae_tensors: dict, family: str) -> AutoencoderKL:
 def _text_state(ldm: dict, family: str, index: int, config: dict) -> dict:
     if family == "sd1" or (family == "sdxl" and index == 0):
         return ldm_to_hf_clip(ldm, SD1_TEXT_PREFIX if family == "sd1" else SDXL_TEXT_PREFIXES[0])
-    prefix = SD2_TEXT_PREFIX if family == "sd2" else SDXL_TEXT_PREFIXES[1]
-    return openclip_to_hf(ldm, prefix, config["num_hidden_layers"], with_projection=family == "sdxl")
+    if family == "sd2":
+        return openclip_to_hf(ldm, SD2_TEXT_PREFIX, config["num_hidden_layers"], with_projection=False)
+    return _with_text_model_level(openclip_to_hf(ldm, SDXL_TEXT_PREFIXES[1], config["num_hidden_layers"],
+                                                 with_projection=True))
 
 
 def text_encoders_from_ldm(ldm: dict, family: str, heads: dict) -> list:

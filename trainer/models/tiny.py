@@ -1,10 +1,14 @@
-"""Tiny Stable Diffusion 1.x- and 2.x-shaped models for tests and the demo, built in about a second.
+"""Tiny Stable Diffusion 1.x-, 2.x- and XL-shaped models for tests and the demo, built in about a second.
 
 They have the real structure at a fraction of the width: a UNet with two resnets and a downsampler per
 down block and cross-attention, a VAE with SD's downscale factor of 8 (64 px → 8×8 latents), a CLIP
 text encoder with the real 49,408-token vocabulary, the real CLIP tokenizer and SD's scheduler config.
 The SD2.x variant differs as SD2 does: Linear transformer projections, an OpenCLIP-style text encoder
 (exact GELU), a tokenizer that pads with "!", and optionally v-prediction (like SD2.x-768-v).
+The SDXL variant has SDXL's structure: three UNet levels with no attention on the first, deeper
+transformers further down, Linear projections, ``text_time`` conditioning (pooled text + 6 size numbers),
+two text encoders (CLIP-L-like, quick_gelu, penultimate states; OpenCLIP-bigG-like, gelu, with a
+projection) whose penultimate states are concatenated, and a second tokenizer that pads with "!".
 Weights are random but seeded, so two builds with the same seed are identical.
 """
 from __future__ import annotations
@@ -14,12 +18,18 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from trainer.models.tokenizer import CLIP_VOCAB_SIZE, EOS_TOKEN, build_clip_tokenizer, save_tokenizer
 
 TEXT_HIDDEN_SIZE = 32
 LATENT_CHANNELS = 4
+FAMILIES = ("sd1", "sd2", "sdxl")
+# SDXL's two encoders differ in width (768 and 1280); so must the tiny ones, or tools that tell the
+# encoders of a single file apart by their width (diffusers' from_single_file) mix them up.
+SDXL_TEXT_2_HIDDEN_SIZE = 64
+SDXL_TIME_EMBED_DIM = 8  # per size number (real SDXL: 256)
+SDXL_TIME_IDS = 6  # original (h, w), crop (top, left), target (h, w)
 
 # SD1.x's scheduler config as the v1-5 folder ships it (the training schedule is the same betas, DDPM).
 SD1_SCHEDULER_CONFIG = {
@@ -43,6 +53,8 @@ def tiny_unet_config(family: str = "sd1") -> dict:
     """
     if family == "sd2":
         return {**tiny_unet_config("sd1"), "use_linear_projection": True, "attention_head_dim": (4, 8)}
+    if family == "sdxl":
+        return tiny_sdxl_unet_config()
     return {
         "sample_size": 8,
         "in_channels": LATENT_CHANNELS,
@@ -57,7 +69,30 @@ def tiny_unet_config(family: str = "sd1") -> dict:
     }
 
 
-def tiny_vae_config() -> dict:
+def tiny_sdxl_unet_config() -> dict:
+    """SDXL's UNet layout at toy width: 3 levels (the first without attention, like SDXL's 320 level),
+    2 resnets per level, 1 then 2 transformer blocks (SDXL: 2 then 10), Linear projections, and
+    ``text_time`` conditioning on the pooled second encoder output plus 6 size numbers."""
+    return {
+        "sample_size": 8,
+        "in_channels": LATENT_CHANNELS,
+        "out_channels": LATENT_CHANNELS,
+        "block_out_channels": (32, 64, 64),
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        "transformer_layers_per_block": (1, 1, 2),
+        "cross_attention_dim": TEXT_HIDDEN_SIZE + SDXL_TEXT_2_HIDDEN_SIZE,  # both encoders' states side by side
+        "attention_head_dim": (2, 4, 4),  # head counts (diffusers' historical name)
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": SDXL_TIME_EMBED_DIM,
+        "projection_class_embeddings_input_dim": SDXL_TEXT_2_HIDDEN_SIZE + SDXL_TIME_IDS * SDXL_TIME_EMBED_DIM,
+        "norm_num_groups": 32,
+    }
+
+
+def tiny_vae_config(family: str = "sd1") -> dict:
     """AutoencoderKL arguments: 4 blocks, so 3 downsamplers give SD's factor of 8."""
     return {
         "in_channels": 3,
@@ -69,7 +104,7 @@ def tiny_vae_config() -> dict:
         "layers_per_block": 1,
         "norm_num_groups": 32,
         "sample_size": 64,
-        "scaling_factor": 0.18215,
+        "scaling_factor": 0.13025 if family == "sdxl" else 0.18215,
     }
 
 
@@ -77,7 +112,14 @@ def tiny_text_encoder_config(family: str = "sd1") -> CLIPTextConfig:
     """CLIPTextConfig with the real vocabulary and CLIP's special-token ids, 2 layers of width 32.
 
     SD1.x's OpenAI CLIP uses quick_gelu; SD2.x's OpenCLIP uses exact gelu and pads with "!" (id 0).
+    ``family="sdxl"`` is SDXL's first encoder (like SD1's); ``"sdxl_2"`` its second (OpenCLIP, with projection).
     """
+    if family == "sdxl":
+        family = "sd1"
+    if family == "sdxl_2":
+        width = SDXL_TEXT_2_HIDDEN_SIZE
+        return CLIPTextConfig(**{**tiny_text_encoder_config("sd2").to_dict(), "hidden_size": width,
+                                 "intermediate_size": 2 * width, "projection_dim": width})
     if family == "sd2":
         return CLIPTextConfig(**{**tiny_text_encoder_config("sd1").to_dict(), "hidden_act": "gelu", "pad_token_id": 0})
     return CLIPTextConfig(
@@ -95,8 +137,22 @@ def tiny_text_encoder_config(family: str = "sd1") -> CLIPTextConfig:
     )
 
 
-def _model_index() -> dict:
-    """model_index.json for a StableDiffusionPipeline folder without a safety checker."""
+def _model_index(family: str = "sd1") -> dict:
+    """model_index.json for a StableDiffusionPipeline folder without a safety checker
+    (a StableDiffusionXLPipeline folder for SDXL)."""
+    if family == "sdxl":
+        return {
+            "_class_name": "StableDiffusionXLPipeline",
+            "_diffusers_version": "0.42.1",
+            "force_zeros_for_empty_prompt": True,
+            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }
     return {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": "0.42.1",
@@ -119,6 +175,12 @@ def sd1_scheduler_file_config(v_prediction: bool = False) -> dict:
     return {"_class_name": "PNDMScheduler", "_diffusers_version": "0.42.1", **SD1_SCHEDULER_CONFIG, **prediction}
 
 
+def sdxl_scheduler_file_config() -> dict:
+    """SDXL base's ``scheduler_config.json``: Euler, the same scaled-linear betas as SD1.x."""
+    return {"_class_name": "EulerDiscreteScheduler", "_diffusers_version": "0.42.1", **SD1_SCHEDULER_CONFIG,
+            "interpolation_type": "linear", "timestep_spacing": "leading", "use_karras_sigmas": False}
+
+
 def _write_json(path: Path, content: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
@@ -138,10 +200,15 @@ def build_tiny_sd2(out_dir: str | Path, seed: int = 0, v_prediction: bool = Fals
     return build_tiny_sd(out_dir, "sd2", seed, v_prediction)
 
 
+def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny SDXL diffusers folder (loadable with ``StableDiffusionXLPipeline.from_pretrained``)."""
+    return build_tiny_sd(out_dir, "sdxl", seed)
+
+
 def build_tiny_sd(out_dir: str | Path, family: str, seed: int = 0, v_prediction: bool = False) -> Path:
-    """A tiny ``family`` ("sd1" | "sd2") diffusers folder, deterministic for ``seed``."""
-    if family not in ("sd1", "sd2"):
-        raise ValueError(f"unknown tiny model family {family!r}; expected 'sd1' or 'sd2'")
+    """A tiny ``family`` ("sd1" | "sd2" | "sdxl") diffusers folder, deterministic for ``seed``."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny model family {family!r}; expected one of {', '.join(FAMILIES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Each part gets its own seed so changing one part's shape leaves the others' weights unchanged.
@@ -149,13 +216,19 @@ def build_tiny_sd(out_dir: str | Path, family: str, seed: int = 0, v_prediction:
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**tiny_unet_config(family))
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(**tiny_vae_config())
+        vae = AutoencoderKL(**tiny_vae_config(family))
         torch.manual_seed(seed + 2)
         text_encoder = CLIPTextModel(tiny_text_encoder_config(family))
+        torch.manual_seed(seed + 3)
+        text_encoder_2 = CLIPTextModelWithProjection(tiny_text_encoder_config("sdxl_2")) if family == "sdxl" else None
     unet.save_pretrained(out_dir / "unet")
     vae.save_pretrained(out_dir / "vae")
     text_encoder.save_pretrained(out_dir / "text_encoder")
     save_tokenizer(build_clip_tokenizer(pad_token="!" if family == "sd2" else EOS_TOKEN), out_dir / "tokenizer")
-    _write_json(out_dir / "scheduler" / "scheduler_config.json", sd1_scheduler_file_config(v_prediction))
-    _write_json(out_dir / "model_index.json", _model_index())
+    if text_encoder_2 is not None:
+        text_encoder_2.save_pretrained(out_dir / "text_encoder_2")
+        save_tokenizer(build_clip_tokenizer(pad_token="!"), out_dir / "tokenizer_2")
+    scheduler = sdxl_scheduler_file_config() if family == "sdxl" else sd1_scheduler_file_config(v_prediction)
+    _write_json(out_dir / "scheduler" / "scheduler_config.json", scheduler)
+    _write_json(out_dir / "model_index.json", _model_index(family))
     return out_dir

@@ -144,7 +144,8 @@ class LoraNetwork:
         else:
             for block in sorted({a.plan.block for a in self.adapters if a.part == "unet"}):
                 params = [p for a in self.adapters if a.plan.block == block for p in a.parameters()]
-                groups.append({"name": f"unet_{block_label(block)}", "params": params, "lr": unet_lr * weights[block]})
+                name = f"unet_{block_label(block, self.config.family)}"
+                groups.append({"name": name, "params": params, "lr": unet_lr * weights[block]})
         return [g for g in groups if g["params"] and g["lr"]]
 
     def kohya_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from trainer.network.blocks import BLOCK_COUNT, validate_block_values
+from trainer.network.blocks import block_labels, validate_block_values
 
 LORA_TYPES = ("Standard", "LoCon", "LoHa", "DyLoRA")
 
@@ -24,9 +24,10 @@ class NetworkConfig:
     dim/alpha: rank and alpha of Linear and 1×1-conv adapters (scale = alpha / dim; alpha 0 means
     alpha = dim, as in sd-scripts). conv_dim/conv_alpha: the same for 3×3 convs (LoCon, LoHa, DyLoRA;
     0 means no conv adapters).
-    unit: DyLoRA's rank step. block_*: 25 values IN00..IN11, MID, OUT00..OUT11 for the UNet; a block
-    with dim 0 or LR weight 0 gets no adapter. block_lr_weights are the weights after sd-scripts'
-    zero threshold. seed drives DyLoRA's rank draws.
+    unit: DyLoRA's rank step. block_*: 25 values IN00..IN11, MID, OUT00..OUT11 for the UNet (23 for
+    ``family="sdxl"``: EMB, IN00..IN08, MID00..MID02, OUT00..OUT08, END); a block with dim 0 or LR weight
+    0 gets no adapter. block_lr_weights are the weights after sd-scripts' zero threshold. seed drives
+    DyLoRA's rank draws. family: the base model's ("sd1" | "sd2" | "sdxl"), which fixes the block table.
     """
 
     lora_type: str = "Standard"
@@ -43,6 +44,7 @@ class NetworkConfig:
     conv_block_alphas: tuple[float, ...] | None = None
     block_lr_weights: tuple[float, ...] | None = None
     seed: int = 0
+    family: str = "sd1"
 
     def __post_init__(self):
         validate_network_config(self)
@@ -72,7 +74,8 @@ def validate_network_config(config: NetworkConfig) -> None:
     for name in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "block_lr_weights"):
         values = getattr(config, name)
         if values is not None:
-            object.__setattr__(config, name, validate_block_values(name, values, BLOCK_COUNT))
+            count = len(block_labels(config.family))
+            object.__setattr__(config, name, validate_block_values(name, values, count))
     if config.lora_type == "DyLoRA":
         _check_dylora_dims(config)
 
@@ -113,9 +116,11 @@ def network_args(config: NetworkConfig) -> dict[str, str]:
             args[name] = _join(values)
     if config.block_lr_weights is not None:
         weights = config.block_lr_weights
-        args["down_lr_weight"] = _join(weights[:12])
-        args["mid_lr_weight"] = _join(weights[12:13])
-        args["up_lr_weight"] = _join(weights[13:])
+        down, mid, up = (slice(1, 10), slice(10, 13), slice(13, 22)) if config.family == "sdxl" else (
+            slice(0, 12), slice(12, 13), slice(13, 25))  # SDXL's lists leave out EMB and END
+        args["down_lr_weight"] = _join(weights[down])
+        args["mid_lr_weight"] = _join(weights[mid])
+        args["up_lr_weight"] = _join(weights[up])
     return args
 
 

@@ -4,35 +4,58 @@ from __future__ import annotations
 from trainer.network.config import NetworkConfig
 
 HALF_BLOCKS = 12
+SDXL_HALF_BLOCKS, SDXL_MID_BLOCKS = 9, 3
+BLOCK_SETTINGS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
+                  "down_lr_weight", "mid_lr_weight", "up_lr_weight")
 
 
-def combine_block_lr_weights(down, mid, up, zero_threshold: float | None) -> tuple[float, ...] | None:
-    """The 25 block LR weights IN00..IN11, MID, OUT00..OUT11 from the parsed down/mid/up settings.
+def combine_block_lr_weights(down, mid, up, zero_threshold: float | None,
+                             family: str = "sd1") -> tuple[float, ...] | None:
+    """The block LR weights from the parsed down/mid/up settings: 25 (IN00..IN11, MID, OUT00..OUT11), or
+    for SDXL 23 (1.0 for EMB, 9 down, 3 mid, 9 up, 1.0 for END: sd-scripts wraps SDXL's 21 the same way).
 
     sd-scripts: a group left blank weighs 1.0 everywhere; nothing given at all → None (no block LR).
     Then the zero threshold: ``w if w > threshold else 0`` (so weights at the threshold are zeroed).
     """
     if down is None and mid is None and up is None:
         return None
-    down = tuple(down) if down is not None else (1.0,) * HALF_BLOCKS
-    mid = tuple(mid) if mid is not None else (1.0,)
-    up = tuple(up) if up is not None else (1.0,) * HALF_BLOCKS
+    sdxl = family == "sdxl"
+    half, mid_count = (SDXL_HALF_BLOCKS, SDXL_MID_BLOCKS) if sdxl else (HALF_BLOCKS, 1)
+    down = tuple(down) if down is not None else (1.0,) * half
+    mid = tuple(mid) if mid is not None else (1.0,) * mid_count
+    up = tuple(up) if up is not None else (1.0,) * half
+    weights = ((1.0,) + down + mid + up + (1.0,)) if sdxl else down + mid + up
     threshold = zero_threshold or 0.0
-    return tuple(float(w) if w > threshold else 0.0 for w in down + mid + up)
+    return tuple(float(w) if w > threshold else 0.0 for w in weights)
 
 
-def network_config_from_job(job, seed: int = 0) -> NetworkConfig:
-    """NetworkConfig for a job (``trainer.spec`` model). A part whose effective learning rate is 0 gets no
-    adapters (sd-scripts would still create the text encoder's, untrained)."""
+def parse_block_settings(job, family: str) -> dict:
+    """The block lists of a job parsed for the model's family (SDXL's lists are shorter); a ValueError
+    starts with the setting's name and says what the family needs."""
+    from trainer.spec.fields import parse_block_alphas, parse_block_dims, parse_half_lr_weights, parse_mid_lr_weight
+
+    parsers = {"block_dims": parse_block_dims, "block_alphas": parse_block_alphas,
+               "conv_block_dims": parse_block_dims, "conv_block_alphas": parse_block_alphas,
+               "down_lr_weight": parse_half_lr_weights, "mid_lr_weight": parse_mid_lr_weight,
+               "up_lr_weight": parse_half_lr_weights}
+    words = "an SDXL model" if family == "sdxl" else "an SD1.x/SD2.x model"
+    parsed = {}
+    for name in BLOCK_SETTINGS:
+        try:
+            parsed[name] = parsers[name](getattr(job, name), family)
+        except ValueError as error:
+            raise ValueError(f"{name}: for {words} it {error}") from None
+    return parsed
+
+
+def network_config_from_job(job, seed: int = 0, family: str = "sd1") -> NetworkConfig:
+    """NetworkConfig for a job (``trainer.spec`` model) and the base model's ``family``. A part whose
+    effective learning rate is 0 gets no adapters (sd-scripts would still create the text encoder's,
+    untrained)."""
     from trainer.spec import effective_lrs
-    from trainer.spec.fields import (
-        parse_block_alphas,
-        parse_block_dims,
-        parse_half_lr_weights,
-        parse_mid_lr_weight,
-    )
 
     unet_lr, text_encoder_lr = effective_lrs(job)
+    blocks = parse_block_settings(job, family)
     return NetworkConfig(
         lora_type=job.LoRA_type,
         dim=job.network_dim,
@@ -42,15 +65,14 @@ def network_config_from_job(job, seed: int = 0) -> NetworkConfig:
         unit=job.unit,
         train_unet=unet_lr > 0,
         train_text_encoder=text_encoder_lr > 0,
-        block_dims=parse_block_dims(job.block_dims),
-        block_alphas=parse_block_alphas(job.block_alphas),
-        conv_block_dims=parse_block_dims(job.conv_block_dims),
-        conv_block_alphas=parse_block_alphas(job.conv_block_alphas),
+        block_dims=blocks["block_dims"],
+        block_alphas=blocks["block_alphas"],
+        conv_block_dims=blocks["conv_block_dims"],
+        conv_block_alphas=blocks["conv_block_alphas"],
         block_lr_weights=combine_block_lr_weights(
-            parse_half_lr_weights(job.down_lr_weight),
-            parse_mid_lr_weight(job.mid_lr_weight),
-            parse_half_lr_weights(job.up_lr_weight),
-            job.block_lr_zero_threshold,
+            blocks["down_lr_weight"], blocks["mid_lr_weight"], blocks["up_lr_weight"],
+            job.block_lr_zero_threshold, family,
         ),
         seed=seed,
+        family=family,
     )

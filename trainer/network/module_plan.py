@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainer.network.blocks import block_index
+from trainer.network.blocks import family_block_index
 from trainer.network.config import NetworkConfig, effective_alpha
 from trainer.network.targets import Target
 
@@ -48,7 +48,7 @@ def _unet_dim_alpha(target: Target, block: int, config: NetworkConfig) -> tuple[
 def plan_module(target: Target, config: NetworkConfig) -> ModulePlan | None:
     """The adapter for one target, or None when it gets none (dim 0 after the block rules)."""
     if target.part == "unet":
-        block = block_index(target.path)
+        block = family_block_index(config.family, target.kohya_name)
         dim, alpha = _unet_dim_alpha(target, block, config)
     else:
         block, dim, alpha = None, config.dim, config.alpha

@@ -12,13 +12,17 @@ target list it adapts every descendant ``Linear`` or ``Conv2d``:
 
 The kohya name is ``prefix + "_" + module path`` with every "." replaced by "_". transformers 5's
 ``CLIPTextModel`` dropped the ``text_model.`` level that kohya and A1111 keys carry, so it is put
-back here when missing.
+back here when missing. SDXL UNet modules are named by their original (SGM) path, as sd-scripts'
+SDXL UNet calls them (``trainer.network.sdxl_blocks``); SD1/SD2 UNet modules by their diffusers path.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from trainer.models.ldm_layout import UNetLayout
+from trainer.network.sdxl_blocks import is_sdxl_unet, sgm_module_path
 
 UNET_LINEAR_BLOCK_CLASSES = ("Transformer2DModel",)
 UNET_CONV_BLOCK_CLASSES = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -96,14 +100,17 @@ def unet_targets(unet: torch.nn.Module, include_conv_blocks: bool) -> list[Targe
     """The UNet modules sd-scripts adapts, in model order (no duplicates).
 
     Without ``include_conv_blocks`` only Transformer2DModel children; with it, ResnetBlock2D,
-    Downsample2D and Upsample2D children too. 3×3 convs are marked ``is_conv3x3``.
+    Downsample2D and Upsample2D children too. 3×3 convs are marked ``is_conv3x3``. An SDXL UNet's
+    modules get kohya names from their original-layout paths (``lora_unet_input_blocks_4_1_…``).
     """
     class_names = UNET_LINEAR_BLOCK_CLASSES
     if include_conv_blocks:
         class_names = class_names + UNET_CONV_BLOCK_CLASSES
+    layout = UNetLayout.from_config(unet.config) if is_sdxl_unet(unet) else None
     found: dict[str, Target] = {}
     for path, child in _children_of_classes(unet, class_names):
-        found.setdefault(path, Target(path, kohya_name(UNET_PREFIX, path), "unet", _is_conv3x3(child)))
+        kohya_path = sgm_module_path(path, layout) if layout else path
+        found.setdefault(path, Target(path, kohya_name(UNET_PREFIX, kohya_path), "unet", _is_conv3x3(child)))
     return list(found.values())
 
 

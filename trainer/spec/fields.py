@@ -9,6 +9,12 @@ import math
 
 NUM_BLOCKS = 25  # IN0..IN11, MID, OUT0..OUT11 (SD1.x / SD2.x)
 HALF_BLOCKS = 12
+# SDXL: EMB, IN00..IN08, MID00..MID02, OUT00..OUT08, END (trainer.network.sdxl_blocks). The form cannot
+# know the model's family, so it accepts either length (``family=None``); the trainer parses again
+# with the family of the model it loaded and names the setting when the length does not fit.
+SDXL_NUM_BLOCKS = 23
+SDXL_HALF_BLOCKS = 9
+SDXL_MID_BLOCKS = 3
 LR_WEIGHT_CURVES = ("sine", "cosine", "linear", "reverse_linear", "zeros")
 
 
@@ -30,13 +36,20 @@ def _split_numbers(text: str) -> list[str]:
     return [p.strip() for p in str(text).replace(";", ",").split(",")]
 
 
-def parse_number_list(text: str, count: int, *, integer: bool, minimum: float = 0.0) -> tuple | None:
-    """A comma-separated list of exactly ``count`` numbers ≥ ``minimum``; blank → None (use the global value)."""
+def _counts_text(counts: tuple[int, ...]) -> str:
+    """"25", or "25 (SD1.x/SD2.x) or 23 (SDXL)" when both lengths are allowed."""
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]} (SD1.x/SD2.x) or {counts[1]} (SDXL)"
+
+
+def parse_number_list(text: str, count: int | tuple[int, ...], *, integer: bool, minimum: float = 0.0) -> tuple | None:
+    """A comma-separated list of exactly ``count`` numbers ≥ ``minimum`` (``count`` may list the lengths
+    allowed: SD's and SDXL's); blank → None (use the global value)."""
     if not str(text).strip():
         return None
     parts = _split_numbers(text)
-    if len(parts) != count:
-        raise ValueError(f"needs exactly {count} comma-separated numbers, got {len(parts)}")
+    counts = (count,) if isinstance(count, int) else tuple(count)
+    if len(parts) not in counts:
+        raise ValueError(f"needs exactly {_counts_text(counts)} comma-separated numbers, got {len(parts)}")
     values = []
     for position, part in enumerate(parts, start=1):
         try:
@@ -50,14 +63,21 @@ def parse_number_list(text: str, count: int, *, integer: bool, minimum: float = 
     return tuple(values)
 
 
-def parse_block_dims(text: str) -> tuple[int, ...] | None:
-    """25 whole numbers ≥ 0 (a rank per block; 0 leaves that block without a module)."""
-    return parse_number_list(text, NUM_BLOCKS, integer=True)
+def _allowed(sd_count: int, sdxl_count: int, family: str | None) -> tuple[int, ...]:
+    """The list lengths to accept: the family's, or SD's and SDXL's when the family is not known yet."""
+    if family is None:
+        return (sd_count, sdxl_count)
+    return (sdxl_count,) if family == "sdxl" else (sd_count,)
 
 
-def parse_block_alphas(text: str) -> tuple[float, ...] | None:
-    """25 numbers ≥ 0 (an alpha per block)."""
-    return parse_number_list(text, NUM_BLOCKS, integer=False)
+def parse_block_dims(text: str, family: str | None = None) -> tuple[int, ...] | None:
+    """25 whole numbers ≥ 0 (23 for SDXL): a rank per block; 0 leaves that block without a module."""
+    return parse_number_list(text, _allowed(NUM_BLOCKS, SDXL_NUM_BLOCKS, family), integer=True)
+
+
+def parse_block_alphas(text: str, family: str | None = None) -> tuple[float, ...] | None:
+    """25 numbers ≥ 0 (23 for SDXL): an alpha per block."""
+    return parse_number_list(text, _allowed(NUM_BLOCKS, SDXL_NUM_BLOCKS, family), integer=False)
 
 
 def lr_weight_curve(name: str, n: int = HALF_BLOCKS) -> tuple[float, ...]:
@@ -83,24 +103,25 @@ def lr_weight_curve(name: str, n: int = HALF_BLOCKS) -> tuple[float, ...]:
     elif name == "zeros":
         values = [0.0] * n
     else:
-        raise ValueError(f"unknown curve {name!r}; use 12 numbers or one of {', '.join(LR_WEIGHT_CURVES)}")
+        raise ValueError(f"unknown curve {name!r}; use {n} numbers or one of {', '.join(LR_WEIGHT_CURVES)}")
     return tuple(v + base for v in values)
 
 
-def parse_half_lr_weights(text: str) -> tuple[float, ...] | None:
-    """Down or up LR weights: 12 numbers from 0 to 1, or a named curve with optional +base; blank → None."""
+def parse_half_lr_weights(text: str, family: str | None = None) -> tuple[float, ...] | None:
+    """Down or up LR weights: 12 numbers from 0 to 1 (9 for SDXL), or a named curve with optional +base
+    (over the family's count; 12 when the family is not known yet); blank → None."""
     text = str(text).strip()
     if not text:
         return None
     if "," not in text and not _is_number(text):
-        return lr_weight_curve(text)
-    values = parse_number_list(text, HALF_BLOCKS, integer=False)
+        return lr_weight_curve(text, SDXL_HALF_BLOCKS if family == "sdxl" else HALF_BLOCKS)
+    values = parse_number_list(text, _allowed(HALF_BLOCKS, SDXL_HALF_BLOCKS, family), integer=False)
     return _check_unit_interval(values)
 
 
-def parse_mid_lr_weight(text: str) -> tuple[float, ...] | None:
-    """Mid LR weight: one number from 0 to 1; blank → None."""
-    values = parse_number_list(text, 1, integer=False)
+def parse_mid_lr_weight(text: str, family: str | None = None) -> tuple[float, ...] | None:
+    """Mid LR weight: one number from 0 to 1 (SDXL: 3, one per middle block); blank → None."""
+    values = parse_number_list(text, _allowed(1, SDXL_MID_BLOCKS, family), integer=False)
     return _check_unit_interval(values) if values else None
 
 
