@@ -23,7 +23,7 @@ one: model load, latent caching and the first step are excluded), the text encod
 taken before training) and during training (``VmHWM`` after resetting it through
 ``/proc/self/clear_refs``), and the loss of the last step (the two ways should agree).
 
-Run: ``.venv/bin/python bench/bench_text_encoder_cache.py`` (about 3–5 minutes on 2 CPU cores; it needs
+Run: ``.venv/bin/python bench/bench_text_encoder_cache.py`` (about 5–8 minutes on 2 CPU cores; it needs
 ~4.5 GB of RAM and ~4.2 GB of temporary disk for the SD1.5-shaped model). ``--skip-sd15`` runs only the
 demo; ``--model-dir DIR`` builds the SD1.5-shaped model there once and reuses it on later runs.
 """
@@ -105,7 +105,7 @@ class TextEncoderMeter:
 def cache_bytes(text_cache) -> int:
     if text_cache is None:
         return 0
-    return sum(states.numel() * states.element_size() for states, _ in text_cache.entries.values())
+    return sum(entry[0].numel() * entry[0].element_size() for entry in text_cache.entries.values())
 
 
 def run_config(model: str, demo_dir: Path, model_dir: Path, use_cache: bool, warmup: int, timed: int) -> dict:

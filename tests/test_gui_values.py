@@ -206,3 +206,35 @@ def test_plan_follows_edits_once_they_pause_and_only_once(monkeypatch):
     session.edited, session.edited_at = {**defaults(), "epoch": 4}, clock[0] - 5
     session.view.plan = {"total_steps": 99}  # a run in progress owns the panel
     assert list(tick()) == ["plan_md"]
+
+
+def _table_paths(rows) -> dict[str, set[str]]:
+    """Block label → module prefixes named by a page table ("—" and notes dropped)."""
+    return {label: {p.strip() for cell in (attention, conv) for p in cell.split(",") if p.strip().count(".") >= 1
+                    and not p.strip().startswith("—")} for label, attention, conv in rows}
+
+
+def _model_paths(described: dict[str, list[str]]) -> dict[str, set[str]]:
+    """Block label → the prefixes (``down_blocks.1.attentions.0``) of the modules the trainer adapts there."""
+    def prefix(path: str) -> str:
+        parts = path.split(".")
+        return ".".join(parts[:2] if parts[0] == "mid_block" and parts[1] in ("attentions", "resnets") and False
+                        else parts[:4] if parts[0] in ("down_blocks", "up_blocks") else parts[:3])
+    return {label: {prefix(p) for p in paths} for label, paths in described.items()}
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_page_block_tables_match_the_trainers_block_map(family, demo_dir, sdxl_demo_dir):
+    """The page's tables are written torch-free; the trainer's own map of a real UNet must agree with them."""
+    from diffusers import UNet2DConditionModel
+
+    from gui.blocks_table import sdxl_block_rows
+    from trainer.network.blocks import describe_blocks
+
+    folder = (demo_dir if family == "sd1" else sdxl_demo_dir) / "model" / "unet"
+    described = _model_paths(describe_blocks(UNet2DConditionModel.from_pretrained(folder, local_files_only=True)))
+    table = _table_paths(block_rows() if family == "sd1" else sdxl_block_rows())
+    assert list(table) == list(described)
+    for label, modules in described.items():
+        assert modules <= table[label], (label, modules - table[label])
+    assert any(table[label] and not described[label] for label in table) or family == "sdxl"  # tiny SD1 lacks some

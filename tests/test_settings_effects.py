@@ -160,6 +160,24 @@ def test_fp16_on_cpu_falls_back_to_fp32_with_a_warning(baseline, demo_dir, tmp_p
     assert run.losses == baseline.losses
 
 
+def test_full_fp16_on_cpu_warns_naming_it_and_trains_fp32(baseline, demo_dir, tmp_path):
+    run = run_in_session(demo_dir, tmp_path, mixed_precision="fp16", full_fp16=True)
+    assert run.status == "completed"
+    assert ["GPU" in m for m in run.warnings_for("full_fp16")] == [True]
+    assert run.warnings_for("mixed_precision")  # the fp16 fallback's own warning as well
+    precision = run.session.precision
+    assert (precision.adapter_dtype, precision.weight_dtype, precision.autocast_dtype) == (torch.float32,) * 2 + (None,)
+    assert {p.dtype for p in run.session.network.trainable_parameters()} == {torch.float32}
+    assert run.losses == baseline.losses
+
+
+def test_full_fp16_needs_fp16_mixed_precision(demo_dir, tmp_path):
+    for mode, refused in (("no", True), ("bf16", True), ("fp16", False)):
+        job = job_from_values(demo_values(demo_dir, tmp_path, mixed_precision=mode, full_fp16=True))
+        errors = [p for p in check_job(job, for_training=False) if p.level == "error"]
+        assert any(p.setting == "full_fp16" for p in errors) == refused
+
+
 def test_gradient_checkpointing_and_sliced_attention_change_memory_not_results(baseline, demo_dir, tmp_path):
     run = run_in_session(demo_dir, tmp_path, gradient_checkpointing=True, mem_eff_attn=True, xformers=False)
     unet = run.session.base.unet
@@ -322,18 +340,38 @@ def test_network_dim_alpha_then_network_weights_with_dim_from_weights(demo_dir, 
     assert first.final_file.read_bytes() == before
 
 
-@pytest.mark.xfail(strict=True, reason="saving.py Saver._write/save_final: the final file "
-                   "output_dir/output_name.safetensors is written even when it is the network_weights file the "
-                   "run started from, so the starting LoRA is overwritten; no check in spec/checks.py either")
 def test_network_weights_file_is_never_overwritten_by_the_run(demo_dir, tmp_path):
     first = run_demo(demo_dir, tmp_path / "first", network_dim=4, network_alpha=4.0)
     before = first.final_file.read_bytes()
     values = dict(network_weights=str(first.final_file), dim_from_weights=True, output_dir=str(first.output_dir))
-    problems = check_job(job_from_values(demo_values(demo_dir, tmp_path / "second", **values)))
-    run = run_demo(demo_dir, tmp_path / "second", **values)
-    assert first.final_file.read_bytes() == before or any(p.setting in ("output_name", "network_weights")
-                                                          for p in problems)
-    assert run.status in ("completed", "failed")
+    problems = check_job(job_from_values(demo_values(demo_dir, tmp_path / "second", **values)), for_training=False)
+    refused = [p for p in problems if p.level == "error"]
+    assert [p.setting for p in refused] == ["output_name"] and str(first.final_file) in refused[0].message
+    run = run_demo(demo_dir, tmp_path / "second", **values)  # the trainer refuses it too, before any step
+    assert run.status == "failed" and not run.steps
+    assert [e["setting"] for e in run.of("error")] == ["output_name"]
+    assert first.final_file.read_bytes() == before
+    other = run_demo(demo_dir, tmp_path / "third", output_name="continued", **values)
+    assert other.status == "completed" and other.final_file.exists()
+    assert first.final_file.read_bytes() == before
+
+
+@pytest.mark.parametrize("weights, save_state, refused", [
+    ("out/demo_lora.safetensors", False, True),
+    ("out/demo_lora-000002.safetensors", False, True),  # an epoch file
+    ("out/demo_lora-step00000010.safetensors", False, True),  # a step file (or one pruned later)
+    ("out/demo_lora-step00000010-state/network.safetensors", True, True),  # a state folder is replaced whole
+    ("out/demo_lora-step00000010-state/network.safetensors", False, False),  # … only when states are saved
+    ("out/demo_lora_v1.safetensors", False, False),
+    ("out/other.safetensors", False, False),
+    ("elsewhere/demo_lora.safetensors", False, False),
+])
+def test_every_name_a_run_writes_is_checked_against_network_weights(tmp_path, weights, save_state, refused):
+    from trainer.spec.checks import output_overwriting_network_weights
+
+    job = SimpleNamespace(network_weights=str(tmp_path / weights), output_dir=str(tmp_path / "sub" / ".." / "out"),
+                          output_name="demo_lora", save_state=save_state)
+    assert (output_overwriting_network_weights(job) is not None) == refused
 
 
 def test_additional_parameters_override_settings_in_a_real_run(demo_dir, tmp_path):
@@ -380,15 +418,34 @@ def test_dylora_unit_sets_the_rank_groups_one_step_trains(demo_dir, tmp_path, un
     assert len(groups_seen) == 4 // unit
 
 
-@pytest.mark.xfail(strict=True, reason="spec/checks.py check_settings tests only network_dim % unit for DyLoRA, but "
-                   "network/config.py _check_dylora_dims also requires conv_dim (default 1, adapted by DyLoRA) to be a "
-                   "multiple of unit: the job validates, then the run fails with 'unexpected ValueError' and no setting")
 def test_dylora_unit_that_does_not_divide_conv_dim_is_refused_naming_the_setting(demo_dir, tmp_path):
     values = dict(LoRA_type="DyLoRA", network_dim=4, unit=2, conv_dim=1, **ONE_STEP)
     problems = check_job(job_from_values(demo_values(demo_dir, tmp_path, **values)))
-    run = run_demo(demo_dir, tmp_path, **values)
-    named = {p.setting for p in problems if p.level == "error"} | {e["setting"] for e in run.of("error")}
-    assert named & {"conv_dim", "unit"}
+    assert [p.setting for p in problems if p.level == "error"] == ["conv_dim"]
+    run = run_demo(demo_dir, tmp_path, **values)  # a job that skipped validation fails naming it as well
+    errors = run.of("error")
+    assert run.status == "failed" and [e["setting"] for e in errors] == ["conv_dim"]
+    assert "unexpected" not in errors[0]["message"]
+    fixed = check_job(job_from_values(demo_values(demo_dir, tmp_path, **{**values, "conv_dim": 2})))
+    assert not [p for p in fixed if p.level == "error"]
+
+
+def test_dylora_rank_taken_from_weights_that_is_not_whole_units_fails_naming_dim_from_weights(demo_dir, tmp_path):
+    first = run_demo(demo_dir, tmp_path / "first", network_dim=4, network_alpha=4.0, **ONE_STEP)
+    run = run_demo(demo_dir, tmp_path / "second", LoRA_type="DyLoRA", network_dim=3, conv_dim=3, unit=3,
+                   network_weights=str(first.final_file), dim_from_weights=True, **ONE_STEP)
+    errors = run.of("error")
+    assert run.status == "failed" and [e["setting"] for e in errors] == ["dim_from_weights"]
+    assert "rank 4" in errors[0]["message"] and "unexpected" not in errors[0]["message"]
+
+
+def test_dylora_block_ranks_must_be_whole_units_too(demo_dir, tmp_path):
+    three_in_mid = ",".join(["4"] * 12 + ["3"] + ["4"] * 12)
+    for key in ("block_dims", "conv_block_dims"):
+        values = demo_values(demo_dir, tmp_path, LoRA_type="DyLoRA", network_dim=4, conv_dim=4, unit=2,
+                             **{key: three_in_mid})
+        errors = [p for p in check_job(job_from_values(values), for_training=False) if p.level == "error"]
+        assert [p.setting for p in errors] == [key] and "3 is not" in errors[0].message
 
 
 def test_block_dims_alphas_and_lr_weights_in_a_real_run(demo_dir, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import random
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,8 +25,9 @@ from trainer.network.from_job import network_config_from_job
 from trainer.optim.optimizers import build_optimizer, optimizer_warnings, parse_optimizer_args
 from trainer.optim.schedulers import build_lr_scheduler
 from trainer.plan import Schedule, lr_preview, schedule_for_job
+from trainer.precision import choose_precision
 from trainer.spec import effective_lrs
-from trainer.text_encoding import TextEmbeddingCache, encode_captions
+from trainer.text_encoding import TextEmbeddingCache, encode_captions, encode_captions_sdxl
 
 
 class TrainingError(Exception):
@@ -42,6 +44,7 @@ class Precision:
     autocast_dtype: torch.dtype | None  # None: plain fp32
     weight_dtype: torch.dtype  # the frozen base weights
     use_grad_scaler: bool
+    adapter_dtype: torch.dtype = torch.float32  # the LoRA weights: fp16 with full_fp16, else fp32
 
 
 @dataclass
@@ -73,30 +76,73 @@ class Session:
             return self.text_cache.encode_captions(captions, **kwargs)
         return encode_captions(self.base.tokenizer, self.base.text_encoder, captions, **kwargs)
 
+    def text_conditioning(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(states, pooled)``: SDXL's two-encoder states and pooled vector; SD's states and None."""
+        if self.base.family != "sdxl":
+            return self.text_states(captions), None
+        job, base = self.job, self.base
+        kwargs = dict(max_token_length=job.max_token_length, weighted=job.weighted_captions,
+                      pad_to_longest=job.no_token_padding)
+        if self.text_cache is not None:
+            return self.text_cache.encode(captions, **kwargs)
+        return encode_captions_sdxl([base.tokenizer, base.tokenizer_2], base.text_encoders, captions, **kwargs)
+
     def stop_text_encoder(self) -> None:
         """Freeze the text encoder's LoRA from here on; its (now fixed) outputs are cached."""
         self.network.set_text_encoder_trainable(False)
         self.train_text_encoder = False
-        self.text_cache = TextEmbeddingCache(self.base.tokenizer, self.base.text_encoder)
+        self.text_cache = text_embedding_cache(self.base)
+
+
+def text_embedding_cache(base: BaseModel) -> TextEmbeddingCache:
+    """A cache of the (frozen) text encoders' outputs: one encoder, or SDXL's two with the pooled vector."""
+    return TextEmbeddingCache(base.tokenizer, base.text_encoder, tokenizer_2=base.tokenizer_2,
+                              text_encoder_2=base.text_encoder_2)
 
 
 def resolve_precision(job, events: EventWriter) -> Precision:
-    """Mixed precision where the device has it; otherwise fall back with a warning (no fp16 on CPU)."""
+    """Mixed precision (and full_fp16) where the device has it; otherwise fall back with a warning naming the
+    setting (no fp16 on CPU). The rules are :func:`trainer.precision.choose_precision`."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    mode = job.mixed_precision
-    if device.type == "cpu" and mode == "fp16":
-        events.warning("fp16 mixed precision needs a GPU; training in fp32 on this CPU instead "
-                       "(choose bf16 to use 16-bit math on CPU)", "mixed_precision")
-        mode = "no"
-    if mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        events.warning("this GPU has no bf16; using fp16 instead", "mixed_precision")
-        mode = "fp16"
-    if mode == "no":
-        return Precision(device, None, torch.float32, False)
-    dtype = torch.float16 if mode == "fp16" else torch.bfloat16
-    # On CPU the frozen weights stay fp32 (autocast still computes in bf16); on GPU they are stored in 16-bit.
-    weight_dtype = dtype if device.type == "cuda" else torch.float32
-    return Precision(device, dtype, weight_dtype, use_grad_scaler=(dtype == torch.float16))
+    bf16_supported = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    try:
+        choice = choose_precision(job.mixed_precision, job.full_fp16, device.type, bf16_supported)
+    except ValueError as error:
+        raise TrainingError(str(error), "full_fp16" if job.full_fp16 else "mixed_precision") from None
+    for setting, message in choice.warnings:
+        events.warning(message, setting)
+    return Precision(device, choice.autocast_dtype, choice.weight_dtype, choice.use_grad_scaler,
+                     choice.adapter_dtype)
+
+
+_NETWORK_SETTINGS = re.compile(r"\b(LoRA_type|network_conv_dim|network_conv_alpha|network_dim|network_alpha|conv_dim|"
+                               r"conv_alpha|unit|block_dims|block_alphas|conv_block_dims|conv_block_alphas|"
+                               r"block_lr_weights|down_lr_weight|mid_lr_weight|up_lr_weight)\b")
+_SETTING_OF_CONFIG_NAME = {"network_conv_dim": "conv_dim", "network_conv_alpha": "conv_alpha",
+                           "block_lr_weights": "down_lr_weight"}
+
+
+def network_setting_named_in(message: str) -> str | None:
+    """The job setting a ``NetworkConfig`` ValueError is about: its messages start with the setting's name
+    (``trainer.network.config.validate_network_config``)."""
+    match = _NETWORK_SETTINGS.search(message)
+    return _SETTING_OF_CONFIG_NAME.get(match.group(1), match.group(1)) if match else None
+
+
+def parts_not_trained(tensors: dict[str, torch.Tensor], train_unet: bool, train_text_encoder: bool):
+    """(the tensors of the parts this run trains, {"UNet" | "text encoder": module count left out}).
+
+    A LoRA file trained with both parts can start a run that trains one of them (learning rate 0 for the
+    other, which then has no modules); its other part is left out, and the caller says so."""
+    dropped: dict[str, set[str]] = {}
+    kept = {}
+    for key, tensor in tensors.items():
+        part = "UNet" if key.startswith("lora_unet_") else "text encoder" if key.startswith("lora_te") else None
+        if (part == "UNet" and not train_unet) or (part == "text encoder" and not train_text_encoder):
+            dropped.setdefault(part, set()).add(key.split(".", 1)[0])
+        else:
+            kept[key] = tensor
+    return kept, {part: len(modules) for part, modules in dropped.items()}
 
 
 def rank_and_alpha_of(tensors: dict[str, torch.Tensor]) -> tuple[int, float]:
@@ -157,16 +203,31 @@ def build_session(job, run_dir: Path, events: EventWriter) -> Session:
                            v2=job.v2, v_prediction=True if job.v_parameterization else None, vae=job.vae or None)
     for note in base.notes:
         events.warning(note, setting="v_parameterization")
+    if base.family == "sdxl" and job.clip_skip > 1:
+        events.warning("clip_skip is ignored for SDXL: it always conditions on the penultimate layer of both "
+                       "text encoders (as sd-scripts does)", "clip_skip")
     configure_attention(job, base, precision.device, events)
     unet_lr, text_lr = effective_lrs(job)
     tensors = read_lora_file(job.network_weights)[0] if job.network_weights else None
-    config = network_config_from_job(job, seed)
+    try:
+        config = network_config_from_job(job, seed, base.family)
+    except ValueError as error:  # validation names these first; a job that skipped it still gets a setting
+        raise TrainingError(str(error), network_setting_named_in(str(error))) from None
     if job.dim_from_weights:
         dim, alpha = rank_and_alpha_of(tensors)
-        config = dataclasses.replace(config, dim=dim, alpha=alpha)
+        try:
+            config = dataclasses.replace(config, dim=dim, alpha=alpha)
+        except ValueError as error:
+            raise TrainingError(f"rank {dim} and alpha {alpha:g} from {job.network_weights}: {error}",
+                                "dim_from_weights") from None
         events.status("loading model", note=f"rank {dim} and alpha {alpha:g} taken from {job.network_weights}")
     network = apply_network(base.unet, base.text_encoders, config)
+    network.cast_adapters(precision.adapter_dtype)
     if tensors is not None:
+        tensors, unused = parts_not_trained(tensors, config.train_unet, config.train_text_encoder)
+        for part, count in unused.items():
+            events.warning(f"{job.network_weights}: its {count} {part} module(s) are not used, because this run "
+                           f"does not train the {part} (its learning rate is 0)", "network_weights")
         try:
             network.load_kohya_state_dict(tensors)
         except ValueError as error:
@@ -183,7 +244,7 @@ def build_session(job, run_dir: Path, events: EventWriter) -> Session:
                                       warmup_steps=sched.warmup_steps, num_cycles=job.lr_scheduler_num_cycles or 1,
                                       power=job.lr_scheduler_power or 1.0)
     train_te = any(g["name"] == "text_encoder" for g in groups)
-    text_cache = None if train_te else TextEmbeddingCache(base.tokenizer, base.text_encoder)
+    text_cache = None if train_te else text_embedding_cache(base)
     noise_generator = torch.Generator(device=precision.device).manual_seed(seed)
     return Session(job=job, run_dir=run_dir, seed=seed, precision=precision, data=data, schedule=sched,
                    base=base, network=network, optimizer=optimizer, lr_scheduler=lr_scheduler,
@@ -203,5 +264,9 @@ def cache_latents(session: Session, events: EventWriter) -> None:
             pixels = pixels.to(device, base.vae.dtype)
             return base.vae.encode(pixels).latent_dist.sample(generator=session.noise_generator).float().cpu()
 
-    session.data.cache_latents(encode, job.vae_batch_size, disk=job.cache_latents_to_disk,
-                               encoder_id=str(base.source_path))
+    encoded, reused = session.data.cache_latents(
+        encode, job.vae_batch_size, disk=job.cache_latents_to_disk, encoder_id=str(base.vae_path or base.source_path),
+        cache_suffix="sdxl" if base.family == "sdxl" else "sd",
+        progress=lambda done, total: events.status("caching latents", done=done, total=total))
+    events.status("caching latents", encoded=encoded, reused=reused,
+                  note=f"{encoded} image(s) encoded by the VAE, {reused} reused from the disk cache")

@@ -11,26 +11,30 @@ SAMPLERS = (
 
 WEIGHTS_BLOCKS_CONV = (
     Setting("down_lr_weight", "str", "", "Down LR weights", tab="weights", parser=parse_half_lr_weights,
-            help="Learning-rate weight (0–1) of each of the 12 down blocks IN0–IN11, as 12 numbers, or a "
-                 "curve: sine, cosine, linear, reverse_linear or zeros, optionally +base (e.g. sine+0.2). "
-                 "Blank: 1 everywhere."),
+            help="Learning-rate weight (0–1) of each of the 12 down blocks IN0–IN11, as 12 numbers (SDXL: 9, "
+                 "IN00–IN08), or a curve: sine, cosine, linear, reverse_linear or zeros, optionally +base "
+                 "(e.g. sine+0.2). Blank: 1 everywhere."),
     Setting("mid_lr_weight", "str", "", "Mid LR weights", tab="weights", parser=parse_mid_lr_weight,
-            help="Learning-rate weight (0–1) of the middle block. Blank: 1."),
+            help="Learning-rate weight (0–1) of the middle block (SDXL: 3 numbers, one per middle block). "
+                 "Blank: 1."),
     Setting("up_lr_weight", "str", "", "Up LR weights", tab="weights", parser=parse_half_lr_weights,
-            help="Learning-rate weight (0–1) of each of the 12 up blocks OUT0–OUT11, as 12 numbers or a curve."),
+            help="Learning-rate weight (0–1) of each of the 12 up blocks OUT0–OUT11, as 12 numbers (SDXL: 9) "
+                 "or a curve."),
     Setting("block_lr_zero_threshold", "float", None, "Blocks LR zero threshold", tab="weights",
             minimum=0, maximum=1, optional=True,
             help="Blocks whose LR weight is at or below this get no LoRA module at all. Blank: 0."),
     Setting("block_dims", "str", "", "Block dims", tab="blocks", parser=parse_block_dims,
-            help="Rank of each of the 25 blocks IN0–IN11, MID, OUT0–OUT11 (whole numbers; 0 = no module). "
-                 "Blocks without attention ignore it. Blank: the network rank everywhere."),
+            help="Rank of each of the 25 blocks IN0–IN11, MID, OUT0–OUT11 (whole numbers; 0 = no module); "
+                 "SDXL: 23 blocks EMB, IN00–IN08, MID00–MID02, OUT00–OUT08, END. Blocks without attention "
+                 "ignore it. Blank: the network rank everywhere."),
     Setting("block_alphas", "str", "", "Block alphas", tab="blocks", parser=parse_block_alphas,
-            help="Alpha of each of the 25 blocks. Blank: the network alpha everywhere."),
+            help="Alpha of each of the 25 blocks (SDXL: 23). Blank: the network alpha everywhere."),
     Setting("conv_block_dims", "str", "", "Conv dims", tab="conv", parser=parse_block_dims,
-            help="Rank of the 3×3 convolution adapters of each of the 25 blocks (LoCon-style types). "
+            help="Rank of the 3×3 convolution adapters of each of the 25 blocks (SDXL: 23; LoCon-style types). "
                  "Blank: the convolution rank everywhere."),
     Setting("conv_block_alphas", "str", "", "Conv alphas", tab="conv", parser=parse_block_alphas,
-            help="Alpha of the 3×3 convolution adapters of each of the 25 blocks. Blank: the convolution alpha."),
+            help="Alpha of the 3×3 convolution adapters of each of the 25 blocks (SDXL: 23). "
+                 "Blank: the convolution alpha."),
 )
 
 ADVANCED = (
@@ -70,9 +74,9 @@ ADVANCED = (
             choices=(75, 150, 225),
             help="Longest caption in tokens. Past 75, captions are encoded in 75-token windows and joined."),
     Setting("full_fp16", "bool", False, "Full fp16 training", tab="advanced", section="Precision",
-            implemented=False,
             help="Keep even the LoRA weights and gradients in fp16 (needs mixed precision fp16): least "
-                 "memory, some risk to accuracy. Off by default."),
+                 "memory, some risk to accuracy. Off by default. Needs a GPU: on CPU the run stays fp32 "
+                 "with a warning."),
     Setting("gradient_checkpointing", "bool", False, "Gradient checkpointing", tab="advanced",
             section="Performance",
             help="Recompute activations during the backward pass instead of storing them: much less memory, "

@@ -7,12 +7,18 @@ the GUI can run them on every change.
 from __future__ import annotations
 
 import importlib.util
+import re
 import shlex
 from pathlib import Path
 from typing import Any
 
 from .setting import Problem
 
+
+# Optimizers whose update divides by a running second moment kept in the parameters' dtype: with full_fp16
+# the moment and epsilon (1e-8, below fp16's smallest number) underflow to 0. Found by training the demo
+# with fp16 LoRA weights: AdamW and Prodigy give NaN losses from the first steps, DAdaptSGD divides by zero.
+FP16_STATE_UNSTABLE = ("AdamW", "Prodigy", "DAdaptSGD")
 
 
 def effective_lrs(job) -> tuple[float, float]:
@@ -118,12 +124,19 @@ def check_settings(job, settings) -> list[Problem]:
                                                  f"intended", "warning"))
     if job.min_bucket_reso > job.max_bucket_reso:
         problems.append(Problem("min_bucket_reso", "is larger than the maximum bucket resolution"))
-    if job.LoRA_type == "DyLoRA" and job.network_dim % job.unit:
-        problems.append(Problem("unit", f"the rank ({job.network_dim}) must be a multiple of the DyLoRA unit"))
+    if job.LoRA_type == "DyLoRA":
+        problems += check_dylora_units(job)
     if job.dim_from_weights and not job.network_weights:
         problems.append(Problem("dim_from_weights", "needs a file in 'LoRA network weights'"))
     if job.full_fp16 and job.mixed_precision != "fp16":
-        problems.append(Problem("full_fp16", "needs mixed precision fp16"))
+        problems.append(Problem("full_fp16", f"needs mixed precision fp16 (it is {job.mixed_precision!r}): it "
+                                             "keeps the LoRA weights in fp16; turn it off or choose fp16"))
+    if job.full_fp16 and job.optimizer in FP16_STATE_UNSTABLE:
+        problems.append(Problem("full_fp16", f"{job.optimizer} keeps its state in the weights' fp16, where its "
+                                             "second moment and epsilon underflow: the loss turns NaN within a few "
+                                             "steps; use AdamW8bit (or another 8-bit optimizer) with full fp16",
+                                "warning"))
+    problems += check_network_weights_kept(job)
     if job.save_last_n_steps and not job.save_every_n_steps:
         problems.append(Problem("save_last_n_steps", "has no effect while 'Save every N steps' is 0", "warning"))
     if job.adaptive_noise_scale and not job.noise_offset:
@@ -144,6 +157,68 @@ def check_settings(job, settings) -> list[Problem]:
     problems += check_optimizer_args_syntax(job.optimizer_args)
     problems += _check_sample_prompts(job.sample_prompts)
     return problems
+
+
+def check_dylora_units(job) -> list[Problem]:
+    """Every DyLoRA rank must be a whole number of units (``trainer.network.config._check_dylora_dims``):
+    network_dim and block_dims always; conv_dim and conv_block_dims because DyLoRA adapts the 3×3 convs
+    too whenever conv_dim > 0 or a conv block dim is set (``NetworkConfig.adapts_conv_layers``)."""
+    from .fields import parse_block_dims
+
+    unit = job.unit
+    problems = []
+    if job.network_dim % unit:
+        problems.append(Problem("unit", f"the rank ({job.network_dim}) must be a multiple of the DyLoRA unit"))
+    try:
+        block_dims = parse_block_dims(job.block_dims) or ()
+        conv_block_dims = parse_block_dims(job.conv_block_dims) or ()
+    except ValueError:
+        return problems  # the field check names these
+    ranks = {"block_dims": block_dims}
+    if job.conv_dim > 0 or any(conv_block_dims):
+        ranks = {"conv_dim": (job.conv_dim,), **ranks, "conv_block_dims": conv_block_dims}
+    for key, values in ranks.items():
+        bad = [value for value in values if value % unit]
+        if bad:
+            problems.append(Problem(key, f"DyLoRA trains ranks in steps of the unit ({unit}), so every rank must be "
+                                         f"a multiple of it; {bad[0]} is not: change it or the DyLoRA unit"))
+    return problems
+
+
+def output_files_pattern(output_name: str) -> re.Pattern:
+    """What a run writes into the output folder (``trainer.saving``): the final file, epoch and step files,
+    and the training-state folders next to them (replaced wholesale, through a ``.tmp`` folder)."""
+    return re.compile(re.escape(output_name) + r"(-\d{6,}|-step\d{8,})?(\.safetensors|-state(\.tmp)?)")
+
+
+def output_overwriting_network_weights(job) -> Path | None:
+    """The output path (a file, or a state folder holding it) that would replace the ``network_weights``
+    file the run starts from; None when the run never writes there. Paths are compared resolved."""
+    if not job.network_weights or not job.output_dir:
+        return None
+    weights = Path(job.network_weights).expanduser().resolve()
+    output_dir = Path(job.output_dir).expanduser().resolve()
+    try:
+        parts = weights.relative_to(output_dir).parts
+    except ValueError:
+        return None  # not inside the output folder
+    match = output_files_pattern(job.output_name).fullmatch(parts[0]) if parts else None
+    if match is None:
+        return None
+    is_file = match.group(2) == ".safetensors"
+    if (is_file and len(parts) == 1) or (not is_file and job.save_state):
+        return output_dir / parts[0]
+    return None
+
+
+def check_network_weights_kept(job) -> list[Problem]:
+    """A run never writes over the LoRA file it starts from (also checked by the Saver before it writes)."""
+    overwritten = output_overwriting_network_weights(job)
+    if overwritten is None:
+        return []
+    return [Problem("output_name", f"the run would write {overwritten}, which is (or holds) the file in 'LoRA "
+                                   "network weights' it starts from, and so overwrite it; choose another output "
+                                   "name or output folder")]
 
 
 def _check_sample_prompts(text: str) -> list[Problem]:
@@ -179,8 +254,49 @@ def check_paths(job) -> list[Problem]:
     need("reg_data_dir", "dir", False)
     need("network_weights", "file", False)
     need("resume", "dir", False)
+    need("vae", "any", False)
+    if not any(p.setting == "pretrained_model_name_or_path" for p in problems):
+        problems += check_model_files(job)
     if not job.output_dir:
         problems.append(Problem("output_dir", "is required"))
     elif Path(job.output_dir).exists() and not Path(job.output_dir).is_dir():
         problems.append(Problem("output_dir", f"{job.output_dir} exists and is not a folder"))
     return problems
+
+
+def check_model_files(job) -> list[Problem]:
+    """What the base model (and a separate VAE) are, read from file headers and configs only.
+
+    A LoRA, a VAE, an unknown architecture or a corrupt file as the base model is refused here, before
+    anything is loaded; so is ``v2`` on a model whose weights say it is not SD2.x.
+    """
+    from trainer.models.detect import FAMILY_NAMES, ModelFileError, inspect_model
+
+    key = "pretrained_model_name_or_path"
+    try:
+        info = inspect_model(getattr(job, key))
+    except ModelFileError as error:
+        return [Problem(key, str(error))]
+    problems = []
+    if info.kind in ("lora", "vae", "unknown"):
+        problems.append(Problem(key, f"{info.path} cannot be trained on: {info.summary()}"))
+    elif job.v2 and info.family not in (None, "sd2"):
+        problems.append(Problem("v2", f"is set, but {info.path} is a {FAMILY_NAMES[info.family]} model by its "
+                                      "weights; clear v2 or choose an SD2.x model"))
+    if job.vae and Path(job.vae).expanduser().exists():
+        problems += _check_vae_file(job.vae)
+    return problems
+
+
+def _check_vae_file(path: str) -> list[Problem]:
+    from trainer.models.detect import ModelFileError, inspect_model
+
+    try:
+        info = inspect_model(path)
+    except ModelFileError as error:
+        return [Problem("vae", str(error))]
+    if info.kind in ("vae", "checkpoint", "diffusers_folder"):
+        return []
+    what = "a LoRA file" if info.kind == "lora" else "not a VAE"
+    return [Problem("vae", f"{info.path} is {what}: expected a VAE file or folder, or a full checkpoint "
+                           "whose VAE is used")]

@@ -1,0 +1,68 @@
+"""Number formats of a run: the frozen base weights, the LoRA weights, the autocast compute type and the
+gradient scaler, decided from ``mixed_precision``, ``full_fp16`` and the device.
+
+As sd-scripts: mixed precision computes in 16-bit under autocast while the LoRA weights (the optimizer's
+parameters) stay fp32; ``full_fp16`` keeps the LoRA weights themselves in fp16 as well, so there is no
+fp32 master copy and the gradients and optimizer state are fp16 (least memory, some risk to accuracy).
+fp16 needs a GPU: on a CPU both fall back to fp32 with a warning naming the setting.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What :func:`choose_precision` decided, and the warnings (setting, message) that explain a fallback."""
+
+    weight_dtype: torch.dtype  # the frozen base model
+    adapter_dtype: torch.dtype  # the LoRA parameters, their gradients and optimizer state
+    autocast_dtype: torch.dtype | None  # None: plain fp32, no autocast
+    use_grad_scaler: bool  # fp16 gradients need loss scaling
+    warnings: tuple[tuple[str, str], ...] = ()
+
+
+def choose_precision(mixed_precision: str, full_fp16: bool, device_type: str,
+                     bf16_supported: bool = True) -> PrecisionChoice:
+    """Pure: (mixed_precision "no" | "fp16" | "bf16", full_fp16, device type "cpu" | "cuda", whether the GPU
+    has bf16) → the dtypes of a run. Raises ValueError for full_fp16 without fp16 (validation refuses it)."""
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {mixed_precision!r}")
+    if full_fp16 and mixed_precision != "fp16":
+        raise ValueError(f"full_fp16 needs mixed precision fp16, got {mixed_precision!r}")
+    on_cpu = device_type == "cpu"
+    mode, warnings = mixed_precision, []
+    if on_cpu and mode == "fp16":
+        warnings.append(("mixed_precision", "fp16 mixed precision needs a GPU; training in fp32 on this CPU "
+                                            "instead (choose bf16 to use 16-bit math on CPU)"))
+        if full_fp16:
+            warnings.append(("full_fp16", "full fp16 training needs a GPU; on this CPU the LoRA weights, their "
+                                          "gradients and the optimizer state stay fp32"))
+        mode = "no"
+    if mode == "bf16" and not on_cpu and not bf16_supported:
+        warnings.append(("mixed_precision", "this GPU has no bf16; using fp16 instead"))
+        mode = "fp16"
+    if mode == "no":
+        return PrecisionChoice(torch.float32, torch.float32, None, False, tuple(warnings))
+    dtype = torch.float16 if mode == "fp16" else torch.bfloat16
+    # On CPU the frozen weights stay fp32 (autocast still computes in bf16); on GPU they are stored in 16-bit.
+    weight_dtype = torch.float32 if on_cpu else dtype
+    adapter_dtype = torch.float16 if full_fp16 else torch.float32
+    return PrecisionChoice(weight_dtype, adapter_dtype, dtype, dtype == torch.float16, tuple(warnings))
+
+
+def grad_scaler(device_type: str, adapter_dtype: torch.dtype) -> torch.amp.GradScaler:
+    """A loss scaler for fp16 gradients. With fp16 parameters (full_fp16) the gradients are fp16 too, which
+    ``GradScaler.unscale_`` refuses; sd-scripts patches accelerate's scaler to allow them
+    (``patch_accelerator_for_fp16_training``), and so does this (through the private ``_unscale_grads_``)."""
+    scaler = torch.amp.GradScaler(device_type)
+    if adapter_dtype == torch.float16:
+        unscale = scaler._unscale_grads_
+
+        def unscale_allowing_fp16(optimizer, inv_scale, found_inf, allow_fp16):
+            return unscale(optimizer, inv_scale, found_inf, True)
+
+        scaler._unscale_grads_ = unscale_allowing_fp16
+    return scaler
