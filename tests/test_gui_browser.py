@@ -55,7 +55,8 @@ def app_env(tmp_path_factory, demo_dir):
     root = tmp_path_factory.mktemp("gui")
     values = read_job_toml(demo_dir / "job.toml")
     values.pop("spec_version", None)
-    values.update(output_dir=str(root / "out"), epoch=50, output_name="browser_lora", sample_every_n_steps=10)
+    values.update(output_dir=str(root / "out"), epoch=50, output_name="browser_lora", sample_every_n_steps=10,
+                  xformers=True)  # on CPU a warning the run area must show
     job = write_job_toml(values, root / "job.toml")
     runs = root / "runs"
     port = free_port()
@@ -94,6 +95,18 @@ def open_page(browser, url):
     page.goto(url)
     page.wait_for_selector("#start-button", timeout=60_000)
     return page
+
+
+def wait_shown(page, selector: str, timeout: int) -> None:
+    """Wait for ``selector``; on timeout fail with what the page's run area says (for a diagnosis from CI)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.locator(selector).first.wait_for(timeout=timeout)
+    except PlaywrightTimeout:
+        texts = {part: page.inner_text(part)[-1500:] for part in ("#run-progress", "#messages", "#run-outputs")
+                 if page.locator(part).count()}
+        raise AssertionError(f"{selector} did not appear within {timeout / 1000:.0f} s; the page said {texts}") from None
 
 
 def field(page, key):
@@ -208,8 +221,8 @@ def test_start_shows_loss_samples_and_warnings_reload_reattaches_and_stop_saves(
 
     page = open_page(browser, app_env["url"])
     page.click("#start-button")
-    page.locator("#loss-plot .mark-line path").first.wait_for(timeout=90_000)
-    page.locator("#sample-gallery img").first.wait_for(timeout=90_000)
+    wait_shown(page, "#loss-plot .mark-line path", timeout=90_000)
+    wait_shown(page, "#sample-gallery img", timeout=90_000)
     assert "step 10 — shapes" in page.inner_text("#sample-gallery")
     assert "of 2000" in page.inner_text("#run-progress")
     page.close()

@@ -71,6 +71,7 @@ def demo_job_values(out_dir: Path, family: str = "sd1") -> dict:
         "lr_scheduler": "cosine",
         "lr_warmup": 10,
         "mixed_precision": "no",
+        "xformers": False,  # PyTorch's attention: no "xformers needs a GPU" warning on a newcomer's CPU
         "save_every_n_epochs": 1,
         "seed": 42,
         "num_cpu_threads_per_process": 1,
