@@ -162,7 +162,7 @@ def test_the_flux_config_is_refused_with_a_clear_message():
     with pytest.raises(KohyaImportError) as caught:
         import_kohya_config(fixture(FLUX))
     message = str(caught.value)
-    assert "Flux.1 model family is not supported; LoRA Loom trains SD1.x/SD2.x (and SDXL later)" in message
+    assert "Flux.1 model family is not supported; LoRA Loom trains SD1.x, SD2.x and SDXL" in message
     assert FLUX in message
 
 
@@ -249,7 +249,8 @@ def test_sd_scripts_arguments_in_additional_parameters_are_reported_not_fatal():
 def test_sdxl_configs_import_with_a_note_and_sdxl_reported():
     result = import_kohya_config(fixture(SDXL_LOHA))
     by_key = {u.key: u for u in result.unmapped}
-    assert not by_key["sdxl"].neutral and "SDXL" in by_key["sdxl"].reason
+    assert by_key["sdxl"].neutral and "reads the model family from the checkpoint's weights" in by_key["sdxl"].reason
+    assert by_key["sdxl_no_half_vae"].neutral and "fp32" in by_key["sdxl_no_half_vae"].reason
     assert "does not support yet" in by_key["scale_weight_norms"].reason
     assert not by_key["scale_weight_norms"].neutral  # 2.5 is a real choice that is lost
     assert by_key["full_bf16"].neutral and by_key["factor"].neutral  # False and kohya's -1

@@ -247,3 +247,22 @@ def test_train_sdxl_on_a_single_file_and_load_the_lora_in_diffusers(sdxl_demo_di
     pipe.load_lora_weights(str(lora))
     assert _adapted_layers(pipe) == len(modules)  # diffusers skips what it cannot place: count
     assert not torch.allclose(before, _image(pipe), atol=1e-4)
+
+
+def test_the_sdxl_vae_stays_fp32_when_the_rest_is_16_bit(sdxl_demo_dir, demo_dir):
+    """sd-scripts users pass --no_half_vae for SDXL; here it is always so. SD1's VAE follows the weights."""
+    base = load_base_model(sdxl_demo_dir / "model.safetensors", dtype=torch.bfloat16)
+    assert base.vae.dtype == torch.float32
+    assert base.unet.dtype == base.text_encoder.dtype == base.text_encoder_2.dtype == torch.bfloat16
+    assert load_base_model(demo_dir / "model", dtype=torch.bfloat16).vae.dtype == torch.bfloat16
+
+
+def test_samples_decode_in_the_vaes_own_dtype(sdxl_demo_dir, tmp_path):
+    """A bf16 UNet under autocast with the fp32 VAE: the sample decodes (no dtype clash) to a real image."""
+    from trainer.sampling import generate_samples
+
+    base = load_base_model(sdxl_demo_dir / "model.safetensors", dtype=torch.bfloat16)
+    records = generate_samples(base, "shapes, red circle --w 64 --h 64 --s 2 --d 3", tmp_path, sampler="euler",
+                               device="cpu", dtype=torch.bfloat16, output_name="x", step=1, run_seed=0)
+    pixels = np.asarray(Image.open(records[0]["path"]))
+    assert pixels.shape == (64, 64, 3) and pixels.std() > 1.0

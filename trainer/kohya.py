@@ -58,8 +58,14 @@ EXPLAINED_KEYS = {
     "lr_warmup_steps": "a kohya_ss feature LoRA Loom does not support yet (warmup is the LR warmup percent)",
     "dataset_config": "a kohya_ss feature LoRA Loom does not support yet (dataset TOML files; use the "
                       "Image folder with N_name sub-folders)",
-    "sdxl": "marks an SDXL config; LoRA Loom trains SD1.x/SD2.x (SDXL later)",
+    "sdxl": "marks an SDXL config; LoRA Loom reads the model family from the checkpoint's weights, so the "
+            "flag is not needed",
+    "sdxl_no_half_vae": "LoRA Loom always keeps an SDXL model's VAE in fp32 (its fp16 VAE overflows)",
+    "sdxl_cache_text_encoder_outputs": "LoRA Loom caches text encoder outputs by itself whenever the text "
+                                       "encoders are not trained",
 }
+# Keys whose meaning LoRA Loom applies by itself, whatever their value: leaving them out loses nothing.
+SELF_APPLIED_KEYS = frozenset({"sdxl", "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs"})
 UNSUPPORTED_FEATURES = frozenset({
     "scale_weight_norms", "network_dropout", "rank_dropout", "module_dropout", "min_timestep", "max_timestep",
     "ip_noise_gamma", "ip_noise_gamma_random_strength", "noise_offset_random_strength", "masked_loss",
@@ -252,7 +258,7 @@ def convert_value(key: str, raw: Any) -> Any:
 
 
 def _is_neutral(key: str, raw: Any) -> bool:
-    if raw is None or raw is False or (isinstance(raw, str) and raw.strip() in ("", "0", "0.0")):
+    if key in SELF_APPLIED_KEYS or raw is None or raw is False or (isinstance(raw, str) and raw.strip() in ("", "0", "0.0")):
         return True
     if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw == 0:
         return True
@@ -287,7 +293,10 @@ def _explanation(key: str) -> str:
 def explain_unmapped(key: str, raw: Any) -> Unmapped:
     """Why a kohya_ss key that is not one of our settings is not imported."""
     neutral = _is_neutral(key, raw)
-    tail = "kohya_ss's off/default value here, so nothing is lost" if neutral else "this value is not used"
+    if key in SELF_APPLIED_KEYS:
+        tail = "nothing is lost"
+    else:
+        tail = "kohya_ss's off/default value here, so nothing is lost" if neutral else "this value is not used"
     return Unmapped(key, raw, f"{_explanation(key)}; {tail}", neutral)
 
 
@@ -303,7 +312,7 @@ def import_kohya_config(source: str | Path | dict) -> ImportResult:
     family = refused_family(config)
     if family:
         raise KohyaImportError(f"{label}: this is a {family} config; the {family} model family is not "
-                               f"supported; LoRA Loom trains SD1.x/SD2.x (and SDXL later)")
+                               f"supported; LoRA Loom trains SD1.x, SD2.x and SDXL")
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}  # our key → the file's key it came from
     unmapped: list[Unmapped] = []
@@ -398,8 +407,8 @@ def _advice(config: dict[str, Any], values: dict[str, Any]) -> list[str]:
     """Notes a person should read: where the import changes meaning or needs their attention."""
     notes = []
     if _truthy(config.get("sdxl")):
-        notes.append("this is an SDXL config: LoRA Loom trains SD1.x/SD2.x (SDXL later); its settings were "
-                     "imported for use with an SD1.x/SD2.x model, check the resolution and rank")
+        notes.append("this is an SDXL config: choose an SDXL checkpoint; block-wise lists for SDXL take 23 "
+                     "values (9 down, 3 mid, 9 up for LR weights)")
     kohya_type, our_type = config.get("LoRA_type"), values.get("LoRA_type")
     if our_type and kohya_type != our_type:
         notes.append(f"LoRA type {kohya_type!r} was imported as {our_type!r}")

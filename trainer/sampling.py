@@ -240,9 +240,18 @@ def _render(base_model, prompt: SamplePrompt, sampler: str, seed: int, device, d
             num_inference_steps=prompt.steps,
             guidance_scale=prompt.scale,
             generator=generator,
-            output_type="pil",
+            output_type="latent",
         )
-    return result.images[0]
+    return _decode(pipeline, result.images)
+
+
+def _decode(pipeline, latents: torch.Tensor):
+    """Latents → one PIL image, decoded in the VAE's own dtype outside autocast (SDXL's VAE is kept in fp32
+    because fp16 overflows; under autocast its convolutions would run in fp16 anyway)."""
+    vae = pipeline.vae
+    with torch.no_grad():
+        pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return pipeline.image_processor.postprocess(pixels.float(), output_type="pil")[0]
 
 
 def _prompt_embeddings(base_model, prompt: SamplePrompt, clip_skip: int, device) -> dict[str, torch.Tensor]:

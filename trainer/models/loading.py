@@ -219,12 +219,20 @@ def _load_diffusers_folder(folder: Path, v_prediction: bool | None) -> BaseModel
     )
 
 
+def network_dtype(family: str, part: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a frozen part is kept in: ``dtype``, except SDXL's VAE, which stays fp32 because its
+    activations overflow fp16 (sd-scripts users pass ``--no_half_vae`` for the same reason)."""
+    return torch.float32 if family == "sdxl" and part == "vae" else dtype
+
+
 def _freeze(model: BaseModel, device: torch.device, dtype: torch.dtype) -> BaseModel:
-    """Move every network to ``device``/``dtype``, switch to eval mode and stop gradients."""
-    for network in (model.unet, model.vae, *model.text_encoders):
+    """Move every network to ``device``/``dtype`` (see :func:`network_dtype`), eval mode, no gradients."""
+    parts = [("unet", model.unet), ("vae", model.vae)] + [("text_encoder", e) for e in model.text_encoders]
+    for part, network in parts:
         network.to(device=device)
-        if network.dtype != dtype:  # diffusers warns on every dtype cast, even a no-op one
-            network.to(dtype=dtype)
+        wanted = network_dtype(model.family, part, dtype)
+        if network.dtype != wanted:  # diffusers warns on every dtype cast, even a no-op one
+            network.to(dtype=wanted)
         network.requires_grad_(False)
         network.eval()
     return model
