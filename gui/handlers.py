@@ -233,7 +233,7 @@ class Handlers:
         state = view_state(view)
         running = state == "running"
         stops = stop_requests(Path(view.run_dir))
-        if not running:
+        if not running and state != "died":  # "died" is looked at again: late last words revise it
             session.settled = state
             session.notes = [n for n in session.notes if n[0] != "info"]  # "Stopping…" is over
         if state == "died":

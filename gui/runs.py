@@ -26,6 +26,7 @@ LOG_FILE = "trainer.log"
 PID_FILE = "pid"
 STOPS_FILE = "stop_requests"
 JOB_FILE = "job.toml"
+STARTUP_GRACE_S = 20.0
 
 
 class RunError(Exception):
@@ -110,7 +111,20 @@ def stop_requests(run_dir: Path) -> int:
         return 0
 
 
-def run_status(run_dir: Path) -> RunStatus:
+def just_started(run_dir: Path, now: float | None = None) -> bool:
+    """A run folder whose trainer has written no event yet and whose job file is younger than
+    STARTUP_GRACE_S: too early to call the trainer dead (its pid may not be readable yet), so it counts
+    as starting; a trainer that really dies at once is reported when the grace time is over."""
+    if (Path(run_dir) / "events.jsonl").exists():
+        return False
+    try:
+        written = (Path(run_dir) / JOB_FILE).stat().st_mtime
+    except OSError:
+        return False
+    return (time.time() if now is None else now) - written < STARTUP_GRACE_S
+
+
+def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
     """The state of a run, from its folder and the OS (pid liveness), never from memory."""
     run_dir = Path(run_dir)
     finished = finished_event(run_dir)
@@ -120,6 +134,8 @@ def run_status(run_dir: Path) -> RunStatus:
         return RunStatus("running")
     if stop_requests(run_dir) >= 2:
         return RunStatus("killed", "the trainer was killed by a second Stop before it could save")
+    if just_started(run_dir, now):
+        return RunStatus("running", "starting")
     return RunStatus("died", "the trainer process ended without a 'finished' event; see the log below")
 
 

@@ -49,3 +49,13 @@ def sdxl_demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("sdxl_demo")
     build_demo(out, family="sdxl")
     return out
+
+
+@pytest.fixture(scope="session")
+def sd2_demo_dir(tmp_path_factory):
+    """The demo built for SD2.x (v-prediction, like SD2.x-768-v)."""
+    from trainer.models.demo import build_demo
+
+    out = tmp_path_factory.mktemp("sd2_demo")
+    build_demo(out, family="sd2")
+    return out

@@ -252,3 +252,33 @@ def test_start_shows_loss_samples_and_warnings_reload_reattaches_and_stop_saves(
     page.locator("#loss-plot .mark-line path").first.wait_for(timeout=30_000)
     assert str(lora) in page.inner_text("#run-outputs")
     page.close()
+
+
+@pytest.mark.parametrize("family, name", [("sd2", "Stable Diffusion 2.x"), ("sdxl", "Stable Diffusion XL")])
+def test_train_an_sd2_or_sdxl_single_file_from_the_page(family, name, app_env, browser, sd2_demo_dir, sdxl_demo_dir):
+    """Issue 6 through the page: the note names the family of the file, one epoch trains, the LoRA is saved."""
+    from safetensors import safe_open
+
+    demo = sd2_demo_dir if family == "sd2" else sdxl_demo_dir
+    page = open_page(browser, app_env["url"])
+    model = field(page, "pretrained_model_name_or_path")
+    model.fill(str(demo / "model.safetensors"))
+    model.press("Tab")
+    page.locator("#model-note").get_by_text(f"{name} (single file)").wait_for(timeout=20_000)
+    if family == "sd2":
+        page.locator("#setting-v2 input").check()  # what the note suggests for an SD2.x file
+    field(page, "output_name").fill(f"page_{family}")
+    field(page, "output_name").press("Tab")
+    page.get_by_role("tab", name="Basic").click()
+    for key, value in (("epoch", "1"), ("train_batch_size", "8")):
+        field(page, key).fill(value)
+        field(page, key).press("Tab")
+    page.click("#start-button")
+    wait_shown(page, "#run-progress >> text=Completed", timeout=180_000)
+    page.locator("#run-outputs").get_by_text(f"page_{family}.safetensors").first.wait_for(timeout=20_000)
+    with safe_open(str(app_env["out"] / f"page_{family}.safetensors"), "pt") as handle:
+        keys, metadata = list(handle.keys()), handle.metadata()
+    prefixes = {key.split("_", 2)[1] for key in keys}
+    assert prefixes == ({"unet", "te1", "te2"} if family == "sdxl" else {"unet", "te"})
+    assert metadata["ss_base_model_version"] == ("sd_v2_v" if family == "sd2" else "sdxl_base_v1-0")
+    page.close()

@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from trainer.models.demo import build_demo
 from trainer.models.detect import inspect_model
 
 from .trainer_helpers import events_of, of_type, run_trainer, write_job
@@ -28,10 +27,10 @@ def _image(pipe) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
-def test_train_on_a_single_file_and_load_the_lora_in_diffusers(family, tmp_path, demo_dir):
+def test_train_on_a_single_file_and_load_the_lora_in_diffusers(family, tmp_path, demo_dir, sd2_demo_dir):
     from diffusers import StableDiffusionPipeline
 
-    demo = demo_dir if family == "sd1" else build_demo(tmp_path / "demo", family=family)  # sd1: the shared demo
+    demo = demo_dir if family == "sd1" else sd2_demo_dir
     info = inspect_model(demo / "model.safetensors")
     assert (info.kind, info.family, info.v_prediction) == ("checkpoint", family, family == "sd2")
     job = write_job(demo, tmp_path / "job.toml", train_batch_size=8, epoch=1, sample_every_n_steps=10,
