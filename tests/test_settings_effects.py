@@ -404,6 +404,20 @@ def test_loha_writes_lycoris_keys(demo_dir, tmp_path):
     assert _finite(run)
 
 
+def test_dylora_trains_every_rank_slice_over_a_run_and_loads_as_plain_lora(demo_dir, tmp_path):
+    """Each step trains one drawn rank group per module; over 16 seeded steps every group of every module
+    has left its zero start, so lower ranks were trained too. The file is a plain LoRA for any loader."""
+    run = run_demo(demo_dir, tmp_path, LoRA_type="DyLoRA", network_dim=4, network_alpha=4.0, unit=2, conv_dim=2,
+                   epoch=4, save_precision="float")
+    assert run.status == "completed" and len(run.steps) == 16
+    tensors, _ = read_lora(run.final_file)
+    for key, up in tensors.items():
+        if key.endswith("lora_up.weight"):
+            per_rank = up.abs().transpose(0, 1).reshape(up.shape[1], -1).sum(dim=1)
+            assert bool((per_rank[:2] > 0).all()) and bool((per_rank[2:] > 0).all()), key
+    assert {k.split(".", 1)[1] for k in tensors} == {"lora_down.weight", "lora_up.weight", "alpha"}
+
+
 @pytest.mark.parametrize("unit", [2, 4])
 def test_dylora_unit_sets_the_rank_groups_one_step_trains(demo_dir, tmp_path, unit):
     """One step draws one rank group per module: only that group's columns of lora_up leave zero."""
