@@ -8,7 +8,6 @@ only the shapes (and so the arithmetic and memory) are those of SD1.5. About 4 G
 """
 from __future__ import annotations
 
-import json
 import resource
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from trainer.models.tiny import sd1_scheduler_file_config
+from trainer.models.tiny import model_index, sd1_scheduler_file_config, write_json
 from trainer.models.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer, save_tokenizer
 
 LATENT_CHANNELS = 4
@@ -71,27 +70,6 @@ def sd15_text_encoder_config() -> CLIPTextConfig:
     )
 
 
-def _write_json(path: Path, content: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-
-
-def sd15_model_index() -> dict:
-    """model_index.json of a StableDiffusionPipeline folder without a safety checker."""
-    return {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": "0.42.1",
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-
-
 def build_sd15_random(folder: str | Path, seed: int = 0) -> dict[str, int]:
     """Write an SD1.5-shaped diffusers folder with seeded random weights; returns parameter counts by part.
 
@@ -113,8 +91,8 @@ def build_sd15_random(folder: str | Path, seed: int = 0) -> dict[str, int]:
         model.save_pretrained(folder / name)
         del model
     save_tokenizer(build_clip_tokenizer(), folder / "tokenizer")
-    _write_json(folder / "scheduler" / "scheduler_config.json", sd1_scheduler_file_config())
-    _write_json(folder / "model_index.json", sd15_model_index())
+    write_json(folder / "scheduler" / "scheduler_config.json", sd1_scheduler_file_config())
+    write_json(folder / "model_index.json", model_index("sd1"))
     return counts
 
 

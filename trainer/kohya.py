@@ -278,8 +278,7 @@ def _explanation(key: str) -> str:
         if key.startswith(prefix):
             return f"an option of the {family} model family, which LoRA Loom does not support yet"
     if key in ACCELERATE_KEYS:
-        return ("an accelerate launch option, not a job setting (for several GPUs run "
-                "`accelerate launch -m trainer train JOB.toml`)")
+        return "an accelerate launch option; LoRA Loom trains on one device (several GPUs are not supported yet)"
     if key.startswith("huggingface_") or key in ("save_state_to_huggingface", "resume_from_huggingface",
                                                  "async_upload"):
         return "uploading to Hugging Face, which LoRA Loom does not do (nothing leaves this machine)"

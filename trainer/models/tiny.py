@@ -137,7 +137,7 @@ def tiny_text_encoder_config(family: str = "sd1") -> CLIPTextConfig:
     )
 
 
-def _model_index(family: str = "sd1") -> dict:
+def model_index(family: str = "sd1") -> dict:
     """model_index.json for a StableDiffusionPipeline folder without a safety checker
     (a StableDiffusionXLPipeline folder for SDXL)."""
     if family == "sdxl":
@@ -181,7 +181,7 @@ def sdxl_scheduler_file_config() -> dict:
             "interpolation_type": "linear", "timestep_spacing": "leading", "use_karras_sigmas": False}
 
 
-def _write_json(path: Path, content: dict) -> None:
+def write_json(path: Path, content: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
@@ -229,6 +229,6 @@ def build_tiny_sd(out_dir: str | Path, family: str, seed: int = 0, v_prediction:
         text_encoder_2.save_pretrained(out_dir / "text_encoder_2")
         save_tokenizer(build_clip_tokenizer(pad_token="!"), out_dir / "tokenizer_2")
     scheduler = sdxl_scheduler_file_config() if family == "sdxl" else sd1_scheduler_file_config(v_prediction)
-    _write_json(out_dir / "scheduler" / "scheduler_config.json", scheduler)
-    _write_json(out_dir / "model_index.json", _model_index(family))
+    write_json(out_dir / "scheduler" / "scheduler_config.json", scheduler)
+    write_json(out_dir / "model_index.json", model_index(family))
     return out_dir
