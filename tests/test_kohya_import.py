@@ -360,7 +360,7 @@ def test_export_then_import_gives_the_same_settings(name):
     again = import_kohya_config(exported)
     assert job_from_values(again.values).model_dump() == blanks_made_explicit(job_from_values(values).model_dump())
     assert export_kohya_config(again.values) == exported
-    assert {u.key for u in again.unmapped} == {"max_train_steps", "lr_warmup_steps"}
+    assert {u.key for u in again.unmapped} == {"max_train_steps", "lr_warmup_steps", "sdxl"}
     assert all(u.neutral for u in again.unmapped)
 
 
@@ -377,3 +377,18 @@ def test_export_writes_kohya_names_and_never_the_secret():
     assert list(exported) == sorted(exported)
     assert {LORA_TYPE_TO_KOHYA[t] for t in ("Standard", "LoHa", "DyLoRA")} == {
         "Standard", "LyCORIS/LoHa", "Kohya DyLoRA"}
+
+
+def test_export_marks_sdxl_models_for_kohya_ss(demo_dir, sdxl_demo_dir, tmp_path):
+    """kohya_ss chooses its SDXL trainer by the ``sdxl`` flag; the export reads the family from the model."""
+    assert export_kohya_config({"pretrained_model_name_or_path": str(sdxl_demo_dir / "model.safetensors")})["sdxl"]
+    assert export_kohya_config({"pretrained_model_name_or_path": str(sdxl_demo_dir / "model")})["sdxl"]
+    assert not export_kohya_config({"pretrained_model_name_or_path": str(demo_dir / "model.safetensors")})["sdxl"]
+    assert not export_kohya_config({"pretrained_model_name_or_path": str(tmp_path / "missing.safetensors")})["sdxl"]
+
+
+def test_other_sdxl_options_are_reported_as_options_we_do_not_have():
+    result = import_kohya_config({"sdxl_fused_backward_pass": True, "v2": True})
+    assert result.values["v2"] is True  # v2 is one of our settings now
+    reason = {u.key: u.reason for u in result.unmapped}["sdxl_fused_backward_pass"]
+    assert reason.startswith("an SDXL option LoRA Loom does not have")

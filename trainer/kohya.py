@@ -37,7 +37,7 @@ REFUSED_FAMILY_CHECKBOXES = {"flux1_checkbox": "Flux.1", "sd3_checkbox": "SD3",
                              "lumina_checkbox": "Lumina"}
 REFUSED_FAMILY_LORA_TYPES = {"Flux1": "Flux.1", "Flux1 OFT": "Flux.1", "Anima": "Anima", "Lumina": "Lumina",
                              "HunyuanImage-2.1": "HunyuanImage-2.1"}
-FAMILY_KEY_PREFIXES = {"sdxl": "SDXL", "flux1_": "Flux.1", "sd3_": "SD3", "hunyuan_": "HunyuanImage-2.1",
+FAMILY_KEY_PREFIXES = {"flux1_": "Flux.1", "sd3_": "SD3", "hunyuan_": "HunyuanImage-2.1",
                        "anima_": "Anima", "lumina_": "Lumina", "ggpo_": "Flux.1", "train_lora_ggpo": "Flux.1",
                        "t5xxl": "Flux.1/SD3", "clip_l": "Flux.1/SD3", "clip_g": "SD3"}
 ACCELERATE_KEYS = frozenset({"num_processes", "num_machines", "multi_gpu", "gpu_ids", "main_process_port",
@@ -45,8 +45,6 @@ ACCELERATE_KEYS = frozenset({"num_processes", "num_machines", "multi_gpu", "gpu_
                              "extra_accelerate_launch_args"})
 # Keys with a specific explanation; anything else that is not ours is "not a LoRA Loom setting".
 EXPLAINED_KEYS = {
-    "v2": "LoRA Loom reads SD1.x / SD2.x from the model itself",
-    "v_parameterization": "LoRA Loom reads v-prediction from the model itself",
     "save_model_as": "LoRA Loom always saves .safetensors",
     "training_comment": "a note for the LoRA's metadata, not a LoRA Loom setting",
     "model_list": "a hidden kohya_ss GUI field, not a setting",
@@ -277,6 +275,8 @@ def _explanation(key: str) -> str:
     for prefix, family in FAMILY_KEY_PREFIXES.items():
         if key.startswith(prefix):
             return f"an option of the {family} model family, which LoRA Loom does not support yet"
+    if key.startswith("sdxl_"):
+        return "an SDXL option LoRA Loom does not have"
     if key in ACCELERATE_KEYS:
         return "an accelerate launch option; LoRA Loom trains on one device (several GPUs are not supported yet)"
     if key.startswith("huggingface_") or key in ("save_state_to_huggingface", "resume_from_huggingface",
@@ -465,4 +465,17 @@ def export_kohya_config(values: dict[str, Any]) -> dict[str, Any]:
         config[setting.key] = value
     config["LoRA_type"] = LORA_TYPE_TO_KOHYA[job["LoRA_type"]]
     config["xformers"] = "xformers" if job["xformers"] else "sdpa"
+    config["sdxl"] = _is_sdxl_model(job["pretrained_model_name_or_path"])  # kohya_ss picks its SDXL trainer by it
     return dict(sorted(config.items()))
+
+
+def _is_sdxl_model(path: str) -> bool:
+    """Whether the base model is SDXL, read from its file header or folder configs (False when unknown)."""
+    from trainer.models.detect import ModelFileError, inspect_model
+
+    if not path:
+        return False
+    try:
+        return inspect_model(path).family == "sdxl"
+    except ModelFileError:
+        return False
