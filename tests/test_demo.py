@@ -78,3 +78,23 @@ def test_interrupted_model_build_is_not_reused(tmp_path):
     assert (model_dir / "model_index.json").is_file()
     assert (model_dir / "vae" / "config.json").is_file()
     assert not (tmp_path / "model.partial").exists()
+
+
+def test_cli_demo_family_flag_builds_that_family(tmp_path):
+    """``python -m trainer demo DIR --family sd2``: folder + single file of an SD2.x v-prediction model, and a
+    job that trains on the single file with v2 and v_parameterization on; an unknown family is refused."""
+    from trainer.models.detect import inspect_model
+
+    from .trainer_helpers import run_trainer
+
+    built = run_trainer("demo", tmp_path / "sd2", "--family", "sd2")
+    assert built.returncode == 0, built.stderr[-2000:]
+    info = inspect_model(tmp_path / "sd2" / "model.safetensors")
+    assert (info.family, info.v_prediction) == ("sd2", True)
+    assert inspect_model(tmp_path / "sd2" / "model").family == "sd2"
+    job = load_job(tmp_path / "sd2" / "job.toml")
+    assert job.v2 and job.v_parameterization
+    assert job.pretrained_model_name_or_path == str(tmp_path / "sd2" / "model.safetensors")
+    refused = run_trainer("demo", tmp_path / "x", "--family", "flux")
+    assert refused.returncode == 2 and "invalid choice: 'flux'" in refused.stderr
+    assert not (tmp_path / "x").exists()
