@@ -259,6 +259,22 @@ def test_live_lr_follows_the_planned_curve(demo_dir, tmp_path, scheduler, extra,
         assert live[5] == pytest.approx(1e-3)  # the second cycle restarts at step 6
 
 
+def test_plan_previews_one_lr_curve_per_block_group_and_the_live_lr_matches(demo_dir, tmp_path):
+    """With block LR weights the plan reads the model's layout (meta device, no weights) and previews the
+    groups the run will have, block by block; the live LRs are those curves."""
+    run = run_demo(demo_dir, tmp_path, lr_scheduler="cosine", lr_warmup=25, **EIGHT_STEPS,
+                   down_lr_weight="sine", mid_lr_weight="0.5", up_lr_weight="cosine+0.2", block_lr_zero_threshold=0.1)
+    curves = run.plan["lr_curve"]
+    live_groups = set(run.steps[0]["lr"])
+    assert set(curves) == live_groups and "unet" not in curves and "unet_MID" in curves
+    assert len(live_groups) > 3
+    for group in live_groups:
+        curve = dict((int(step), lr) for step, lr in curves[group])
+        assert [e["lr"][group] for e in run.steps] == pytest.approx([curve[s] for s in range(1, 9)], rel=1e-9)
+    mid = dict((int(step), lr) for step, lr in curves["unet_MID"])
+    assert mid[3] == pytest.approx(0.5e-3)  # after warmup, at weight 0.5
+
+
 def test_text_encoder_stops_changing_at_the_configured_percent(demo_dir, tmp_path):
     run = run_demo(demo_dir, tmp_path, stop_text_encoder_training=50, save_every_n_steps=1,
                    save_precision="float", lr_warmup=0, **EIGHT_STEPS)

@@ -84,7 +84,9 @@ def downsample_curve(values: list[float], max_points: int = MAX_CURVE_POINTS) ->
 def lr_preview(job, sched: Schedule) -> dict[str, list[list[float]]]:
     """The LR of each parameter group at every step, as the trainer's scheduler will produce it.
 
-    With block LR weights the UNet's block groups follow the "unet" curve times their weight.
+    With block LR weights the UNet has one group per block that holds modules (``unet_IN04`` …), each the
+    UNet curve times its weight, read from the model's layout (:func:`unet_block_groups`); when the layout
+    cannot be read (a ``.ckpt``), the plain "unet" curve stands for them.
     """
     from trainer.optim.optimizers import parse_optimizer_args, uses_own_step_size
     from trainer.optim.schedulers import lr_curve
@@ -92,6 +94,10 @@ def lr_preview(job, sched: Schedule) -> dict[str, list[list[float]]]:
 
     unet_lr, text_lr = effective_lrs(job)
     groups = {name: lr for name, lr in (("unet", unet_lr), ("text_encoder", text_lr)) if lr}
+    blocks = unet_block_groups(job) if unet_lr else None
+    if blocks:
+        groups = {"text_encoder": text_lr, **{name: unet_lr * weight for name, weight in blocks.items()}}
+        groups = {name: lr for name, lr in groups.items() if lr}
     try:
         relative = uses_own_step_size(job.optimizer, parse_optimizer_args(job.optimizer_args))
     except ValueError:
@@ -103,6 +109,26 @@ def lr_preview(job, sched: Schedule) -> dict[str, list[list[float]]]:
     if stop is not None and "text_encoder" in curves:
         curves["text_encoder"] = [v if i < stop else 0.0 for i, v in enumerate(curves["text_encoder"])]
     return {name: downsample_curve(values) for name, values in curves.items()}
+
+
+def unet_block_groups(job) -> dict[str, float] | None:
+    """{``unet_<block>``: LR weight} of the groups block LR weights give this job's model, from the UNet's
+    layout on the meta device (no weights read); None without block LR weights or a readable layout."""
+    from trainer.models.skeleton import unet_skeleton
+    from trainer.network.from_job import network_config_from_job
+    from trainer.network.module_plan import unet_block_lr_weights
+
+    if not (job.down_lr_weight or job.mid_lr_weight or job.up_lr_weight) or not job.pretrained_model_name_or_path:
+        return None
+    found = unet_skeleton(job.pretrained_model_name_or_path)
+    if found is None:
+        return None
+    unet, family = found
+    try:
+        config = network_config_from_job(job, family=family)
+    except ValueError:
+        return None  # the session names the setting; the preview falls back to the plain curve
+    return unet_block_lr_weights(unet, config) or None
 
 
 def schedule_for_job(job, batches_per_epoch: int) -> Schedule:

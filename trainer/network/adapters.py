@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from peft import LoHaConfig, LoraConfig, inject_adapter_in_model
 
-from trainer.network.blocks import block_label
+from trainer.network.blocks import unet_group_name
 from trainer.network.config import NetworkConfig, network_metadata
 from trainer.network.dylora import replace_with_dylora
 from trainer.network.kohya_keys import PEFT_ADAPTER_NAME, expected_shapes, export_adapter, import_adapter
@@ -144,7 +144,7 @@ class LoraNetwork:
         else:
             for block in sorted({a.plan.block for a in self.adapters if a.part == "unet"}):
                 params = [p for a in self.adapters if a.plan.block == block for p in a.parameters()]
-                name = f"unet_{block_label(block, self.config.family)}"
+                name = unet_group_name(block, self.config.family)
                 groups.append({"name": name, "params": params, "lr": unet_lr * weights[block]})
         return [g for g in groups if g["params"] and g["lr"]]
 

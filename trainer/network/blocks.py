@@ -71,6 +71,11 @@ def block_label(index: int, family: str = "sd1") -> str:
     return block_labels(family)[index]
 
 
+def unet_group_name(block: int, family: str = "sd1") -> str:
+    """The optimizer group (and LR plot line) of a UNet block under block LR weights, e.g. ``unet_IN04``."""
+    return f"unet_{block_label(block, family)}"
+
+
 def describe_blocks(unet: torch.nn.Module, include_conv_blocks: bool = True) -> dict[str, list[str]]:
     """Every block label (in order) with the UNet module paths an adapter would go on in that block.
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainer.network.blocks import family_block_index
+from trainer.network.blocks import family_block_index, unet_group_name
 from trainer.network.config import NetworkConfig, effective_alpha
-from trainer.network.targets import Target
+from trainer.network.targets import Target, unet_targets
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,13 @@ def plan_modules(targets: list[Target], config: NetworkConfig) -> list[ModulePla
     """Plans for all targets that get an adapter, in target order."""
     plans = [plan_module(target, config) for target in targets]
     return [plan for plan in plans if plan is not None]
+
+
+def unet_block_lr_weights(unet, config: NetworkConfig) -> dict[str, float]:
+    """{group name: LR weight} of the UNet groups a network with block LR weights gets on ``unet`` (which
+    may be a meta-device skeleton): one per block that holds an adapter, as ``LoraNetwork.param_groups``
+    makes them. Empty when the UNet is not trained or there are no block LR weights."""
+    if not config.train_unet or config.block_lr_weights is None:
+        return {}
+    blocks = sorted({plan.block for plan in plan_modules(unet_targets(unet, config.adapts_conv_layers), config)})
+    return {unet_group_name(block, config.family): config.block_lr_weights[block] for block in blocks}
