@@ -24,13 +24,13 @@ SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtu
 KOHYA_DIR = next((d for d in (Path(__file__).parent / "fixtures" / "kohya_presets", SHARED_FIXTURES)
                   if d.is_dir()), SHARED_FIXTURES)
 BUILTIN_NAMES = ["Fast test run", "Low memory (8-bit, checkpointing)", "Prodigy (adaptive learning rate)",
-                 "SD1.5 character (balanced)", "SD1.5 style"]
+                 "SD1.5 character (balanced)", "SD1.5 style", "SDXL character (UNet only)"]
 # Settings the preset files may use (the core ones named in the design of the built-ins).
 CORE_SETTINGS = {
     "network_dim", "network_alpha", "learning_rate", "unet_lr", "text_encoder_lr", "lr_scheduler",
     "lr_scheduler_num_cycles", "lr_warmup", "optimizer", "optimizer_args", "epoch", "train_batch_size",
     "flip_aug", "shuffle_caption", "keep_tokens", "noise_offset", "min_snr_gamma", "gradient_checkpointing",
-    "caption_extension", "max_resolution",
+    "caption_extension", "max_resolution", "min_bucket_reso", "max_bucket_reso", "mixed_precision", "save_precision",
 }
 
 
@@ -66,6 +66,8 @@ def test_each_builtin_preset_is_a_valid_sparse_commented_file(name):
 
 
 def test_builtin_presets_hold_what_their_names_promise():
+    sdxl = apply_preset(defaults(), load_preset(find_preset("SDXL character (UNet only)", None).path))
+    assert (sdxl["text_encoder_lr"], sdxl["max_resolution"], sdxl["mixed_precision"]) == (0.0, "1024,1024", "bf16")
     low = apply_preset(defaults(), load_preset(find_preset("Low memory (8-bit, checkpointing)", None).path))
     assert (low["optimizer"], low["gradient_checkpointing"], low["train_batch_size"]) == ("AdamW8bit", True, 1)
     prodigy = apply_preset(defaults(), load_preset(find_preset("Prodigy (adaptive learning rate)", None).path))
