@@ -24,7 +24,7 @@ from trainer.spec import job_from_values
 from trainer.text_encoding import TextEmbeddingCache, encode_captions_sdxl
 
 from .effects_runs import run_demo, run_in_session
-from .trainer_helpers import events_of, of_type, run_trainer, write_job
+from .trainer_helpers import train_ten_steps
 
 KEY_PATTERN = re.compile(r"^lora_(unet|te1|te2)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$")
 SDXL_LAYOUT = UNetLayout(layers_per_block=2, attention_levels=(False, True, True))
@@ -217,15 +217,7 @@ def test_train_sdxl_on_a_single_file_and_load_the_lora_in_diffusers(sdxl_demo_di
     assert not job_values.get("v2") and (sdxl_demo_dir / "model" / "text_encoder_2").is_dir()
     info = inspect_model(sdxl_demo_dir / "model.safetensors")
     assert (info.kind, info.family, info.v_prediction) == ("checkpoint", "sdxl", False)
-    job = write_job(sdxl_demo_dir, tmp_path / "job.toml", train_batch_size=8, epoch=1, sample_every_n_steps=10,
-                    output_dir=str(tmp_path / "out"))
-    result = run_trainer("train", job, "--run-dir", tmp_path / "run")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    events = events_of(tmp_path / "run")
-    assert [e["step"] for e in of_type(events, "step")] == list(range(1, 11))
-    sample = of_type(events, "sample")[0]["images"][0]["path"]
-    pixels = np.asarray(Image.open(sample if sample.startswith("/") else tmp_path / "run" / sample))
-    assert pixels.std() > 1.0  # StableDiffusionXLPipeline on the in-memory parts drew something
+    train_ten_steps(sdxl_demo_dir, tmp_path)  # StableDiffusionXLPipeline on the in-memory parts draws a sample
 
     lora = tmp_path / "out" / "demo_lora.safetensors"
     with safe_open(str(lora), "pt") as handle:
