@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from trainer.data.batches import DataOptions  # noqa: E402
+from trainer.data.dataset_plan import DataOptions  # noqa: E402
 from trainer.data.folders import scan_dataset  # noqa: E402
 from trainer.data.training_data import TrainingData  # noqa: E402
 

@@ -6,7 +6,8 @@ import torch
 
 from tests.test_data_folders import write_image
 from trainer.data import images
-from trainer.data.batches import DataOptions, epoch_batch_slots
+from trainer.data.batches import epoch_batch_slots
+from trainer.data.dataset_plan import DataOptions
 from trainer.data.buckets import crop_offsets
 from trainer.data.folders import DataError, scan_dataset
 from trainer.data.training_data import TrainingData

@@ -8,7 +8,7 @@ from diffusers import AutoencoderKL
 
 from tests.test_data_folders import write_image
 from trainer.data import images, latent_cache
-from trainer.data.batches import DataOptions
+from trainer.data.dataset_plan import DataOptions
 from trainer.data.folders import DataError, scan_dataset
 from trainer.data.training_data import TrainingData
 

@@ -2,8 +2,8 @@
 import pytest
 
 from tests.test_data_folders import write_image
-from trainer.data.batches import (DataOptions, balance_reg_repeats, data_options_from_job, option_errors,
-                                  parse_resolution, plan_dataset, steps_per_epoch)
+from trainer.data.batches import balance_reg_repeats, steps_per_epoch
+from trainer.data.dataset_plan import DataOptions, data_options_from_job, option_errors, parse_resolution, plan_dataset
 from trainer.data.folders import DataError, scan_dataset
 
 
@@ -168,7 +168,7 @@ def test_without_buckets_the_size_is_floored_to_what_the_unet_takes(tmp_path):
     """kohya configs carry sizes such as 512,650: trained as 512,640 with a warning naming max_resolution."""
     from PIL import Image
 
-    from trainer.data.batches import DataOptions, plan_dataset
+    from trainer.data.dataset_plan import DataOptions, plan_dataset
     from trainer.data.folders import scan_dataset
 
     folder = tmp_path / "data" / "2_thing"

@@ -149,7 +149,7 @@ def schedule_for_job(job, batches_per_epoch: int) -> Schedule:
 
 def make_plan(job, dataset_plan=None) -> dict:
     """The plan as a JSON-ready dict: dataset numbers (from the real folders) plus the schedule and LR preview."""
-    from trainer.data.batches import data_options_from_job, plan_dataset
+    from trainer.data.dataset_plan import data_options_from_job, plan_dataset
     from trainer.data.folders import scan_dataset
 
     if dataset_plan is None:

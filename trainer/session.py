@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.data.batches import data_options_from_job
+from trainer.data.dataset_plan import data_options_from_job
 from trainer.data.folders import scan_dataset
 from trainer.data.training_data import TrainingData
 from trainer.events import EventWriter

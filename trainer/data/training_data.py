@@ -1,6 +1,6 @@
 """The training data the loop iterates: built from a scan, its plan, the options and a seed.
 
-``TrainingData(scan, options, seed)`` plans the dataset (see ``batches.plan_dataset``), optionally
+``TrainingData(scan, options, seed)`` plans the dataset (see ``dataset_plan.plan_dataset``), optionally
 caches latents (in memory, and in ``.npz`` files with ``disk=True``), and yields one ``Batch`` per
 step with ``epoch(n)``. Every random choice (order, flip, random crop, colour) comes from generators
 seeded by ``seed``, the epoch and the sample's place, so two runs with one seed see the same batches,
@@ -18,8 +18,8 @@ from typing import Callable, Iterator
 import torch
 
 from trainer.data import images, latent_cache
-from trainer.data.batches import (Batch, BatchSlot, DataOptions, DatasetPlan, PlannedImage, epoch_batch_slots,
-                                  plan_dataset, sample_rng)
+from trainer.data.batches import Batch, BatchSlot, epoch_batch_slots, sample_rng
+from trainer.data.dataset_plan import DataOptions, DatasetPlan, PlannedImage, plan_dataset
 from trainer.data.buckets import crop_offsets
 from trainer.data.folders import DataError, DatasetScan
 
