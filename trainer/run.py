@@ -24,7 +24,7 @@ def _error_setting(error: Exception) -> tuple[str, str | None]:
     if isinstance(error, DataError):
         return str(error), getattr(error, "setting", None) or "train_data_dir"
     if isinstance(error, ModelLoadError):
-        return str(error), "pretrained_model_name_or_path"
+        return str(error), error.setting  # the model path, or vae / v2 when they are at fault
     if isinstance(error, OptimizerSettingError):
         return str(error), getattr(error, "setting", None) or "optimizer_args"
     return "", None
