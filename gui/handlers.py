@@ -85,15 +85,17 @@ class Handlers:
         area.timer.tick(self.tick, inputs={area.state}, outputs=[*run_outputs, area.runs],
                         show_progress="hidden")
         area.open_run.click(self.open_run, inputs={area.runs, area.state}, outputs=[*run_outputs, area.runs])
-        area.plan_button.click(self.plan, inputs=form.inputs, outputs=[area.plan_md, area.plan_plot])
+        area.plan_button.click(self.plan, inputs=form.inputs | {area.state}, outputs=[area.plan_md, area.plan_plot])
         area.plan_timer.tick(self.plan_when_settled, inputs={area.state},
                              outputs=[area.plan_md, area.plan_plot, area.dataset_md], show_progress="hidden")
         area.scan_button.click(self.scan, inputs=form.inputs, outputs=[area.dataset_md])
         self._wire_presets()
+        # One listener for the page load and every change (triggers=None means both): with "always_last" the
+        # browser runs it one call at a time, the last with the latest values, so a slow answer for the
+        # page's first model can never land after, and hide, the note for the model just typed in.
         note_inputs = {form.fields[k] for k in (MODEL_KEY, "v2", "v_parameterization") if k in form.fields}
-        gr.on([w.change for w in note_inputs], self.show_model_note, inputs=note_inputs,
-              outputs=[area.model_note], show_progress="hidden", trigger_mode="always_last")
-        app.load(self.show_model_note, inputs=note_inputs, outputs=[area.model_note], show_progress="hidden")
+        gr.on(None, self.show_model_note, inputs=note_inputs, outputs=[area.model_note], show_progress="hidden",
+              trigger_mode="always_last")
         app.load(self.on_load, inputs={area.state}, outputs=[*run_outputs, area.runs, area.preset]).then(
             self.scan, inputs=form.inputs, outputs=[area.dataset_md]).then(
             self.plan_unless_running, inputs=form.inputs | {area.state}, outputs=[area.plan_md, area.plan_plot])
@@ -275,7 +277,18 @@ class Handlers:
 
     # ----- plan and dataset -------------------------------------------------------------------------
     def plan(self, data: dict) -> dict:
-        return self._plan_updates(split_secrets(self.form.values(data))[0])
+        return self._plan_for(data[self.area.state], split_secrets(self.form.values(data))[0])
+
+    def _plan_for(self, session: SessionState, values: dict, rescan: bool = False) -> dict:
+        """The plan panel (and the Dataset tab when ``rescan``) for ``values``. Plans run in parallel, a
+        subprocess each, and may finish out of order: one overtaken by a newer request is dropped."""
+        session.planned = values
+        updates = self._plan_updates(values)
+        if rescan:
+            updates.update(self._scan_updates(values))
+        if session.planned is not values:
+            return {self.area.plan_md: gr.skip()}
+        return updates
 
     def _plan_updates(self, values: dict) -> dict:
         result = compute_plan(values, self.config.trainer_command)
@@ -288,7 +301,6 @@ class Handlers:
         session: SessionState = data[self.area.state]
         if session.view.plan:
             return {self.area.plan_md: gr.skip()}
-        session.planned = split_secrets(self.form.values(data))[0]
         return self.plan(data)
 
     def plan_when_settled(self, data: dict) -> dict:
@@ -300,11 +312,8 @@ class Handlers:
         watching_run = bool(session.view.plan) and not session.settled
         if wanted is None or wanted == planned or watching_run or time.monotonic() - session.edited_at < PLAN_SETTLE_S:
             return {self.area.plan_md: gr.skip()}
-        session.planned = wanted
-        updates = self._plan_updates(wanted)
-        if planned is None or any(wanted.get(k) != planned.get(k) for k in DATASET_KEYS):
-            updates.update(self._scan_updates(wanted))
-        return updates
+        rescan = planned is None or any(wanted.get(k) != planned.get(k) for k in DATASET_KEYS)
+        return self._plan_for(session, wanted, rescan)
 
     def scan(self, data: dict) -> dict:
         return self._scan_updates(self.form.values(data))

@@ -165,17 +165,53 @@ def test_model_note_names_the_model_and_a_lora_as_base_model_starts_nothing(app_
                                                                  "lora_unet_x.lora_up.weight", "lora_unet_x.alpha"])
     before = runs_started(app_env)
     page = open_page(browser, app_env["url"])
-    note = page.locator("#model-note")
-    note.get_by_text("Stable Diffusion 1.x (single file)").wait_for(timeout=20_000)
+    note = page.locator("#model-note [data-testid=markdown]")
+    expect(note).to_contain_text("Stable Diffusion 1.x (single file)", timeout=20_000)
     field(page, "pretrained_model_name_or_path").fill(str(lora))
     field(page, "pretrained_model_name_or_path").press("Tab")
-    note.get_by_text("style_lora.safetensors is a LoRA file, not a base model").wait_for(timeout=20_000)
+    expect(note).to_contain_text("style_lora.safetensors is a LoRA file, not a base model", timeout=20_000)
     page.click("#start-button")
     page.locator("#messages").get_by_text("Nothing was started").wait_for(timeout=20_000)
     model_error = page.locator("#error-pretrained_model_name_or_path")
     model_error.wait_for(state="visible", timeout=20_000)
     assert "pretrained_model_name_or_path" in model_error.inner_text() and "LoRA" in model_error.inner_text()
     assert runs_started(app_env) == before
+    page.close()
+
+
+def test_a_late_answer_for_the_first_model_never_hides_the_note_for_the_new_one(app_env, browser, demo_dir,
+                                                                               sd2_demo_dir):
+    """A busy machine can answer the page load's requests late. Here the browser holds every request that
+    still carries the job's own model until the user has typed another one; the note must end on the new one."""
+    first_model = str(demo_dir / "model.safetensors")
+    held, released = [], []
+
+    def hold_first_model(route):
+        if first_model in (route.request.post_data or "") and not released:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.route("**/queue/join*", hold_first_model)
+    page.goto(app_env["url"])
+    page.wait_for_selector("#start-button", timeout=60_000)
+    for _ in range(100):  # until the load's first requests are held (routes are handled while waiting)
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held, "the page load sent no request with the job's model"
+    model = field(page, "pretrained_model_name_or_path")
+    model.fill(str(sd2_demo_dir / "model.safetensors"))
+    model.press("Tab")
+    page.wait_for_timeout(2000)  # time for the new model's note, were it not waiting on the held load
+    released.append(True)
+    for route in held:
+        route.continue_()
+    note = page.locator("#model-note [data-testid=markdown]")
+    expect(note).to_contain_text("Stable Diffusion 2.x (single file)", timeout=20_000)
+    page.wait_for_timeout(2000)  # every late answer has landed by now
+    expect(note).to_contain_text("Stable Diffusion 2.x (single file)")
     page.close()
 
 
@@ -264,7 +300,7 @@ def test_train_an_sd2_or_sdxl_single_file_from_the_page(family, name, app_env, b
     model = field(page, "pretrained_model_name_or_path")
     model.fill(str(demo / "model.safetensors"))
     model.press("Tab")
-    page.locator("#model-note").get_by_text(f"{name} (single file)").wait_for(timeout=20_000)
+    expect(page.locator("#model-note [data-testid=markdown]")).to_contain_text(f"{name} (single file)", timeout=20_000)
     if family == "sd2":
         page.locator("#setting-v2 input").check()  # what the note suggests for an SD2.x file
     field(page, "output_name").fill(f"page_{family}")

@@ -208,6 +208,34 @@ def test_plan_follows_edits_once_they_pause_and_only_once(monkeypatch):
     assert list(tick()) == ["plan_md"]
 
 
+def test_a_plan_overtaken_by_a_newer_one_is_dropped(tmp_path):
+    """Plans run in parallel (a subprocess each) and can finish out of order: the slow plan for the older
+    values must not replace the panel made for the newer ones."""
+    import threading
+    from types import SimpleNamespace
+
+    from gui.handlers import Handlers, SessionState
+
+    fake = tmp_path / "fake_trainer.py"  # takes 3 s for epoch 3, at once for any other value
+    fake.write_text("import json, sys, time, tomllib\n"
+                    "epoch = tomllib.load(open(sys.argv[2], 'rb')).get('epoch', 1)\n"
+                    "time.sleep(3 if epoch == 3 else 0)\n"
+                    "print(json.dumps({'total_steps': epoch * 100, 'lr_curve': {}}))\n")
+    area = SimpleNamespace(state="state", plan_md="plan_md", plan_plot="plan_plot", dataset_md="dataset_md")
+    ui = Handlers(form=None, area=area, manager=None, config=SimpleNamespace(trainer_command=[sys.executable, str(fake)]))
+    session = SessionState()
+    answers = {}
+    slow = threading.Thread(target=lambda: answers.update(old=ui._plan_for(session, {**defaults(), "epoch": 3})))
+    slow.start()
+    while session.planned is None:  # the slow plan has been asked for
+        pass
+    answers["new"] = ui._plan_for(session, {**defaults(), "epoch": 4})
+    slow.join()
+    assert "| **Total steps** | **400** |" in answers["new"]["plan_md"]
+    assert list(answers["old"]) == ["plan_md"]  # skipped: the panel keeps the plan for epoch 4
+    assert session.planned["epoch"] == 4
+
+
 def _table_paths(rows) -> dict[str, set[str]]:
     """Block label → module prefixes named by a page table ("—" and notes dropped)."""
     return {label: {p.strip() for cell in (attention, conv) for p in cell.split(",") if p.strip().count(".") >= 1
