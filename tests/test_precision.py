@@ -111,8 +111,9 @@ def test_full_fp16_gpu_decision_through_the_real_session_and_loop(demo_dir, tmp_
     assert state and {v.dtype for v in state} == {F16}  # momentum in fp16: no fp32 copy anywhere
     assert len(run.losses) == 4 and all(math.isfinite(loss) for loss in run.losses)
     assert not run.warnings_for("full_fp16") and not run.warnings_for("learning_rate")
-    tensors = read_lora(run.final_file)[0]
+    tensors, metadata = read_lora(run.final_file)
     assert any(t.abs().max() > 0 for k, t in tensors.items() if "lora_up" in k)  # the fp16 LoRA moved off zero
+    assert (metadata["ss_mixed_precision"], metadata["ss_full_fp16"]) == ("fp16", "True")
 
 
 def test_full_fp16_with_torch_adamw_goes_nan_which_validation_warns_about(demo_dir, tmp_path, monkeypatch):

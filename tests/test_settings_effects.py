@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 from types import SimpleNamespace
 
@@ -169,6 +170,9 @@ def test_full_fp16_on_cpu_warns_naming_it_and_trains_fp32(baseline, demo_dir, tm
     assert (precision.adapter_dtype, precision.weight_dtype, precision.autocast_dtype) == (torch.float32,) * 2 + (None,)
     assert {p.dtype for p in run.session.network.trainable_parameters()} == {torch.float32}
     assert run.losses == baseline.losses
+    metadata = read_lora(run.final_file)[1]  # the file says what ran; the job it keeps says what was asked
+    assert (metadata["ss_mixed_precision"], metadata["ss_full_fp16"]) == ("no", "False")
+    assert json.loads(metadata["lora_loom.job"])["mixed_precision"] == "fp16"
 
 
 def test_full_fp16_needs_fp16_mixed_precision(demo_dir, tmp_path):

@@ -53,6 +53,12 @@ def choose_precision(mixed_precision: str, full_fp16: bool, device_type: str,
     return PrecisionChoice(weight_dtype, adapter_dtype, dtype, dtype == torch.float16, tuple(warnings))
 
 
+def mixed_precision_name(autocast_dtype: torch.dtype | None) -> str:
+    """The ``mixed_precision`` value that describes what ran ("no", "fp16", "bf16"): after a fallback (fp16 on
+    a CPU) it differs from the one asked for, and the LoRA file's metadata records this one."""
+    return {None: "no", torch.float16: "fp16", torch.bfloat16: "bf16"}[autocast_dtype]
+
+
 def grad_scaler(device_type: str, adapter_dtype: torch.dtype) -> torch.amp.GradScaler:
     """A loss scaler for fp16 gradients. With fp16 parameters (full_fp16) the gradients are fp16 too, which
     ``GradScaler.unscale_`` refuses; sd-scripts patches accelerate's scaler to allow them

@@ -14,6 +14,7 @@ import torch
 
 from trainer.events import EventWriter
 from trainer.network import read_lora_file, save_lora_file
+from trainer.precision import mixed_precision_name
 from trainer.session import Session, TrainingError
 from trainer.spec import SETTINGS, effective_lrs, job_to_values
 from trainer.spec.checks import check_network_weights_kept
@@ -123,8 +124,8 @@ def training_metadata(session: Session) -> dict[str, str]:
         "ss_max_train_steps": plan.total_steps,
         "ss_lr_warmup_steps": plan.warmup_steps,
         "ss_lr_scheduler": job.lr_scheduler,
-        "ss_mixed_precision": job.mixed_precision,
-        "ss_full_fp16": job.full_fp16,
+        "ss_mixed_precision": mixed_precision_name(session.precision.autocast_dtype),  # what ran (the job
+        "ss_full_fp16": session.precision.adapter_dtype == torch.float16,  # asked for is in lora_loom.job)
         "ss_v2": session.base.family == "sd2",
         "ss_base_model_version": base_model_version(session.base.family, session.base.v_prediction),
         "ss_clip_skip": job.clip_skip,
