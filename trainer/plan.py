@@ -114,12 +114,13 @@ def lr_preview(job, sched: Schedule) -> dict[str, list[list[float]]]:
 def unet_block_groups(job) -> dict[str, float] | None:
     """{``unet_<block>``: LR weight} of the groups block LR weights give this job's model, from the UNet's
     layout on the meta device (no weights read); None without block LR weights or a readable layout."""
+    if not (job.down_lr_weight or job.mid_lr_weight or job.up_lr_weight) or not job.pretrained_model_name_or_path:
+        return None
+    # Only here: diffusers takes most of a plain plan's time to import (seconds on a slow machine).
     from trainer.models.skeleton import unet_skeleton
     from trainer.network.from_job import network_config_from_job
     from trainer.network.module_plan import unet_block_lr_weights
 
-    if not (job.down_lr_weight or job.mid_lr_weight or job.up_lr_weight) or not job.pretrained_model_name_or_path:
-        return None
     found = unet_skeleton(job.pretrained_model_name_or_path)
     if found is None:
         return None
