@@ -8,13 +8,15 @@ import math
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.trainer_helpers import events_of, of_type, run_trainer, start_trainer, write_job
+from tests.trainer_helpers import ROOT, events_of, of_type, run_trainer, start_trainer, trainer_env, write_job
 from trainer.events import read_events
 
 KEY_PATTERN = re.compile(r"^lora_(unet|te)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$")
@@ -194,3 +196,20 @@ def test_validate_accepts_the_demo_and_plan_matches_the_folders(demo_dir):
     assert plan["warmup_steps"] == int(plan["total_steps"] * 0.10)
     assert plan["sample_steps"] == list(range(25, plan["total_steps"] + 1, 25))
     assert plan["save_epochs"] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("block_lr, imports_diffusers", [(False, False), (True, True)])
+def test_a_plain_plan_leaves_diffusers_unimported(demo_dir, block_lr, imports_diffusers):
+    """The page asks for a plan after every settled edit: a plain one must not pay for importing diffusers
+    (seconds on a slow machine); only the block-LR preview, which reads the UNet's layout, needs it."""
+    code = ("import sys; from trainer.plan import make_plan; from trainer.spec import job_from_values, read_job_toml;"
+            f"values = read_job_toml({str(demo_dir / 'job.toml')!r}); values.pop('spec_version', None);"
+            f"values.update(down_lr_weight='sine' if {block_lr} else '');"
+            "plan = make_plan(job_from_values(values));"
+            "print(sorted(plan['lr_curve'])[:2], 'diffusers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=trainer_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    groups, imported = done.stdout.strip().rsplit(" ", 1)
+    assert imported == str(imports_diffusers)
+    assert ("unet_IN" in groups) == block_lr  # the block groups come from the layout diffusers builds
