@@ -114,7 +114,8 @@ def run_config(model: str, demo_dir: Path, model_dir: Path, use_cache: bool, war
 
     from bench.common import peak_rss_bytes, reset_peak_rss, rss_high_water_bytes
     from trainer.events import EventWriter
-    from trainer.loop import StopFlag, train
+    from trainer.loop import train
+    from trainer.run import RunRequests
     from trainer.saving import Saver
     from trainer.session import build_session, cache_latents
 
@@ -136,7 +137,7 @@ def run_config(model: str, demo_dir: Path, model_dir: Path, use_cache: bool, war
         fill_s = time.perf_counter() - fill_started
 
         meter = TextEncoderMeter(session.base.text_encoder)
-        stop, step_times, cpu_times, losses = StopFlag(), {}, {}, {}
+        stop, step_times, cpu_times, losses = RunRequests(), {}, {}, {}
 
         def on_event(event: dict) -> None:
             if event["type"] != "step":
@@ -146,7 +147,7 @@ def run_config(model: str, demo_dir: Path, model_dir: Path, use_cache: bool, war
             losses[event["step"]] = event["loss"]
             meter.on = warmup <= event["step"] < warmup + timed  # counts the passes of steps warmup+1 …
             if event["step"] >= warmup + timed:
-                stop.request()
+                stop.stop = True
 
         events.listeners.append(on_event)
         status = train(session, events, stop, Saver(session, events))

@@ -82,6 +82,8 @@ class Handlers:
         area.start.click(self.start, inputs=form.inputs | {area.state},
                          outputs=[*form.errors.values(), *run_outputs, area.runs])
         area.stop.click(self.stop, inputs={area.state}, outputs=[area.state, area.messages, area.stop])
+        area.sample_now.click(self.sample_now, inputs={area.state}, outputs=[area.state, area.messages])
+        area.save_now.click(self.save_now, inputs={area.state}, outputs=[area.state, area.messages])
         area.timer.tick(self.tick, inputs={area.state}, outputs=[*run_outputs, area.runs],
                         show_progress="hidden")
         area.open_run.click(self.open_run, inputs={area.runs, area.state}, outputs=[*run_outputs, area.runs])
@@ -115,7 +117,7 @@ class Handlers:
     def run_outputs(self) -> list:
         a = self.area
         return [a.state, a.progress, a.loss_plot, a.lr_plot, a.gallery, a.outputs, a.log, a.messages, a.start,
-                a.stop, a.plan_md, a.plan_plot]
+                a.stop, a.sample_now, a.save_now, a.plan_md, a.plan_plot]
 
     def _controlling_keys(self) -> set[str]:
         from trainer.spec import SETTINGS
@@ -186,6 +188,21 @@ class Handlers:
         return {self.area.state: session, self.area.messages: self._messages(session),
                 self.area.stop: gr.update(value=label)}
 
+    def sample_now(self, data: dict) -> dict:
+        return self._request(data[self.area.state], "sample", "Asked for samples: the trainer draws them once "
+                                                               "the current step is done; they appear below.")
+
+    def save_now(self, data: dict) -> dict:
+        return self._request(data[self.area.state], "save", "Asked for a save: the trainer writes the LoRA "
+                                                            "once the current step is done (listed below).")
+
+    def _request(self, session: SessionState, what: str, note: str) -> dict:
+        run_dir = Path(session.view.run_dir) if session.view.run_dir else None
+        asked = run_dir is not None and not session.settled and self.manager.request(run_dir, what)
+        session.notes = [("info", note if asked else "There is no training in progress to ask (it may still be "
+                                                      "loading the model: try again once steps appear).")]
+        return {self.area.state: session, self.area.messages: self._messages(session)}
+
     def tick(self, data: dict) -> dict:
         """Once a second: read new events and redraw what changed; nothing when nothing did."""
         session: SessionState = data[self.area.state]
@@ -252,6 +269,8 @@ class Handlers:
             a.start: gr.update(interactive=not running),
             a.stop: gr.update(interactive=running, value="Stop again to kill now" if running and stops == 1
                               else "Stop training"),
+            a.sample_now: gr.update(interactive=running and bool(view.plan) and not stops),
+            a.save_now: gr.update(interactive=running and bool(view.plan) and not stops),
         }
         if len(view.samples) != session.samples_shown:
             session.samples_shown = len(view.samples)

@@ -47,6 +47,8 @@ class RunArea:
 
     start: Any = None
     stop: Any = None
+    sample_now: Any = None
+    save_now: Any = None
     runs: Any = None
     open_run: Any = None
     progress: Any = None
@@ -130,6 +132,8 @@ def _run_area(area: RunArea, opening_messages: str) -> None:
     with gr.Row(equal_height=True):
         area.start = gr.Button("Start training", variant="primary", elem_id="start-button", scale=2)
         area.stop = gr.Button("Stop training", variant="stop", elem_id="stop-button", scale=1)
+        area.sample_now = gr.Button("Sample now", elem_id="sample-now-button", scale=1, interactive=False)
+        area.save_now = gr.Button("Save now", elem_id="save-now-button", scale=1, interactive=False)
         area.runs = gr.Dropdown(label="Runs", choices=[], value=None, scale=3, elem_id="runs-choice")
         area.open_run = gr.Button("Open run", scale=1, elem_id="open-run-button")
     area.progress = gr.HTML(progress_html(RunView(), "idle"), elem_id="run-progress")

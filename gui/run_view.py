@@ -51,7 +51,8 @@ def apply_event(view: RunView, event: dict) -> None:
         _apply_step(view, event)
     elif kind == "sample":
         for image in event.get("images") or []:
-            caption = f"step {event.get('step')} — {image.get('prompt', '')}"
+            asked = " (Sample now)" if event.get("requested") else ""
+            caption = f"step {event.get('step')}{asked} — {image.get('prompt', '')}"
             view.samples.append((resolve_path(view.run_dir or ".", image.get("path", "")), caption))
     elif kind == "checkpoint":
         view.checkpoints.append({**event, "path": resolve_path(view.run_dir or ".", str(event.get("path", "")))})
@@ -185,7 +186,8 @@ def outputs_markdown(view: RunView) -> str:
     finals_resolved = {resolve_path(view.run_dir or ".", p) for p in finals}
     for checkpoint in view.checkpoints:
         if checkpoint["path"] not in finals_resolved:
-            lines.append(f"- {checkpoint['path']} ({checkpoint.get('kind', '')}, step {checkpoint.get('step')})"
+            kind = "Save now" if checkpoint.get("requested") else checkpoint.get("kind", "")
+            lines.append(f"- {checkpoint['path']} ({kind}, step {checkpoint.get('step')})"
                          f"{_size(checkpoint['path'])}")
     return ("### LoRA files\n" + "\n".join(lines)) if lines else ""
 

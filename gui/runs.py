@@ -6,7 +6,8 @@ holding ``job.toml``, ``pid``, ``trainer.log`` (the trainer's stdout and stderr)
 restart re-attaches to a run that is still going and shows finished runs again.
 
 Stopping follows the architecture: the first Stop sends SIGINT to the trainer's process group (it ends the
-step, saves and emits ``finished: stopped``); a second Stop sends SIGKILL.
+step, saves and emits ``finished: stopped``); a second Stop sends SIGKILL. Sample now and Save now send the
+trainer's own process SIGUSR1 / SIGUSR2 (``trainer.run.REQUEST_SIGNALS``), once it has said ``started``.
 """
 from __future__ import annotations
 
@@ -102,6 +103,23 @@ def finished_event(run_dir: Path) -> dict | None:
             if event.get("type") == "finished":
                 found = event
     return found
+
+
+def has_started(run_dir: Path, head_bytes: int = 1 << 16) -> bool:
+    """Whether the trainer wrote its ``started`` event (among the first lines: only warnings come before)."""
+    try:
+        with (Path(run_dir) / EVENTS_FILE).open("rb") as handle:
+            head = handle.read(head_bytes)
+    except OSError:
+        return False
+    for line in head.splitlines(keepends=True):
+        if b'"started"' in line and line.endswith(b"\n"):
+            try:
+                if json.loads(line).get("type") == "started":
+                    return True
+            except (json.JSONDecodeError, AttributeError):
+                continue
+    return False
 
 
 def stop_requests(run_dir: Path) -> int:
@@ -234,6 +252,24 @@ class RunManager:
         except ProcessLookupError:
             return "nothing to stop"
         return "interrupted" if count == 1 else "killed"
+
+    def request(self, run_dir: Path | None, what: str) -> bool:
+        """Ask the running trainer for samples (``what="sample"``) or a LoRA file (``"save"``) after its current
+        step. False when no run of ours is training yet (before ``started`` the trainer has no handler)."""
+        from trainer.run import REQUEST_SIGNALS
+
+        run_dir = Path(run_dir) if run_dir else self.active_run()
+        number = REQUEST_SIGNALS.get(what)
+        if run_dir is None or number is None or not has_started(run_dir) or finished_event(run_dir) is not None:
+            return False
+        pid = read_pid(run_dir)
+        if not pid_alive(pid, run_dir):
+            return False
+        try:
+            os.kill(pid, number)  # the trainer alone: its data-loader workers have no handler for these
+        except ProcessLookupError:
+            return False
+        return True
 
     def wait(self, timeout: float) -> int | None:
         """Wait for the process this manager started; its exit code, or None if it is still running."""

@@ -3,7 +3,8 @@
 ``demo_values`` is the demo's job shrunk to a few steps (batch 8 → 10 steps per epoch, no samples, no
 intermediate saves, outputs under the test's folder). ``run_demo`` runs it through ``run_training`` (what
 ``python -m trainer train`` calls); ``run_in_session`` uses the session API, keeps the session for
-inspection and can stop the run with a StopFlag after a given step. Both return a ``Run`` holding the events and the output folder.
+inspection and can stop the run (``RunRequests``) after a given step. Both return a ``Run`` holding the events
+and the output folder.
 """
 from __future__ import annotations
 
@@ -105,20 +106,25 @@ def run_demo(demo_dir: Path, work: Path, listeners=(), echo=None, **overrides) -
     return _finish(job, run_dir, status)
 
 
-def run_in_session(demo_dir: Path, work: Path, stop_after: int | None = None, listeners=(), **overrides) -> Run:
+def run_in_session(demo_dir: Path, work: Path, stop_after: int | None = None, listeners=(), ask_at=None,
+                   **overrides) -> Run:
     """Train through the session API (build_session, cache_latents, Saver, train) and request a stop, as
-    SIGINT does, once step ``stop_after`` is done. The returned Run keeps the session for inspection."""
-    from trainer.loop import StopFlag, train
+    SIGINT does, once step ``stop_after`` is done; ``ask_at`` {step: "sample" | "save"} makes the requests
+    SIGUSR1 / SIGUSR2 make, during that step. The returned Run keeps the session for inspection."""
+    from trainer.loop import train
+    from trainer.run import RunRequests
     from trainer.saving import Saver
     from trainer.session import build_session, cache_latents
 
     job = job_from_values(demo_values(demo_dir, work, **overrides))
     run_dir = _run_dir(work)
-    stop = StopFlag()
+    stop = RunRequests()
 
     def stop_at(event: dict) -> None:
         if stop_after is not None and event["type"] == "step" and event["step"] >= stop_after:
-            stop.request()
+            stop.stop = True
+        if event["type"] == "step" and event["step"] in (ask_at or {}):
+            setattr(stop, ask_at[event["step"]], True)
 
     with EventWriter(run_dir / "events.jsonl") as events:
         events.listeners.extend([stop_at, *listeners])

@@ -266,6 +266,11 @@ def test_start_shows_loss_samples_and_warnings_reload_reattaches_and_stop_saves(
     page = open_page(browser, app_env["url"])  # a reload finds the run still going
     page.locator("#run-progress").get_by_text("Running").wait_for(timeout=30_000)
     page.locator("#loss-plot .mark-line path").first.wait_for(timeout=30_000)
+    page.click("#sample-now-button")  # between the plan's samples (every 10 steps): drawn after this step
+    page.locator("#messages").get_by_text("Asked for samples").wait_for(timeout=20_000)
+    wait_shown(page, "#sample-gallery >> text=(Sample now)", timeout=60_000)
+    page.click("#save-now-button")
+    wait_shown(page, "#run-outputs >> text=(Save now, step", timeout=60_000)
     page.click("#stop-button")
     page.locator("#run-progress").get_by_text("Stopped by you").wait_for(timeout=60_000)
     page.locator("#messages").get_by_text("Stopping:").wait_for(state="detached", timeout=10_000)

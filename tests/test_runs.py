@@ -165,6 +165,25 @@ def test_trainer_that_exits_without_finished_event_is_reported_dead(tmp_path, st
     _cleanup(run_dir)
 
 
+def test_requests_wait_for_the_started_event(tmp_path, standin):
+    """Before ``started`` the trainer may not have its SIGUSR1/2 handlers yet (their default ends the process),
+    so Sample now / Save now send nothing; nor to a run whose trainer is gone, nor for an unknown request.
+    The real trainer receiving one is tested in test_real_trainer_starts_and_stops_gracefully."""
+    from gui.runs import has_started
+
+    run_dir = tmp_path / "runs" / "starting"
+    run_dir.mkdir(parents=True)
+    (run_dir / "job.toml").write_text("")
+    (run_dir / "events.jsonl").write_text('{"type": "warning", "message": "say started"}\n{"type": "sta')
+    manager = RunManager(tmp_path / "runs", standin)
+    assert not has_started(run_dir) and not manager.request(run_dir, "sample")
+    with (run_dir / "events.jsonl").open("a") as handle:
+        handle.write('rted", "plan": {}}\n')
+    assert has_started(run_dir)
+    assert not manager.request(run_dir, "sample")  # started, but no trainer process of this run is alive
+    assert not manager.request(run_dir, "dance")
+
+
 def test_invalid_values_start_nothing(tmp_path, standin):
     manager = RunManager(tmp_path / "runs", trainer_command=standin)
     with pytest.raises(JobError) as caught:
@@ -242,6 +261,10 @@ def test_real_trainer_starts_and_stops_gracefully(tmp_path, demo_dir):
         view = RunView(run_dir=str(run_dir))
         wait_for(lambda: read_new_events(view) >= 0 and len(view.losses) >= 2, timeout=120, interval=0.2)
         assert view.plan["total_steps"] == 50 * view.plan["steps_per_epoch"]
+        assert manager.request(None, "save")  # Save now: a step file after the current step
+        saved = wait_for(lambda: read_new_events(view) >= 0 and [c for c in view.checkpoints if c.get("requested")],
+                         timeout=60, interval=0.2)
+        assert saved[0]["kind"] == "step" and Path(saved[0]["path"]).is_file()
         assert manager.stop() == "interrupted"
         assert manager.wait(timeout=60) == 0
         read_new_events(view)
@@ -249,6 +272,7 @@ def test_real_trainer_starts_and_stops_gracefully(tmp_path, demo_dir):
         assert run_status(run_dir).state == "stopped"
         outputs = view.finished["outputs"]
         assert outputs and all(Path(p).is_file() and p.endswith(".safetensors") for p in outputs)
+        assert not manager.request(run_dir, "sample")  # the run is over: nothing is sent
     finally:
         _cleanup(run_dir)
 

@@ -18,6 +18,7 @@ import torch
 
 from tests.trainer_helpers import ROOT, events_of, of_type, run_trainer, start_trainer, trainer_env, write_job
 from trainer.events import read_events
+from trainer.spec import read_job_toml
 
 KEY_PATTERN = re.compile(r"^lora_(unet|te)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$")
 
@@ -141,15 +142,33 @@ def test_learning_is_real(trained, demo_dir):
     assert after < before * 0.99, (before, after)
 
 
-def test_sigint_stops_gracefully_with_a_loadable_lora(demo_dir, tmp_path):
+def _wait_for(process, events_file: Path, kind: str, timeout: float = 120) -> dict:
+    """The first event of ``kind`` in the run's events, waiting for it while the trainer runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = of_type(read_events(events_file)[0], kind) if events_file.exists() else []
+        if found:
+            return found[0]
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.2)
+    raise AssertionError(f"no {kind} event within {timeout} s")
+
+
+def test_sample_now_save_now_then_sigint_stops_gracefully_with_a_loadable_lora(demo_dir, tmp_path):
+    """The page's Sample now (SIGUSR1) and Save now (SIGUSR2) reach the real trainer between steps, with no
+    sample or save point in the plan; then Stop (SIGINT) ends the run with the LoRA saved."""
     job = write_job(demo_dir, tmp_path / "job.toml", epoch=200, sample_every_n_steps=0, save_every_n_epochs=0,
                     output_dir=str(tmp_path / "out"))
     process = start_trainer("train", job, "--run-dir", tmp_path / "run")
     events_file = tmp_path / "run" / "events.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not of_type(read_events(events_file)[0], "step"):
-        assert process.poll() is None, process.stdout.read()
-        time.sleep(0.2)
+    _wait_for(process, events_file, "step")
+    os.kill(process.pid, signal.SIGUSR1)
+    drawn = _wait_for(process, events_file, "sample")
+    assert drawn["requested"] and len(drawn["images"]) == 2  # the demo's two prompts
+    os.kill(process.pid, signal.SIGUSR2)
+    saved = _wait_for(process, events_file, "checkpoint")
+    assert (saved["kind"], saved["requested"]) == ("step", True)
+    assert Path(saved["path"]).name == f"{read_job_toml(job)['output_name']}-step{saved['step']:08d}.safetensors"
     os.killpg(process.pid, signal.SIGINT)
     sent = time.monotonic()
     process.wait(timeout=30)
@@ -164,6 +183,7 @@ def test_sigint_stops_gracefully_with_a_loadable_lora(demo_dir, tmp_path):
     assert _adapted_layers(pipe) > 0
     last_step = of_type(events, "step")[-1]["step"]
     assert of_type(events, "checkpoint")[-1]["step"] == last_step < 200 * 40
+    assert Path(saved["path"]).is_file() and Path(saved["path"]) != lora  # the Save now file stays beside it
 
 
 @pytest.mark.parametrize("override, setting", [

@@ -3,7 +3,8 @@
 For each epoch, for each batch: captions → conditioning, latents → noise at random timesteps, the UNet
 predicts the noise, the loss is weighted (regularization, min-SNR), gradients accumulate, and every
 ``gradient_accumulation_steps`` batches the optimizer and LR schedule step. After each optimizer step:
-an event for the page, and the save / sample / stop points of the plan.
+an event for the page, the save / sample points of the plan, and what the page asked for (sample now,
+save now, stop).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import math
 import random
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,15 +27,8 @@ from trainer.sampling import generate_samples
 from trainer.sdxl_conditioning import sdxl_added_conditions
 from trainer.session import Session
 
-
-class StopFlag:
-    """Set by the SIGINT handler; the loop checks it after every optimizer step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def request(self) -> None:
-        self.requested = True
+if TYPE_CHECKING:
+    from trainer.run import RunRequests
 
 
 def autocast(session: Session):
@@ -131,19 +126,36 @@ class Progress:
                 "eta_s": round((self.total - step) / speed, 1) if speed > 0 else None}
 
 
-def sample(session: Session, events: EventWriter, step: int, epoch: int | None) -> None:
+def sample(session: Session, events: EventWriter, step: int, epoch: int | None, requested: bool = False) -> None:
     job = session.job
     if not job.sample_prompts.strip():
+        if requested:
+            events.warning("no samples were drawn: there are no sample prompts (Samples tab)", "sample_prompts")
         return
     events.status("sampling", step=step)
     images = generate_samples(session.base, job.sample_prompts, session.run_dir / "samples", step=step, epoch=epoch,
                               sampler=job.sample_sampler, output_name=job.output_name, device=session.precision.device,
                               dtype=session.precision.weight_dtype, clip_skip=job.clip_skip, run_seed=session.seed)
-    events.emit("sample", step=step, epoch=epoch, images=[{"path": i["path"], "prompt": i["prompt"]} for i in images])
+    events.emit("sample", step=step, epoch=epoch, images=[{"path": i["path"], "prompt": i["prompt"]} for i in images],
+                **({"requested": True} if requested else {}))
     events.status("training")
 
 
-def train(session: Session, events: EventWriter, stop: StopFlag, saver: Saver) -> str:
+def answer_requests(session: Session, events: EventWriter, requests: RunRequests, saver: Saver, step: int,
+                    epoch: int, batches_done: int) -> None:
+    """Samples and a LoRA file asked for during the step that just ended, unless the plan made them already."""
+    plan = session.schedule
+    if requests.sample:
+        requests.sample = False
+        if not (step in plan.sample_steps and not plan.sample_epochs):
+            sample(session, events, step, None, requested=True)
+    if requests.save:
+        requests.save = False
+        if step not in plan.save_steps:
+            saver.save_step(step, epoch, batches_done, requested=True)
+
+
+def train(session: Session, events: EventWriter, requests: RunRequests, saver: Saver) -> str:
     """Run the plan; returns "completed" or "stopped" (the LoRA is saved either way)."""
     job, plan = session.job, session.schedule
     accumulation = job.gradient_accumulation_steps
@@ -176,7 +188,8 @@ def train(session: Session, events: EventWriter, stop: StopFlag, saver: Saver) -
                 saver.save_step(step, epoch, index + 1)
             if step in plan.sample_steps and not plan.sample_epochs:
                 sample(session, events, step, None)
-            if stop.requested:
+            answer_requests(session, events, requests, saver, step, epoch, index + 1)
+            if requests.stop:
                 saver.save_final(step, epoch, stopped=True, batches_done=index + 1)
                 return "stopped"
         if epoch in plan.save_epochs:

@@ -1,6 +1,7 @@
 """One training run from start to ``finished``: signals, the session, the loop, and errors turned into
 events a person can act on. The first SIGINT asks for a graceful stop (finish the step, save, exit); a
-second one ends the process at once.
+second one ends the process at once. SIGUSR1 asks for samples and SIGUSR2 for a LoRA file after the current
+step (the page's Sample now / Save now); the handlers are in place before the ``started`` event.
 """
 from __future__ import annotations
 
@@ -10,6 +11,22 @@ import traceback
 from pathlib import Path
 
 from trainer.events import EventWriter
+
+# What the page sends the trainer's own process (never its group: data-loader workers would die of these).
+REQUEST_SIGNALS = {"sample": getattr(signal, "SIGUSR1", None), "save": getattr(signal, "SIGUSR2", None)}
+
+
+class RunRequests:
+    """What was asked of the running trainer from outside: stop, draw samples now, save the LoRA now.
+
+    Signal handlers set the flags (``trainer.run``: SIGINT, SIGUSR1, SIGUSR2, which the page sends); the loop
+    answers them once the optimizer step in progress is done.
+    """
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.sample = False
+        self.save = False
 
 
 def _error_setting(error: Exception) -> tuple[str, str | None]:
@@ -32,17 +49,20 @@ def _error_setting(error: Exception) -> tuple[str, str | None]:
 
 def run_training(job, run_dir: Path, events: EventWriter) -> str:
     """Train ``job``; returns "completed", "stopped" or "failed" after emitting ``finished``."""
-    from trainer.loop import StopFlag
-
-    stop = StopFlag()
+    requests = RunRequests()
 
     def on_sigint(signum, frame):
-        if stop.requested:
+        if requests.stop:
             raise KeyboardInterrupt
-        stop.request()
+        requests.stop = True
         events.status("stopping", note="stop requested: finishing the current step, then saving")
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    def on_request(signum, frame):  # only a flag: the page has said so already, the loop answers
+        setattr(requests, next(name for name, number in REQUEST_SIGNALS.items() if number == signum), True)
+
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, on_sigint)}
+    for number in filter(None, REQUEST_SIGNALS.values()):
+        previous[number] = signal.signal(number, on_request)
     saver = None
     tracker = None
     try:
@@ -58,11 +78,11 @@ def run_training(job, run_dir: Path, events: EventWriter) -> str:
             saver.load_state(Path(job.resume).expanduser())
         tracker = make_tracker(job, run_dir)
         events.listeners.append(tracker.on_event)
-        if stop.requested:
+        if requests.stop:
             saver.save_final(saver.start_step, saver.start_epoch, stopped=True, batches_done=saver.skip_batches)
             status = "stopped"
         else:
-            status = train(session, events, stop, saver)
+            status = train(session, events, requests, saver)
         events.emit("finished", status=status, outputs=saver.outputs)
         return status
     except KeyboardInterrupt:
@@ -78,6 +98,7 @@ def run_training(job, run_dir: Path, events: EventWriter) -> str:
         events.emit("finished", status="failed", outputs=saver.outputs if saver else [])
         return "failed"
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         if tracker is not None:
             tracker.close()

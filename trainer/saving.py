@@ -193,14 +193,15 @@ class Saver:
         self.outputs: list[str] = []
         self.start_step, self.start_epoch, self.skip_batches = 0, 1, 0
 
-    def _write(self, path: Path, step: int, epoch: int, kind: str) -> Path:
+    def _write(self, path: Path, step: int, epoch: int, kind: str, requested: bool = False) -> Path:
         self.events.status("saving", step=step)
         metadata = {**self.base_metadata, "ss_training_finished_at": _text(time.time()),
                     "ss_steps": _text(step), "ss_epoch": _text(epoch)}
         tensors = self.session.network.kohya_state_dict(dtype=SAVE_DTYPES[self.job.save_precision])
         save_lora_file(path, tensors, metadata)
         self.outputs.append(str(path))
-        self.events.emit("checkpoint", step=step, epoch=epoch, path=str(path), kind=kind)
+        self.events.emit("checkpoint", step=step, epoch=epoch, path=str(path), kind=kind,
+                         **({"requested": True} if requested else {}))
         if kind != "final":
             self.events.status("training")
         return path
@@ -210,12 +211,14 @@ class Saver:
         if self.job.save_state:
             self.save_state(self.output_dir / f"{self.job.output_name}-{epoch:06d}-state", step, epoch, 0)
 
-    def save_step(self, step: int, epoch: int, batches_done: int) -> None:
-        self._write(self.output_dir / step_file_name(self.job.output_name, step), step, epoch, "step")
+    def save_step(self, step: int, epoch: int, batches_done: int, requested: bool = False) -> None:
+        """A step file (and state); ``requested`` (Save now in the page) prunes nothing, and save_last_n_steps
+        never removes it, since it only removes files at multiples of save_every_n_steps."""
+        self._write(self.output_dir / step_file_name(self.job.output_name, step), step, epoch, "step", requested)
         if self.job.save_state:
             self.save_state(self.output_dir / f"{self.job.output_name}-step{step:08d}-state", step, epoch,
                             batches_done)
-        old = step_to_prune(step, self.job.save_last_n_steps, self.job.save_every_n_steps)
+        old = None if requested else step_to_prune(step, self.job.save_last_n_steps, self.job.save_every_n_steps)
         if old is not None:
             stale = self.output_dir / step_file_name(self.job.output_name, old)
             if stale.exists():
