@@ -90,6 +90,26 @@ def browser():
         chromium.close()
 
 
+@pytest.fixture(autouse=True)
+def each_test_leaves_nothing_behind(request):
+    """A failed test must not slow down the next ones: close the pages it left open (each polls the app every
+    second) and kill a run it left going (it would hold the CPU and keep Start disabled)."""
+    yield
+    if "browser" in request.fixturenames:
+        for context in list(request.getfixturevalue("browser").contexts):
+            context.close()
+    if "app_env" in request.fixturenames:
+        runs = request.getfixturevalue("app_env")["runs"]
+        for pid_file in runs.glob("*/pid") if runs.exists() else []:
+            events = pid_file.parent / "events.jsonl"
+            if events.exists() and '"finished"' in events.read_text(encoding="utf-8"):
+                continue
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+
+
 def open_page(browser, url):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)

@@ -145,22 +145,23 @@ def test_num_cpu_threads_per_process_sets_torch_threads_inside_the_run(demo_dir,
 
 
 def test_save_now_writes_a_step_file_that_save_last_n_steps_keeps(demo_dir, tmp_path):
-    run = run_in_session(demo_dir, tmp_path, epoch=2, save_every_n_steps=2, save_last_n_steps=2,
+    run = run_in_session(demo_dir, tmp_path, epoch=3, save_every_n_steps=2, save_last_n_steps=2,
                          ask_at={3: "save", 4: "save"})
     assert run.status == "completed"
     saved = {e["step"]: e.get("requested", False) for e in run.of("checkpoint") if e["kind"] == "step"}
-    assert saved == {2: False, 3: True, 4: False, 6: False}  # at 4 the plan saved anyway: one file, not two
+    assert saved == {2: False, 3: True, 4: True, 6: False, 8: False, 10: False}  # at 4: one file, asked for
     left = sorted(p.name for p in run.output_dir.glob("*-step*.safetensors"))
-    assert left == [f"{run.output_name}-step{s:08d}.safetensors" for s in (3, 4, 6)]  # 2 pruned, 3 kept
+    # save_last_n_steps=2 prunes 2 at step 6, 6 at step 10, and would prune 4 at step 8: it was asked for
+    assert left == [f"{run.output_name}-step{s:08d}.safetensors" for s in (3, 4, 8, 10)]
     tensors, metadata = read_lora(run.output_dir / left[0])
     assert metadata["ss_steps"] == "3" and tensors
 
 
 def test_sample_now_draws_the_prompts_or_says_there_are_none(demo_dir, tmp_path):
-    drawn = run_in_session(demo_dir, tmp_path / "a", ask_at={2: "sample"},
+    drawn = run_in_session(demo_dir, tmp_path / "a", ask_at={2: "sample", 3: "sample"}, sample_every_n_steps=2,
                            sample_prompts="shapes, red circle --w 64 --h 64 --s 2 --d 1")
-    samples = drawn.of("sample")
-    assert [(e["step"], e.get("requested")) for e in samples] == [(2, True)]
+    samples = drawn.of("sample")  # at 2 the plan samples anyway: one set, marked as asked for
+    assert [(e["step"], e.get("requested")) for e in samples] == [(2, True), (3, True), (4, None)]
     assert (drawn.run_dir / samples[0]["images"][0]["path"]).is_file()  # a relative path is the run folder's
     none = run_in_session(demo_dir, tmp_path / "b", ask_at={2: "sample"}, sample_prompts="")
     assert not none.of("sample") and none.status == "completed"

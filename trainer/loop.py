@@ -141,20 +141,6 @@ def sample(session: Session, events: EventWriter, step: int, epoch: int | None, 
     events.status("training")
 
 
-def answer_requests(session: Session, events: EventWriter, requests: RunRequests, saver: Saver, step: int,
-                    epoch: int, batches_done: int) -> None:
-    """Samples and a LoRA file asked for during the step that just ended, unless the plan made them already."""
-    plan = session.schedule
-    if requests.sample:
-        requests.sample = False
-        if not (step in plan.sample_steps and not plan.sample_epochs):
-            sample(session, events, step, None, requested=True)
-    if requests.save:
-        requests.save = False
-        if step not in plan.save_steps:
-            saver.save_step(step, epoch, batches_done, requested=True)
-
-
 def train(session: Session, events: EventWriter, requests: RunRequests, saver: Saver) -> str:
     """Run the plan; returns "completed" or "stopped" (the LoRA is saved either way)."""
     job, plan = session.job, session.schedule
@@ -184,11 +170,12 @@ def train(session: Session, events: EventWriter, requests: RunRequests, saver: S
             if plan.text_encoder_stop_step is not None and step == plan.text_encoder_stop_step and session.train_text_encoder:
                 session.stop_text_encoder()
                 events.status("training", note=f"text encoder training stopped after step {step}")
-            if step in plan.save_steps:
-                saver.save_step(step, epoch, index + 1)
-            if step in plan.sample_steps and not plan.sample_epochs:
-                sample(session, events, step, None)
-            answer_requests(session, events, requests, saver, step, epoch, index + 1)
+            save_asked, requests.save = requests.save, False  # Save now / Sample now from the page, asked
+            sample_asked, requests.sample = requests.sample, False  # during this step (one file or set if planned)
+            if step in plan.save_steps or save_asked:
+                saver.save_step(step, epoch, index + 1, requested=save_asked)
+            if (step in plan.sample_steps and not plan.sample_epochs) or sample_asked:
+                sample(session, events, step, None, requested=sample_asked)
             if requests.stop:
                 saver.save_final(step, epoch, stopped=True, batches_done=index + 1)
                 return "stopped"

@@ -191,6 +191,7 @@ class Saver:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.base_metadata = {**training_metadata(session), **session.network.metadata()}
         self.outputs: list[str] = []
+        self.kept_steps: set[int] = set()  # step files asked for from the page: save_last_n_steps leaves them
         self.start_step, self.start_epoch, self.skip_batches = 0, 1, 0
 
     def _write(self, path: Path, step: int, epoch: int, kind: str, requested: bool = False) -> Path:
@@ -212,14 +213,16 @@ class Saver:
             self.save_state(self.output_dir / f"{self.job.output_name}-{epoch:06d}-state", step, epoch, 0)
 
     def save_step(self, step: int, epoch: int, batches_done: int, requested: bool = False) -> None:
-        """A step file (and state); ``requested`` (Save now in the page) prunes nothing, and save_last_n_steps
-        never removes it, since it only removes files at multiples of save_every_n_steps."""
+        """A step file (and state), then save_last_n_steps' pruning of an older one. A file ``requested``
+        (Save now in the page, also at a planned step) is the user's to keep: it is never pruned."""
         self._write(self.output_dir / step_file_name(self.job.output_name, step), step, epoch, "step", requested)
+        if requested:
+            self.kept_steps.add(step)
         if self.job.save_state:
             self.save_state(self.output_dir / f"{self.job.output_name}-step{step:08d}-state", step, epoch,
                             batches_done)
-        old = None if requested else step_to_prune(step, self.job.save_last_n_steps, self.job.save_every_n_steps)
-        if old is not None:
+        old = step_to_prune(step, self.job.save_last_n_steps, self.job.save_every_n_steps)
+        if old is not None and old not in self.kept_steps:
             stale = self.output_dir / step_file_name(self.job.output_name, old)
             if stale.exists():
                 stale.unlink()
