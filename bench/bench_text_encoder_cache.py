@@ -137,7 +137,7 @@ def run_config(model: str, demo_dir: Path, model_dir: Path, use_cache: bool, war
         fill_s = time.perf_counter() - fill_started
 
         meter = TextEncoderMeter(session.base.text_encoder)
-        stop, step_times, cpu_times, losses = RunRequests(), {}, {}, {}
+        requests, step_times, cpu_times, losses = RunRequests(), {}, {}, {}
 
         def on_event(event: dict) -> None:
             if event["type"] != "step":
@@ -147,10 +147,10 @@ def run_config(model: str, demo_dir: Path, model_dir: Path, use_cache: bool, war
             losses[event["step"]] = event["loss"]
             meter.on = warmup <= event["step"] < warmup + timed  # counts the passes of steps warmup+1 …
             if event["step"] >= warmup + timed:
-                stop.stop = True
+                requests.stop = True
 
         events.listeners.append(on_event)
-        status = train(session, events, stop, Saver(session, events))
+        status = train(session, events, requests, Saver(session, events))
         events.close()
         train_peak = rss_high_water_bytes() if reset_ok else None
         last = warmup + timed

@@ -118,20 +118,20 @@ def run_in_session(demo_dir: Path, work: Path, stop_after: int | None = None, li
 
     job = job_from_values(demo_values(demo_dir, work, **overrides))
     run_dir = _run_dir(work)
-    stop = RunRequests()
+    requests = RunRequests()
 
     def stop_at(event: dict) -> None:
         if stop_after is not None and event["type"] == "step" and event["step"] >= stop_after:
-            stop.stop = True
+            requests.stop = True
         if event["type"] == "step" and event["step"] in (ask_at or {}):
-            setattr(stop, ask_at[event["step"]], True)
+            setattr(requests, ask_at[event["step"]], True)
 
     with EventWriter(run_dir / "events.jsonl") as events:
         events.listeners.extend([stop_at, *listeners])
         session = build_session(job, run_dir, events)
         cache_latents(session, events)
         saver = Saver(session, events)
-        status = train(session, events, stop, saver)
+        status = train(session, events, requests, saver)
         events.emit("finished", status=status, outputs=saver.outputs)
     run = _finish(job, run_dir, status)
     run.session = session

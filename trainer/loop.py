@@ -170,8 +170,9 @@ def train(session: Session, events: EventWriter, requests: RunRequests, saver: S
             if plan.text_encoder_stop_step is not None and step == plan.text_encoder_stop_step and session.train_text_encoder:
                 session.stop_text_encoder()
                 events.status("training", note=f"text encoder training stopped after step {step}")
-            save_asked, requests.save = requests.save, False  # Save now / Sample now from the page, asked
-            sample_asked, requests.sample = requests.sample, False  # during this step (one file or set if planned)
+            # Save now / Sample now, asked during this step; at a planned point the one file or set is marked
+            save_asked, requests.save = requests.save, False
+            sample_asked, requests.sample = requests.sample, False
             if step in plan.save_steps or save_asked:
                 saver.save_step(step, epoch, index + 1, requested=save_asked)
             if (step in plan.sample_steps and not plan.sample_epochs) or sample_asked:

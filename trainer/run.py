@@ -19,8 +19,8 @@ REQUEST_SIGNALS = {"sample": getattr(signal, "SIGUSR1", None), "save": getattr(s
 class RunRequests:
     """What was asked of the running trainer from outside: stop, draw samples now, save the LoRA now.
 
-    Signal handlers set the flags (``trainer.run``: SIGINT, SIGUSR1, SIGUSR2, which the page sends); the loop
-    answers them once the optimizer step in progress is done.
+    The signal handlers of :func:`run_training` set the flags (SIGINT, SIGUSR1, SIGUSR2, which the page sends);
+    the loop answers them once the optimizer step in progress is done.
     """
 
     def __init__(self) -> None:
