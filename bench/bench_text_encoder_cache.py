@@ -72,11 +72,11 @@ def fill_cache(session) -> int:
     from trainer.data.captions import process_caption
 
     job = session.job
-    if job.shuffle_caption or job.caption_dropout_rate or job.caption_dropout_every_n_epochs:
+    if job.captions.shuffle_caption or job.captions.caption_dropout_rate or job.captions.caption_dropout_every_n_epochs:
         raise ValueError("fill_cache needs fixed captions: turn off shuffle_caption and caption dropout")
-    captions = sorted({process_caption(image.caption, shuffle=False, keep_tokens=job.keep_tokens,
+    captions = sorted({process_caption(image.caption, shuffle=False, keep_tokens=job.captions.keep_tokens,
                                        dropout_rate=0.0, dropout_every_n_epochs=0, epoch=1,
-                                       rng=random.Random(0), weighted=job.weighted_captions)
+                                       rng=random.Random(0), weighted=job.captions.weighted_captions)
                        for image in session.data.plan.images})
     session.text_states(captions)
     return len(captions)
@@ -159,7 +159,7 @@ def run_config(model: str, demo_dir: Path, model_dir: Path, use_cache: bool, war
         durations = [step_times[s] - step_times[s - 1] for s in range(warmup + 1, last + 1)]
         return {
             "model": model, "cache": use_cache, "threads": torch.get_num_threads(),
-            "batch": job.train_batch_size, "timed_steps": timed, "setup_s": setup_s, "fill_s": fill_s,
+            "batch": job.data.train_batch_size, "timed_steps": timed, "setup_s": setup_s, "fill_s": fill_s,
             "captions_filled": filled, "steps_per_s": timed / (step_times[last] - step_times[warmup]),
             "median_step_s": statistics.median(durations),
             "cpu_s_per_step": (cpu_times[last] - cpu_times[warmup]) / timed, "te_s_per_step": meter.seconds / timed,

@@ -79,7 +79,8 @@ def plan_markdown(plan: dict) -> str:
     dataset_rows = [(label, dataset[key]) for key, label in DATASET_LABELS if key in dataset]
     rows = dataset_rows + rows
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-    return "| Plan | |\n|---|---|\n" + table
+    notes = "".join(f"\n- ⚠️ `{w['setting']}` {w['message']}" for w in plan.get("warnings") or [])
+    return "| Plan | |\n|---|---|\n" + table + ("\n" + notes if notes else "")
 
 
 def dataset_markdown(train_data_dir: str, reg_data_dir: str, caption_extension: str) -> str:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.events import read_events
+from trainer.events import EVENTS_FILE, read_events
 
 MAX_PLOT_POINTS = 600
 MOVING_AVERAGE_LABEL = "moving average"
@@ -81,7 +81,7 @@ def read_new_events(view: RunView) -> int:
     """Read the events written since ``view.offset`` into ``view``; returns how many arrived."""
     if not view.run_dir:
         return 0
-    events, view.offset = read_events(Path(view.run_dir) / "events.jsonl", view.offset)
+    events, view.offset = read_events(Path(view.run_dir) / EVENTS_FILE, view.offset)
     for event in events:
         apply_event(view, event)
     return len(events)

@@ -11,7 +11,6 @@ trainer's own process SIGUSR1 / SIGUSR2 (``trainer.run.REQUEST_SIGNALS``), once 
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -21,8 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.events import EVENTS_FILE, find_event
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-EVENTS_FILE = "events.jsonl"
 LOG_FILE = "trainer.log"
 PID_FILE = "pid"
 STOPS_FILE = "stop_requests"
@@ -88,38 +88,12 @@ def pid_alive(pid: int | None, run_dir: Path | None = None) -> bool:
 
 def finished_event(run_dir: Path) -> dict | None:
     """The run's ``finished`` event, if it wrote one (the last one wins)."""
-    path = Path(run_dir) / EVENTS_FILE
-    if not path.is_file():
-        return None
-    found = None
-    with path.open("rb") as handle:
-        for line in handle:
-            if b'"finished"' not in line or not line.endswith(b"\n"):
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if event.get("type") == "finished":
-                found = event
-    return found
+    return find_event(Path(run_dir) / EVENTS_FILE, "finished", last=True)
 
 
 def has_started(run_dir: Path, head_bytes: int = 1 << 16) -> bool:
     """Whether the trainer wrote its ``started`` event (among the first lines: only warnings come before)."""
-    try:
-        with (Path(run_dir) / EVENTS_FILE).open("rb") as handle:
-            head = handle.read(head_bytes)
-    except OSError:
-        return False
-    for line in head.splitlines(keepends=True):
-        if b'"started"' in line and line.endswith(b"\n"):
-            try:
-                if json.loads(line).get("type") == "started":
-                    return True
-            except (json.JSONDecodeError, AttributeError):
-                continue
-    return False
+    return find_event(Path(run_dir) / EVENTS_FILE, "started", head_bytes=head_bytes) is not None
 
 
 def stop_requests(run_dir: Path) -> int:
@@ -133,7 +107,7 @@ def just_started(run_dir: Path, now: float | None = None) -> bool:
     """A run folder whose trainer has written no event yet and whose job file is younger than
     STARTUP_GRACE_S: too early to call the trainer dead (its pid may not be readable yet), so it counts
     as starting; a trainer that really dies at once is reported when the grace time is over."""
-    if (Path(run_dir) / "events.jsonl").exists():
+    if (Path(run_dir) / EVENTS_FILE).exists():
         return False
     try:
         written = (Path(run_dir) / JOB_FILE).stat().st_mtime

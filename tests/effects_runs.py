@@ -90,7 +90,7 @@ def _run_dir(work: Path) -> Path:
 def _finish(job, run_dir: Path, status: str) -> Run:
     torch.set_num_threads(1)  # a run sets the thread count from its job; the tests keep one thread
     events, _ = read_events(run_dir / "events.jsonl")
-    return Run(status, events, run_dir, Path(job.output_dir), job.output_name)
+    return Run(status, events, run_dir, Path(job.saving.output_dir), job.saving.output_name)
 
 
 def run_demo(demo_dir: Path, work: Path, listeners=(), echo=None, **overrides) -> Run:

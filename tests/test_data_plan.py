@@ -129,28 +129,18 @@ def test_parse_resolution():
         assert caught.value.setting == "max_resolution"
 
 
-def test_options_from_a_job_like_object():
-    class Job:  # the attribute names of the kohya_ss settings
-        max_resolution = "768,512"
-        enable_bucket = True
-        min_bucket_reso = 256
-        max_bucket_reso = 1024
-        bucket_reso_steps = 64
-        bucket_no_upscale = True
-        random_crop = False
-        flip_aug = True
-        color_aug = False
-        caption_extension = ".txt"
-        train_batch_size = 3
-        prior_loss_weight = 0.7
-        max_data_loader_n_workers = 2
-        persistent_data_loader_workers = True
-        cache_latents = True
-        cache_latents_to_disk = False
-        vae_batch_size = 0
+def test_options_from_a_job_with_every_data_setting_changed():
+    from trainer.spec import job_from_values
 
-    options = data_options_from_job(Job())
+    job = job_from_values(dict(
+        max_resolution="768,512", enable_bucket=True, min_bucket_reso=320, max_bucket_reso=1024,
+        bucket_reso_steps=32, bucket_no_upscale=False, flip_aug=True, caption_extension=".txt",
+        train_batch_size=3, prior_loss_weight=0.7, max_data_loader_n_workers=2,
+        persistent_data_loader_workers=True, cache_latents=True, cache_latents_to_disk=False, vae_batch_size=0))
+    options = data_options_from_job(job)
     assert options.resolution == (768, 512) and options.batch_size == 3 and options.flip_aug
+    assert (options.min_bucket_reso, options.bucket_reso_steps, options.bucket_no_upscale) == (320, 32, False)
+    assert options.prior_loss_weight == 0.7 and options.caption_extension == ".txt"
     assert options.effective_vae_batch_size == 3 and options.num_workers == 2 and options.caching
 
 
@@ -159,8 +149,8 @@ def test_options_from_the_real_job_defaults():
 
     job = job_from_values({"flip_aug": True, "train_batch_size": 2})
     options = data_options_from_job(job)
-    assert options.resolution == parse_resolution(job.max_resolution)
-    assert options.caption_extension == job.caption_extension
+    assert options.resolution == parse_resolution(job.data.max_resolution)
+    assert options.caption_extension == job.data.caption_extension
     assert options.flip_aug and options.batch_size == 2 and options.effective_vae_batch_size == 2
 
 

@@ -35,12 +35,12 @@ def test_demo_images_match_their_captions(demo_dir):
 
 def test_demo_job_loads_through_the_schema(demo_dir):
     job = load_job(demo_dir / "job.toml")
-    assert job.pretrained_model_name_or_path == str(demo_dir / "model.safetensors")
-    assert (job.v2, job.v_parameterization) == (False, False)
-    assert job.train_data_dir == str(demo_dir / "data")
-    assert (job.output_name, job.max_resolution, job.network_dim, job.seed) == ("demo_lora", "64,64", 8, 42)
-    assert (job.train_batch_size, job.epoch, job.sample_sampler) == (2, 5, "euler_a")
-    assert job.sample_prompts.count("\n") == 1
+    assert job.model.pretrained_model_name_or_path == str(demo_dir / "model.safetensors")
+    assert (job.model.v2, job.model.v_parameterization) == (False, False)
+    assert job.data.train_data_dir == str(demo_dir / "data")
+    assert (job.saving.output_name, job.data.max_resolution, job.network.network_dim, job.optimisation.seed) == ("demo_lora", "64,64", 8, 42)
+    assert (job.data.train_batch_size, job.optimisation.epoch, job.sampling.sample_sampler) == (2, 5, "euler_a")
+    assert job.sampling.sample_prompts.count("\n") == 1
 
 
 def test_build_demo_is_idempotent(demo_dir):
@@ -93,8 +93,8 @@ def test_cli_demo_family_flag_builds_that_family(tmp_path):
     assert (info.family, info.v_prediction) == ("sd2", True)
     assert inspect_model(tmp_path / "sd2" / "model").family == "sd2"
     job = load_job(tmp_path / "sd2" / "job.toml")
-    assert job.v2 and job.v_parameterization
-    assert job.pretrained_model_name_or_path == str(tmp_path / "sd2" / "model.safetensors")
+    assert job.model.v2 and job.model.v_parameterization
+    assert job.model.pretrained_model_name_or_path == str(tmp_path / "sd2" / "model.safetensors")
     refused = run_trainer("demo", tmp_path / "x", "--family", "flux")
     assert refused.returncode == 2 and "invalid choice: 'flux'" in refused.stderr
     assert not (tmp_path / "x").exists()

@@ -12,20 +12,21 @@ from trainer.optim.schedulers import (
     build_lr_scheduler,
     lr_curve,
     lr_factor,
-    schedule_warnings,
-    warmup_steps_from_percent,
 )
+from trainer.plan import schedule
+from trainer.spec import validate_values
 
 
-def test_warmup_percent_matches_the_seed_example():
-    # 50 images x 10 repeats x 2 epochs at batch 1 = 1000 steps; 10 % warmup = 100 steps.
-    assert warmup_steps_from_percent(50 * 10 * 2, 10) == 100
-    assert warmup_steps_from_percent(250, 10) == 25
-    assert warmup_steps_from_percent(15, 10) == 2  # 1.5 rounds to the even 2
-    assert warmup_steps_from_percent(5, 10) == 0  # 0.5 rounds to the even 0
-    assert warmup_steps_from_percent(1000, 0) == 0
-    with pytest.raises(ValueError, match="lr_warmup"):
-        warmup_steps_from_percent(1000, 120)
+@pytest.mark.parametrize("batches, percent, warmup", [
+    (50 * 10 * 2, 10, 100),  # the seed's example: 50 images x 10 repeats x 2 epochs at batch 1, 10 % warmup
+    (250, 10, 25),
+    (15, 10, 1),  # sd-scripts takes kohya_ss's percent as a ratio of the steps and floors: int(0.1 × 15)
+    (19, 10, 1),
+    (1000, 0, 0),
+])
+def test_the_plan_takes_warmup_as_a_percent_of_the_steps(batches, percent, warmup):
+    plan = schedule(batches_per_epoch=batches, epoch=1, lr_scheduler="cosine", lr_warmup_percent=percent)
+    assert plan.warmup_steps == warmup
 
 
 def factor(step, scheduler, total, warmup, **kw):
@@ -163,11 +164,22 @@ def test_adafactor_scheduler_needs_adafactor():
         build_lr_scheduler(optimizer, scheduler="adafactor", total_steps=10, warmup_steps=0)
 
 
-def test_unused_settings_are_reported():
-    warnings = dict(schedule_warnings("constant", warmup_steps=10, num_cycles=3, power=2.0))
-    assert set(warnings) == {"lr_warmup", "lr_scheduler_num_cycles", "lr_scheduler_power"}
-    assert schedule_warnings("cosine_with_restarts", warmup_steps=10, num_cycles=3) == []
-    assert schedule_warnings("polynomial", warmup_steps=0, power=2.0) == []
+def warned_settings(**values):
+    _, problems = validate_values(values, for_training=False)
+    return {p.setting for p in problems if p.level == "warning"}
+
+
+def test_settings_the_chosen_scheduler_does_not_read_are_warned_about():
+    schedule_settings = {"lr_warmup", "lr_scheduler_num_cycles", "lr_scheduler_power"}
+    set_all = dict(lr_warmup=10.0, lr_scheduler_num_cycles=3, lr_scheduler_power=2.0)
+    assert warned_settings(lr_scheduler="constant", **set_all) >= schedule_settings
+    assert warned_settings(lr_scheduler="cosine", **set_all) & schedule_settings == {
+        "lr_scheduler_num_cycles", "lr_scheduler_power"}  # the README's example: cycles for cosine
+    assert warned_settings(lr_scheduler="linear", **set_all) & schedule_settings == {
+        "lr_scheduler_num_cycles", "lr_scheduler_power"}
+    assert warned_settings(lr_scheduler="cosine_with_restarts", **set_all) & schedule_settings == {"lr_scheduler_power"}
+    assert warned_settings(lr_scheduler="polynomial", **set_all) & schedule_settings == {"lr_scheduler_num_cycles"}
+    assert not warned_settings(lr_scheduler="cosine") & schedule_settings  # blanks and defaults: nothing to say
 
 
 def test_scheduler_state_resumes_where_it_stopped():

@@ -62,7 +62,7 @@ def test_each_builtin_preset_is_a_valid_sparse_commented_file(name):
     assert job is not None, problems
     errors = [p for p in problems if p.level == "error" and "not implemented yet" not in p.message]
     assert errors == []
-    check_optimizer_args(job.optimizer, parse_optimizer_args(job.optimizer_args))
+    check_optimizer_args(job.optimisation.optimizer, parse_optimizer_args(job.optimisation.optimizer_args))
 
 
 def test_builtin_presets_hold_what_their_names_promise():

@@ -19,7 +19,7 @@ from trainer.network.from_job import network_config_from_job
 from trainer.network.sdxl_blocks import SDXL_BLOCK_LABELS, sdxl_block_index, sgm_module_path
 from trainer.network.targets import unet_targets
 from trainer.sdxl_conditioning import sdxl_time_ids
-from trainer.session import network_setting_named_in
+from trainer.spec.setting import SettingError
 from trainer.spec import job_from_values
 from trainer.text_encoding import TextEmbeddingCache, encode_captions_sdxl
 
@@ -117,14 +117,14 @@ def test_block_dims_give_each_module_its_blocks_rank(sdxl_demo_dir):
 
 def test_block_lists_are_checked_against_the_family():
     sd_dims, sdxl_dims = ",".join(["4"] * 25), ",".join(["4"] * 23)
-    assert job_from_values({"block_dims": sdxl_dims}).block_dims == sdxl_dims  # the form accepts both lengths
+    assert job_from_values({"block_dims": sdxl_dims}).network.block_dims == sdxl_dims  # the form accepts both lengths
     assert network_config_from_job(job_from_values({"block_dims": sdxl_dims}), family="sdxl").block_dims == (4,) * 23
     for values, family in (({"block_dims": sd_dims}, "sdxl"), ({"block_dims": sdxl_dims}, "sd1"),
                            ({"mid_lr_weight": "0.5"}, "sdxl"), ({"up_lr_weight": ",".join(["1"] * 12)}, "sdxl")):
-        with pytest.raises(ValueError) as raised:
+        with pytest.raises(SettingError) as raised:
             network_config_from_job(job_from_values(values), family=family)
         setting = next(iter(values))
-        assert str(raised.value).startswith(setting) and network_setting_named_in(str(raised.value)) == setting
+        assert str(raised.value).startswith(setting) and raised.value.setting == setting
     config = network_config_from_job(job_from_values({"down_lr_weight": "linear", "mid_lr_weight": "0.5,0.6,0.7"}),
                                      family="sdxl")
     weights = config.block_lr_weights

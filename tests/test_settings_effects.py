@@ -111,7 +111,7 @@ def test_tensorboard_logs_in_logging_dir_and_the_wandb_key_is_never_written(demo
     assert [s.value for s in scalars.Scalars("loss/current")] == pytest.approx(run.losses, rel=1e-6)
 
     values = demo_values(demo_dir, tmp_path, wandb_api_key=secret)
-    assert job_from_values(values).wandb_api_key == secret
+    assert job_from_values(values).logging.wandb_api_key == secret
     written = [write_job_toml(values, tmp_path / "job.toml").read_text(), toml_text(job_to_values(job_from_values(values))),
                log.getvalue(), (run.run_dir / "events.jsonl").read_text(), *map(str, read_lora(run.final_file)[1].values())]
     assert log.getvalue() and all(secret not in text for text in written)

@@ -73,12 +73,12 @@ def default_run_dir(job_path: str) -> Path:
 
 
 def cmd_train(args) -> int:
-    from trainer.events import EventWriter
+    from trainer.events import EVENTS_FILE, EventWriter
     from trainer.spec import job_to_values, toml_text
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.job)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with EventWriter(run_dir / "events.jsonl", echo=sys.stdout) as events:
+    with EventWriter(run_dir / EVENTS_FILE, echo=sys.stdout) as events:
         job, problems = _load(args.job)
         if job is not None:
             from trainer.preflight import deep_checks

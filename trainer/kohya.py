@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.kohya_unmapped import Unmapped, explain_unmapped, is_neutral
-from trainer.spec import SETTINGS, SETTINGS_BY_KEY, JobError, job_from_values, write_job_toml
+from trainer.spec import SETTINGS, SETTINGS_BY_KEY, JobError, job_from_values, job_to_values, write_job_toml
 from trainer.spec.checks import parse_additional_parameters
 
 # Old kohya_ss key names → today's (kohya's own `update_my_data` migration, plus renamed block fields).
@@ -124,12 +124,12 @@ def _to_bool(raw: Any) -> bool:
 
 
 def _to_choice(setting, raw: Any):
+    value: Any
     if isinstance(setting.choices[0], int):
         value = _to_int(raw)
     else:
-        value = str(raw).strip()
-        by_lower = {str(c).lower(): c for c in setting.choices}
-        value = by_lower.get(value.lower(), value)
+        text = str(raw).strip()
+        value = {str(c).lower(): c for c in setting.choices}.get(text.lower(), text)
     if value not in setting.choices:
         raise ValueError(f"{raw!r} is not {setting.describe_range()}")
     return value
@@ -237,7 +237,7 @@ def explicit_blank_rates(values: dict[str, Any]) -> dict[str, Any]:
     blank means. A job file cannot hold a blank (TOML has no null): written blank, it would read back as the
     setting's default instead."""
     rate = values.get("learning_rate", SETTINGS_BY_KEY["learning_rate"].default)
-    blanks = {k: rate for k in ("unet_lr", "text_encoder_lr") if k in values and values[k] is None}
+    blanks: dict[str, Any] = {k: rate for k in ("unet_lr", "text_encoder_lr") if k in values and values[k] is None}
     return {**values, **blanks}
 
 
@@ -275,7 +275,7 @@ def _apply_legacy_flags(config, values, origin, unmapped) -> list[str]:
 
 def _drop_rejected_values(config, values, origin) -> list[Unmapped]:
     """Remove (and report) every value the job model refuses, until the rest forms a valid job."""
-    rejected = []
+    rejected: list[Unmapped] = []
     for _ in range(len(values) + 1):
         try:
             job_from_values(values)
@@ -285,7 +285,7 @@ def _drop_rejected_values(config, values, origin) -> list[Unmapped]:
         messages: dict[str, list[str]] = {}
         for problem in problems:
             # a bad value inside additional_parameters is reported under the setting it names
-            key, text = problem.setting, problem.message
+            key, text = problem.setting or "", problem.message
             if key not in values:
                 key, text = "additional_parameters", f"--{problem.setting} {problem.message}"
             if key not in values:
@@ -347,7 +347,7 @@ def export_kohya_config(values: dict[str, Any]) -> dict[str, Any]:
     power → 1, the UNet / text-encoder rates → the learning rate), secrets are left blank, and max_train_steps
     is 0 so kohya_ss computes the length from the epochs as we do.
     """
-    job = job_from_values(values).model_dump()
+    job = job_to_values(job_from_values(values))
     blank_as = {"seed": 0, "max_train_epochs": 0, "lr_scheduler_num_cycles": 1, "lr_scheduler_power": 1.0,
                 "block_lr_zero_threshold": "", "unet_lr": job["learning_rate"],
                 "text_encoder_lr": job["learning_rate"]}

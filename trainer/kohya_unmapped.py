@@ -78,7 +78,7 @@ def is_neutral(key: str, raw: Any) -> bool:
         return False
     expected = NEUTRAL_KOHYA_VALUES[key]
     try:
-        return raw == expected or (not isinstance(raw, bool) and float(str(raw).strip()) == float(expected))
+        return raw == expected or (not isinstance(raw, bool) and float(str(raw).strip()) == float(str(expected)))
     except (TypeError, ValueError):
         return False
 

@@ -54,10 +54,10 @@ def processed_captions(session: Session, batch, epoch: int, step: int) -> list[s
     """Shuffle / keep tokens / dropout, re-drawn every time, from a generator seeded by (seed, epoch, step)."""
     job = session.job
     rng = random.Random(f"{session.seed}:captions:{epoch}:{step}")
-    return [process_caption(caption, shuffle=job.shuffle_caption, keep_tokens=job.keep_tokens,
-                            dropout_rate=job.caption_dropout_rate,
-                            dropout_every_n_epochs=job.caption_dropout_every_n_epochs, epoch=epoch, rng=rng,
-                            weighted=job.weighted_captions)
+    return [process_caption(caption, shuffle=job.captions.shuffle_caption, keep_tokens=job.captions.keep_tokens,
+                            dropout_rate=job.captions.caption_dropout_rate,
+                            dropout_every_n_epochs=job.captions.caption_dropout_every_n_epochs, epoch=epoch, rng=rng,
+                            weighted=job.captions.weighted_captions)
             for caption in batch.captions]
 
 
@@ -65,10 +65,10 @@ def batch_loss(session: Session, batch, epoch: int, step: int) -> torch.Tensor:
     """The denoising loss of one batch (eq. 14 of Ho et al. 2020, with the job's weightings)."""
     job, device = session.job, session.precision.device
     latents = batch_latents(session, batch)
-    noise = training_noise(latents, session.noise_generator, noise_offset_type=job.noise_offset_type,
-                           noise_offset=job.noise_offset, adaptive_noise_scale=job.adaptive_noise_scale,
-                           multires_noise_iterations=job.multires_noise_iterations,
-                           multires_noise_discount=job.multires_noise_discount)
+    noise = training_noise(latents, session.noise_generator, noise_offset_type=job.noise_loss.noise_offset_type,
+                           noise_offset=job.noise_loss.noise_offset, adaptive_noise_scale=job.noise_loss.adaptive_noise_scale,
+                           multires_noise_iterations=job.noise_loss.multires_noise_iterations,
+                           multires_noise_discount=job.noise_loss.multires_noise_discount)
     timesteps = sample_timesteps(latents.shape[0], session.noise_generator).to(device)
     noisy = add_noise(latents, noise, timesteps, session.alphas_cumprod)
     with torch.set_grad_enabled(session.train_text_encoder), autocast(session):
@@ -79,7 +79,7 @@ def batch_loss(session: Session, batch, epoch: int, step: int) -> torch.Tensor:
         prediction = session.base.unet(noisy.to(dtype), timesteps, states.to(dtype), **extra).sample
     target = prediction_target(latents, noise, timesteps, session.alphas_cumprod, session.base.v_prediction)
     return training_loss(prediction, target, timesteps, session.alphas_cumprod, sample_weights=batch.loss_weights,
-                         min_snr_gamma=job.min_snr_gamma, v_prediction=session.base.v_prediction)
+                         min_snr_gamma=job.noise_loss.min_snr_gamma, v_prediction=session.base.v_prediction)
 
 
 def current_lrs(session: Session) -> dict[str, float]:
@@ -96,8 +96,8 @@ def optimizer_step(session: Session, scaler) -> dict[str, float]:
     params = session.network.trainable_parameters()
     if scaler is not None:
         scaler.unscale_(session.optimizer)
-    if session.job.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, session.job.max_grad_norm)
+    if session.job.optimisation.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, session.job.optimisation.max_grad_norm)
     lrs = current_lrs(session)
     if scaler is not None:
         scaler.step(session.optimizer)
@@ -128,14 +128,14 @@ class Progress:
 
 def sample(session: Session, events: EventWriter, step: int, epoch: int | None, requested: bool = False) -> None:
     job = session.job
-    if not job.sample_prompts.strip():
+    if not job.sampling.sample_prompts.strip():
         if requested:
             events.warning("no samples were drawn: there are no sample prompts (Samples tab)", "sample_prompts")
         return
     events.status("sampling", step=step)
-    images = generate_samples(session.base, job.sample_prompts, session.run_dir / "samples", step=step, epoch=epoch,
-                              sampler=job.sample_sampler, output_name=job.output_name, device=session.precision.device,
-                              dtype=session.precision.weight_dtype, clip_skip=job.clip_skip, run_seed=session.seed)
+    images = generate_samples(session.base, job.sampling.sample_prompts, session.run_dir / "samples", step=step, epoch=epoch,
+                              sampler=job.sampling.sample_sampler, output_name=job.saving.output_name, device=session.precision.device,
+                              dtype=session.precision.weight_dtype, clip_skip=job.captions.clip_skip, run_seed=session.seed)
     events.emit("sample", step=step, epoch=epoch, images=[{"path": i["path"], "prompt": i["prompt"]} for i in images],
                 **({"requested": True} if requested else {}))
     events.status("training")
@@ -144,7 +144,7 @@ def sample(session: Session, events: EventWriter, step: int, epoch: int | None, 
 def train(session: Session, events: EventWriter, requests: RunRequests, saver: Saver) -> str:
     """Run the plan; returns "completed" or "stopped" (the LoRA is saved either way)."""
     job, plan = session.job, session.schedule
-    accumulation = job.gradient_accumulation_steps
+    accumulation = job.optimisation.gradient_accumulation_steps
     precision = session.precision
     scaler = grad_scaler(precision.device.type, precision.adapter_dtype) if precision.use_grad_scaler else None
     progress = Progress(plan.total_steps, window=plan.batches_per_epoch, start_step=saver.start_step)

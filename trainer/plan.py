@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from trainer.spec.rules import effective_lrs, unread_scheduler_settings
+from trainer.spec.sections import Job
 
 MAX_CURVE_POINTS = 400
 
@@ -81,7 +83,7 @@ def downsample_curve(values: list[float], max_points: int = MAX_CURVE_POINTS) ->
     return [[i + 1, values[i]] for i in indices]
 
 
-def lr_preview(job, sched: Schedule) -> dict[str, list[list[float]]]:
+def lr_preview(job: Job, sched: Schedule) -> dict[str, list[list[float]]]:
     """The LR of each parameter group at every step, as the trainer's scheduler will produce it.
 
     With block LR weights the UNet has one group per block that holds modules (``unet_IN04`` …), each the
@@ -90,38 +92,36 @@ def lr_preview(job, sched: Schedule) -> dict[str, list[list[float]]]:
     """
     from trainer.optim.optimizers import parse_optimizer_args, uses_own_step_size
     from trainer.optim.schedulers import lr_curve
-    from trainer.spec import effective_lrs
-
-    unet_lr, text_lr = effective_lrs(job)
+    unet_lr, text_lr = effective_lrs(job.optimisation)
     groups = {name: lr for name, lr in (("unet", unet_lr), ("text_encoder", text_lr)) if lr}
     blocks = unet_block_groups(job) if unet_lr else None
     if blocks:
         groups = {"text_encoder": text_lr, **{name: unet_lr * weight for name, weight in blocks.items()}}
         groups = {name: lr for name, lr in groups.items() if lr}
     try:
-        relative = uses_own_step_size(job.optimizer, parse_optimizer_args(job.optimizer_args))
+        relative = uses_own_step_size(job.optimisation.optimizer, parse_optimizer_args(job.optimisation.optimizer_args))
     except ValueError:
         relative = False
-    curves = lr_curve(groups, scheduler=job.lr_scheduler, total_steps=sched.total_steps,
-                      warmup_steps=sched.warmup_steps, num_cycles=job.lr_scheduler_num_cycles or 1,
-                      power=job.lr_scheduler_power or 1.0, lr_init=job.learning_rate, relative_step=relative)
+    curves = lr_curve(groups, scheduler=job.optimisation.lr_scheduler, total_steps=sched.total_steps,
+                      warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
+                      power=job.optimisation.lr_scheduler_power or 1.0, lr_init=job.optimisation.learning_rate, relative_step=relative)
     stop = sched.text_encoder_stop_step
     if stop is not None and "text_encoder" in curves:
         curves["text_encoder"] = [v if i < stop else 0.0 for i, v in enumerate(curves["text_encoder"])]
     return {name: downsample_curve(values) for name, values in curves.items()}
 
 
-def unet_block_groups(job) -> dict[str, float] | None:
+def unet_block_groups(job: Job) -> dict[str, float] | None:
     """{``unet_<block>``: LR weight} of the groups block LR weights give this job's model, from the UNet's
     layout on the meta device (no weights read); None without block LR weights or a readable layout."""
-    if not (job.down_lr_weight or job.mid_lr_weight or job.up_lr_weight) or not job.pretrained_model_name_or_path:
+    if not (job.network.down_lr_weight or job.network.mid_lr_weight or job.network.up_lr_weight) or not job.model.pretrained_model_name_or_path:
         return None
     # Only here: diffusers takes most of a plain plan's time to import (seconds on a slow machine).
     from trainer.models.skeleton import unet_skeleton
     from trainer.network.from_job import network_config_from_job
     from trainer.network.module_plan import unet_block_lr_weights
 
-    found = unet_skeleton(job.pretrained_model_name_or_path)
+    found = unet_skeleton(job.model.pretrained_model_name_or_path)
     if found is None:
         return None
     unet, family = found
@@ -132,31 +132,33 @@ def unet_block_groups(job) -> dict[str, float] | None:
     return unet_block_lr_weights(unet, config) or None
 
 
-def schedule_for_job(job, batches_per_epoch: int) -> Schedule:
+def schedule_for_job(job: Job, batches_per_epoch: int) -> Schedule:
     return schedule(
         batches_per_epoch=batches_per_epoch,
-        epoch=job.epoch,
-        max_train_epochs=job.max_train_epochs,
-        gradient_accumulation_steps=job.gradient_accumulation_steps,
-        lr_scheduler=job.lr_scheduler,
-        lr_warmup_percent=job.lr_warmup,
-        stop_text_encoder_percent=job.stop_text_encoder_training,
-        save_every_n_epochs=job.save_every_n_epochs,
-        save_every_n_steps=job.save_every_n_steps,
-        sample_every_n_steps=job.sample_every_n_steps,
-        sample_every_n_epochs=job.sample_every_n_epochs,
+        epoch=job.optimisation.epoch,
+        max_train_epochs=job.optimisation.max_train_epochs,
+        gradient_accumulation_steps=job.optimisation.gradient_accumulation_steps,
+        lr_scheduler=job.optimisation.lr_scheduler,
+        lr_warmup_percent=job.optimisation.lr_warmup,
+        stop_text_encoder_percent=job.optimisation.stop_text_encoder_training,
+        save_every_n_epochs=job.saving.save_every_n_epochs,
+        save_every_n_steps=job.saving.save_every_n_steps,
+        sample_every_n_steps=job.sampling.sample_every_n_steps,
+        sample_every_n_epochs=job.sampling.sample_every_n_epochs,
     )
 
 
-def make_plan(job, dataset_plan=None) -> dict:
+def make_plan(job: Job, dataset_plan=None) -> dict:
     """The plan as a JSON-ready dict: dataset numbers (from the real folders) plus the schedule and LR preview."""
     from trainer.data.dataset_plan import data_options_from_job, plan_dataset
     from trainer.data.folders import scan_dataset
 
     if dataset_plan is None:
-        scan = scan_dataset(job.train_data_dir, job.reg_data_dir or None, job.caption_extension or ".caption")
+        scan = scan_dataset(job.data.train_data_dir, job.data.reg_data_dir or None, job.data.caption_extension or ".caption")
         dataset_plan = plan_dataset(scan, data_options_from_job(job))
     sched = schedule_for_job(job, dataset_plan.steps_per_epoch)
     plan = {"dataset": dataset_plan.summary(), **asdict(sched)}
     plan["lr_curve"] = lr_preview(job, sched)
+    plan["warnings"] = [{"setting": key, "message": message}
+                        for key, message in unread_scheduler_settings(job.optimisation)]
     return plan

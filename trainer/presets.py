@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.kohya import KohyaImportError, Unmapped, explicit_blank_rates, import_kohya_config
-from trainer.spec import SETTINGS, JobError, defaults, job_from_values, sparse_values, toml_text
+from trainer.spec import SETTINGS, JobError, defaults, job_from_values, job_to_values, sparse_values, toml_text
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "presets"
 PRESET_SUFFIXES = (".toml", ".json")
@@ -150,7 +150,7 @@ def save_preset(name: str, values: dict[str, Any], user_dir: str | Path,
         job = job_from_values(explicit_blank_rates(values))
     except JobError as error:
         raise PresetError(f"preset {name!r} not saved: " + "; ".join(str(p) for p in error.problems)) from None
-    text = f"# LoRA Loom preset: {name.strip()}\n" + toml_text(sparse_values(job.model_dump()))
+    text = f"# LoRA Loom preset: {name.strip()}\n" + toml_text(sparse_values(job_to_values(job)))
     user_dir.mkdir(parents=True, exist_ok=True)
     path = user_dir / f"{stem}.toml"
     tmp = path.with_name(path.name + ".tmp")

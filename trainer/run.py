@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 
 from trainer.events import EventWriter
+from trainer.spec.sections import Job
 
 # What the page sends the trainer's own process (never its group: data-loader workers would die of these).
 REQUEST_SIGNALS = {"sample": getattr(signal, "SIGUSR1", None), "save": getattr(signal, "SIGUSR2", None)}
@@ -33,21 +34,18 @@ def _error_setting(error: Exception) -> tuple[str, str | None]:
     """(message, setting) for the errors that setup and the loop raise on purpose."""
     from trainer.data.folders import DataError
     from trainer.models.loading import ModelLoadError
-    from trainer.optim.optimizers import OptimizerSettingError
-    from trainer.session import TrainingError
+    from trainer.spec.setting import SettingError
 
-    if isinstance(error, TrainingError):
+    if isinstance(error, SettingError):  # TrainingError, OptimizerSettingError, network settings
         return str(error), error.setting
     if isinstance(error, DataError):
         return str(error), getattr(error, "setting", None) or "train_data_dir"
     if isinstance(error, ModelLoadError):
         return str(error), error.setting  # the model path, or vae / v2 when they are at fault
-    if isinstance(error, OptimizerSettingError):
-        return str(error), getattr(error, "setting", None) or "optimizer_args"
     return "", None
 
 
-def run_training(job, run_dir: Path, events: EventWriter) -> str:
+def run_training(job: Job, run_dir: Path, events: EventWriter) -> str:
     """Train ``job``; returns "completed", "stopped" or "failed" after emitting ``finished``."""
     requests = RunRequests()
 
@@ -74,8 +72,8 @@ def run_training(job, run_dir: Path, events: EventWriter) -> str:
         session = build_session(job, run_dir, events)
         cache_latents(session, events)
         saver = Saver(session, events)
-        if job.resume:
-            saver.load_state(Path(job.resume).expanduser())
+        if job.saving.resume:
+            saver.load_state(Path(job.saving.resume).expanduser())
         tracker = make_tracker(job, run_dir)
         events.listeners.append(tracker.on_event)
         if requests.stop:

@@ -64,7 +64,7 @@ def parse_sample_prompt_line(line: str, index: int = 0, line_number: int = 1) ->
 
 def parse_sample_prompts(text: str) -> list[SamplePrompt]:
     """Every prompt of the text, numbered from 0 in order; raises ValueError naming the bad line."""
-    prompts = []
+    prompts: list[SamplePrompt] = []
     for line_number, line in enumerate((text or "").splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):

@@ -71,7 +71,7 @@ class LinearMultistepScheduler(EulerDiscreteScheduler):
 
     def set_timesteps(self, *args, **kwargs) -> None:
         super().set_timesteps(*args, **kwargs)
-        self._derivatives = []
+        self._derivatives: list = []
 
     def step(self, model_output, timestep, sample, order: int = 4, return_dict: bool = True):
         if self.step_index is None:

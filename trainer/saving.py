@@ -16,7 +16,9 @@ from trainer.events import EventWriter
 from trainer.network import read_lora_file, save_lora_file
 from trainer.precision import mixed_precision_name
 from trainer.session import Session, TrainingError
-from trainer.spec import SETTINGS, effective_lrs, job_to_values
+from trainer.spec import SETTINGS, job_to_values
+from trainer.spec.rules import effective_lrs
+from trainer.spec.sections import Job
 from trainer.spec.checks import check_network_weights_kept
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -44,7 +46,9 @@ def step_to_prune(step: int, keep_last: int, every: int) -> int | None:
 
 def dataset_metadata(data) -> dict:
     """sd-scripts' dataset fields: folders with repeats and counts, tag frequency, buckets."""
-    dirs, reg_dirs, tags = {}, {}, {}
+    dirs: dict[str, dict] = {}
+    reg_dirs: dict[str, dict] = {}
+    tags: dict[str, dict[str, int]] = {}
     for subset in data.subsets:
         name = Path(subset.folder).name
         (reg_dirs if subset.is_reg else dirs)[name] = {"n_repeats": subset.repeats, "img_count": subset.images}
@@ -60,10 +64,10 @@ def dataset_metadata(data) -> dict:
             "bucket_info": {"buckets": buckets, "mean_img_ar_error": data.mean_ar_error}}
 
 
-def file_hashes(path: str, what: str) -> dict[str, str]:
+def file_hashes(path_text: str, what: str) -> dict[str, str]:
     """``ss_{what}_hash`` (A1111's old hash: sha256 of 64 KiB at offset 1 MiB, 8 hex digits) and
     ``ss_new_{what}_hash`` (sha256 of the whole file) of a model file; nothing for a folder."""
-    path = Path(path).expanduser()
+    path = Path(path_text).expanduser()
     if not path.is_file():
         return {}
     whole = hashlib.sha256()
@@ -104,71 +108,71 @@ def _text(value) -> str:
 def training_metadata(session: Session) -> dict[str, str]:
     """The ``ss_*`` metadata sd-scripts writes (those that apply to us), plus the whole job for LoRA Loom."""
     job, plan, data = session.job, session.schedule, session.data.plan
-    unet_lr, text_lr = effective_lrs(job)
+    unet_lr, text_lr = effective_lrs(job.optimisation)
     resolution = session.data.options.resolution
     info = dataset_metadata(data)
     values = {k: v for k, v in job_to_values(job).items() if not _is_secret(k)}
     meta = {
         "ss_session_id": session.session_id,
         "ss_training_started_at": session.started_at,
-        "ss_output_name": job.output_name,
-        "ss_learning_rate": job.learning_rate,
+        "ss_output_name": job.saving.output_name,
+        "ss_learning_rate": job.optimisation.learning_rate,
         "ss_text_encoder_lr": text_lr,
         "ss_unet_lr": unet_lr,
         "ss_num_train_images": info.get("num_train_images"),
         "ss_num_reg_images": info.get("num_reg_images"),
         "ss_num_batches_per_epoch": plan.batches_per_epoch,
         "ss_num_epochs": plan.epochs,
-        "ss_gradient_checkpointing": job.gradient_checkpointing,
-        "ss_gradient_accumulation_steps": job.gradient_accumulation_steps,
+        "ss_gradient_checkpointing": job.launch.gradient_checkpointing,
+        "ss_gradient_accumulation_steps": job.optimisation.gradient_accumulation_steps,
         "ss_max_train_steps": plan.total_steps,
         "ss_lr_warmup_steps": plan.warmup_steps,
-        "ss_lr_scheduler": job.lr_scheduler,
+        "ss_lr_scheduler": job.optimisation.lr_scheduler,
         "ss_mixed_precision": mixed_precision_name(session.precision.autocast_dtype),  # what ran (the job
         "ss_full_fp16": session.precision.adapter_dtype == torch.float16,  # asked for is in lora_loom.job)
         "ss_v2": session.base.family == "sd2",
         "ss_base_model_version": base_model_version(session.base.family, session.base.v_prediction),
-        "ss_clip_skip": job.clip_skip,
-        "ss_max_token_length": job.max_token_length,
-        "ss_cache_latents": job.cache_latents,
+        "ss_clip_skip": job.captions.clip_skip,
+        "ss_max_token_length": job.captions.max_token_length,
+        "ss_cache_latents": job.data.cache_latents,
         "ss_seed": session.seed,
-        "ss_noise_offset": job.noise_offset if job.noise_offset_type == "Original" else None,
-        "ss_adaptive_noise_scale": job.adaptive_noise_scale if job.noise_offset_type == "Original" else None,
-        "ss_multires_noise_iterations": job.multires_noise_iterations if job.noise_offset_type == "Multires" else None,
-        "ss_multires_noise_discount": job.multires_noise_discount if job.noise_offset_type == "Multires" else None,
+        "ss_noise_offset": job.noise_loss.noise_offset if job.noise_loss.noise_offset_type == "Original" else None,
+        "ss_adaptive_noise_scale": job.noise_loss.adaptive_noise_scale if job.noise_loss.noise_offset_type == "Original" else None,
+        "ss_multires_noise_iterations": job.noise_loss.multires_noise_iterations if job.noise_loss.noise_offset_type == "Multires" else None,
+        "ss_multires_noise_discount": job.noise_loss.multires_noise_discount if job.noise_loss.noise_offset_type == "Multires" else None,
         "ss_optimizer": f"{type(session.optimizer).__module__}.{type(session.optimizer).__name__}"
-                        + (f"({job.optimizer_args})" if job.optimizer_args else ""),
-        "ss_max_grad_norm": job.max_grad_norm,
-        "ss_caption_dropout_rate": job.caption_dropout_rate,
-        "ss_caption_dropout_every_n_epochs": job.caption_dropout_every_n_epochs,
-        "ss_prior_loss_weight": job.prior_loss_weight,
-        "ss_min_snr_gamma": job.min_snr_gamma,
-        "ss_batch_size_per_device": job.train_batch_size,
-        "ss_total_batch_size": job.train_batch_size * job.gradient_accumulation_steps,
+                        + (f"({job.optimisation.optimizer_args})" if job.optimisation.optimizer_args else ""),
+        "ss_max_grad_norm": job.optimisation.max_grad_norm,
+        "ss_caption_dropout_rate": job.captions.caption_dropout_rate,
+        "ss_caption_dropout_every_n_epochs": job.captions.caption_dropout_every_n_epochs,
+        "ss_prior_loss_weight": job.noise_loss.prior_loss_weight,
+        "ss_min_snr_gamma": job.noise_loss.min_snr_gamma,
+        "ss_batch_size_per_device": job.data.train_batch_size,
+        "ss_total_batch_size": job.data.train_batch_size * job.optimisation.gradient_accumulation_steps,
         "ss_resolution": f"({resolution[0]}, {resolution[1]})",
-        "ss_color_aug": job.color_aug,
-        "ss_flip_aug": job.flip_aug,
-        "ss_random_crop": job.random_crop,
-        "ss_shuffle_caption": job.shuffle_caption,
-        "ss_enable_bucket": job.enable_bucket,
-        "ss_bucket_no_upscale": job.bucket_no_upscale,
-        "ss_min_bucket_reso": job.min_bucket_reso,
-        "ss_max_bucket_reso": job.max_bucket_reso,
-        "ss_keep_tokens": job.keep_tokens,
+        "ss_color_aug": job.data.color_aug,
+        "ss_flip_aug": job.data.flip_aug,
+        "ss_random_crop": job.data.random_crop,
+        "ss_shuffle_caption": job.captions.shuffle_caption,
+        "ss_enable_bucket": job.data.enable_bucket,
+        "ss_bucket_no_upscale": job.data.bucket_no_upscale,
+        "ss_min_bucket_reso": job.data.min_bucket_reso,
+        "ss_max_bucket_reso": job.data.max_bucket_reso,
+        "ss_keep_tokens": job.captions.keep_tokens,
         "ss_dataset_dirs": json.dumps(info.get("dataset_dirs", {})),
         "ss_reg_dataset_dirs": json.dumps(info.get("reg_dataset_dirs", {})),
         "ss_tag_frequency": json.dumps(info.get("tag_frequency", {})),
         "ss_bucket_info": json.dumps(info.get("bucket_info", {})),
-        "ss_sd_model_name": Path(job.pretrained_model_name_or_path).name,
-        **file_hashes(job.pretrained_model_name_or_path, "sd_model"),
-        **({"ss_vae_name": Path(job.vae).name, **file_hashes(job.vae, "vae")} if job.vae else {}),
+        "ss_sd_model_name": Path(job.model.pretrained_model_name_or_path).name,
+        **file_hashes(job.model.pretrained_model_name_or_path, "sd_model"),
+        **({"ss_vae_name": Path(job.model.vae).name, **file_hashes(job.model.vae, "vae")} if job.model.vae else {}),
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": modelspec_architecture(session.base.family, session.base.v_prediction),
         "modelspec.implementation": modelspec_implementation(session.base.family),
-        "modelspec.title": job.output_name,
+        "modelspec.title": job.saving.output_name,
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.prediction_type": "v" if session.base.v_prediction else "epsilon",
-        "modelspec.encoder_layer": job.clip_skip,
+        "modelspec.encoder_layer": job.captions.clip_skip,
         "lora_loom.job": json.dumps(values, sort_keys=True),
     }
     return {key: _text(value) for key, value in meta.items()}
@@ -187,7 +191,7 @@ class Saver:
         self.job = session.job
         for problem in check_network_weights_kept(self.job):  # validation refuses this too; never write over it
             raise TrainingError(problem.message, problem.setting)
-        self.output_dir = Path(self.job.output_dir).expanduser()
+        self.output_dir = Path(self.job.saving.output_dir).expanduser()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.base_metadata = {**training_metadata(session), **session.network.metadata()}
         self.outputs: list[str] = []
@@ -198,7 +202,7 @@ class Saver:
         self.events.status("saving", step=step)
         metadata = {**self.base_metadata, "ss_training_finished_at": _text(time.time()),
                     "ss_steps": _text(step), "ss_epoch": _text(epoch)}
-        tensors = self.session.network.kohya_state_dict(dtype=SAVE_DTYPES[self.job.save_precision])
+        tensors = self.session.network.kohya_state_dict(dtype=SAVE_DTYPES[self.job.saving.save_precision])
         save_lora_file(path, tensors, metadata)
         self.outputs.append(str(path))
         self.events.emit("checkpoint", step=step, epoch=epoch, path=str(path), kind=kind,
@@ -208,31 +212,31 @@ class Saver:
         return path
 
     def save_epoch(self, step: int, epoch: int) -> None:
-        self._write(self.output_dir / epoch_file_name(self.job.output_name, epoch), step, epoch, "epoch")
-        if self.job.save_state:
-            self.save_state(self.output_dir / f"{self.job.output_name}-{epoch:06d}-state", step, epoch, 0)
+        self._write(self.output_dir / epoch_file_name(self.job.saving.output_name, epoch), step, epoch, "epoch")
+        if self.job.saving.save_state:
+            self.save_state(self.output_dir / f"{self.job.saving.output_name}-{epoch:06d}-state", step, epoch, 0)
 
     def save_step(self, step: int, epoch: int, batches_done: int, requested: bool = False) -> None:
         """A step file (and state), then save_last_n_steps' pruning of an older one. A file ``requested``
         (Save now in the page, also at a planned step) is the user's to keep: it is never pruned."""
-        self._write(self.output_dir / step_file_name(self.job.output_name, step), step, epoch, "step", requested)
+        self._write(self.output_dir / step_file_name(self.job.saving.output_name, step), step, epoch, "step", requested)
         if requested:
             self.kept_steps.add(step)
-        if self.job.save_state:
-            self.save_state(self.output_dir / f"{self.job.output_name}-step{step:08d}-state", step, epoch,
+        if self.job.saving.save_state:
+            self.save_state(self.output_dir / f"{self.job.saving.output_name}-step{step:08d}-state", step, epoch,
                             batches_done)
-        old = step_to_prune(step, self.job.save_last_n_steps, self.job.save_every_n_steps)
+        old = step_to_prune(step, self.job.saving.save_last_n_steps, self.job.saving.save_every_n_steps)
         if old is not None and old not in self.kept_steps:
-            stale = self.output_dir / step_file_name(self.job.output_name, old)
+            stale = self.output_dir / step_file_name(self.job.saving.output_name, old)
             if stale.exists():
                 stale.unlink()
-                shutil.rmtree(self.output_dir / f"{self.job.output_name}-step{old:08d}-state", ignore_errors=True)
+                shutil.rmtree(self.output_dir / f"{self.job.saving.output_name}-step{old:08d}-state", ignore_errors=True)
 
     def save_final(self, step: int, epoch: int, stopped: bool, batches_done: int | None = None) -> None:
-        self._write(self.output_dir / f"{self.job.output_name}.safetensors", step, epoch, "final")
-        if self.job.save_state:
+        self._write(self.output_dir / f"{self.job.saving.output_name}.safetensors", step, epoch, "final")
+        if self.job.saving.save_state:
             done = batches_done if batches_done is not None else self.session.schedule.batches_per_epoch
-            self.save_state(self.output_dir / f"{self.job.output_name}-state", step, epoch, done)
+            self.save_state(self.output_dir / f"{self.job.saving.output_name}-state", step, epoch, done)
 
     # ---- training state (optimizer, scheduler, RNGs, position) for an exact resume ----------------
 

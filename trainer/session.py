@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import random
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,16 +26,14 @@ from trainer.optim.optimizers import build_optimizer, optimizer_warnings, parse_
 from trainer.optim.schedulers import build_lr_scheduler
 from trainer.plan import Schedule, lr_preview, schedule_for_job
 from trainer.precision import choose_precision
-from trainer.spec import effective_lrs
 from trainer.text_encoding import TextEmbeddingCache, encode_captions, encode_captions_sdxl
+from trainer.spec.rules import effective_lrs
+from trainer.spec.setting import SettingError
+from trainer.spec.sections import Job
 
 
-class TrainingError(Exception):
+class TrainingError(SettingError):
     """A problem found while setting up or running, with the setting to blame when there is one."""
-
-    def __init__(self, message: str, setting: str | None = None):
-        super().__init__(message)
-        self.setting = setting
 
 
 @dataclass
@@ -49,7 +47,7 @@ class Precision:
 
 @dataclass
 class Session:
-    job: object
+    job: Job
     run_dir: Path
     seed: int
     precision: Precision
@@ -57,8 +55,8 @@ class Session:
     schedule: Schedule
     base: BaseModel
     network: LoraNetwork
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: object
+    optimizer: Any  # a torch optimizer, or one of the optimizer packages' classes
+    lr_scheduler: Any
     group_names: list[str]
     train_text_encoder: bool
     text_cache: TextEmbeddingCache | None
@@ -69,9 +67,9 @@ class Session:
 
     def text_states(self, captions: list[str]) -> torch.Tensor:
         """The UNet's conditioning for these (already processed) captions."""
-        job = self.job
-        kwargs = dict(max_token_length=job.max_token_length, clip_skip=job.clip_skip,
-                      weighted=job.weighted_captions, pad_to_longest=job.no_token_padding)
+        options = self.job.captions
+        kwargs: dict[str, Any] = dict(max_token_length=options.max_token_length, clip_skip=options.clip_skip,
+                                      weighted=options.weighted_captions, pad_to_longest=options.no_token_padding)
         if self.text_cache is not None:
             return self.text_cache.encode_captions(captions, **kwargs)
         return encode_captions(self.base.tokenizer, self.base.text_encoder, captions, **kwargs)
@@ -80,9 +78,9 @@ class Session:
         """``(states, pooled)``: SDXL's two-encoder states and pooled vector; SD's states and None."""
         if self.base.family != "sdxl":
             return self.text_states(captions), None
-        job, base = self.job, self.base
-        kwargs = dict(max_token_length=job.max_token_length, weighted=job.weighted_captions,
-                      pad_to_longest=job.no_token_padding)
+        options, base = self.job.captions, self.base
+        kwargs: dict[str, Any] = dict(max_token_length=options.max_token_length, weighted=options.weighted_captions,
+                                      pad_to_longest=options.no_token_padding)
         if self.text_cache is not None:
             return self.text_cache.encode(captions, **kwargs)
         return encode_captions_sdxl([base.tokenizer, base.tokenizer_2], base.text_encoders, captions, **kwargs)
@@ -100,33 +98,19 @@ def text_embedding_cache(base: BaseModel) -> TextEmbeddingCache:
                               text_encoder_2=base.text_encoder_2)
 
 
-def resolve_precision(job, events: EventWriter) -> Precision:
+def resolve_precision(job: Job, events: EventWriter) -> Precision:
     """Mixed precision (and full_fp16) where the device has it; otherwise fall back with a warning naming the
     setting (no fp16 on CPU). The rules are :func:`trainer.precision.choose_precision`."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16_supported = device.type != "cuda" or torch.cuda.is_bf16_supported()
     try:
-        choice = choose_precision(job.mixed_precision, job.full_fp16, device.type, bf16_supported)
+        choice = choose_precision(job.launch.mixed_precision, job.launch.full_fp16, device.type, bf16_supported)
     except ValueError as error:
-        raise TrainingError(str(error), "full_fp16" if job.full_fp16 else "mixed_precision") from None
+        raise TrainingError(str(error), "full_fp16" if job.launch.full_fp16 else "mixed_precision") from None
     for setting, message in choice.warnings:
         events.warning(message, setting)
     return Precision(device, choice.autocast_dtype, choice.weight_dtype, choice.use_grad_scaler,
                      choice.adapter_dtype)
-
-
-_NETWORK_SETTINGS = re.compile(r"\b(LoRA_type|network_conv_dim|network_conv_alpha|network_dim|network_alpha|conv_dim|"
-                               r"conv_alpha|unit|block_dims|block_alphas|conv_block_dims|conv_block_alphas|"
-                               r"block_lr_weights|down_lr_weight|mid_lr_weight|up_lr_weight)\b")
-_SETTING_OF_CONFIG_NAME = {"network_conv_dim": "conv_dim", "network_conv_alpha": "conv_alpha",
-                           "block_lr_weights": "down_lr_weight"}
-
-
-def network_setting_named_in(message: str) -> str | None:
-    """The job setting a ``NetworkConfig`` ValueError is about: its messages start with the setting's name
-    (``trainer.network.config.validate_network_config``)."""
-    match = _NETWORK_SETTINGS.search(message)
-    return _SETTING_OF_CONFIG_NAME.get(match.group(1), match.group(1)) if match else None
 
 
 def parts_not_trained(tensors: dict[str, torch.Tensor], train_unet: bool, train_text_encoder: bool):
@@ -159,24 +143,24 @@ def rank_and_alpha_of(tensors: dict[str, torch.Tensor]) -> tuple[int, float]:
     return rank, (alphas.pop() if alphas else float(rank))  # no alpha in old files means alpha = rank
 
 
-def configure_attention(job, base: BaseModel, device: torch.device, events: EventWriter) -> None:
+def configure_attention(job: Job, base: BaseModel, device: torch.device, events: EventWriter) -> None:
     """xformers where installed and on a GPU; sliced attention for mem_eff_attn; PyTorch SDPA otherwise."""
-    if job.xformers:
+    if job.launch.xformers:
         if device.type != "cuda":
             events.warning("xformers runs only on a GPU; using PyTorch's scaled-dot-product attention", "xformers")
         elif importlib.util.find_spec("xformers") is None:
             events.warning("xformers is not installed; using PyTorch's scaled-dot-product attention", "xformers")
         else:
             base.unet.enable_xformers_memory_efficient_attention()
-    if job.mem_eff_attn:
+    if job.launch.mem_eff_attn:
         base.unet.set_attention_slice("auto")
-    if job.gradient_checkpointing:
+    if job.launch.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
         base.unet.train()
 
 
-def build_data(job, seed: int, events: EventWriter) -> TrainingData:
-    scan = scan_dataset(job.train_data_dir, job.reg_data_dir or None, job.caption_extension or ".caption")
+def build_data(job: Job, seed: int, events: EventWriter) -> TrainingData:
+    scan = scan_dataset(job.data.train_data_dir, job.data.reg_data_dir or None, job.data.caption_extension or ".caption")
     data = TrainingData(scan, data_options_from_job(job), seed)
     for warning in data.warnings:
         events.warning(warning.message, getattr(warning, "setting", None))
@@ -185,9 +169,9 @@ def build_data(job, seed: int, events: EventWriter) -> TrainingData:
     return data
 
 
-def build_session(job, run_dir: Path, events: EventWriter) -> Session:
-    torch.set_num_threads(job.num_cpu_threads_per_process)
-    seed = job.seed if job.seed is not None else random.SystemRandom().randrange(2**31)
+def build_session(job: Job, run_dir: Path, events: EventWriter) -> Session:
+    torch.set_num_threads(job.launch.num_cpu_threads_per_process)
+    seed = job.optimisation.seed if job.optimisation.seed is not None else random.SystemRandom().randrange(2**31)
     random.seed(seed)
     torch.manual_seed(seed)
     precision = resolve_precision(job, events)
@@ -199,50 +183,52 @@ def build_session(job, run_dir: Path, events: EventWriter) -> Session:
     events.emit("started", plan=plan)
 
     events.status("loading model")
-    base = load_base_model(job.pretrained_model_name_or_path, device=precision.device, dtype=precision.weight_dtype,
-                           v2=job.v2, v_prediction=True if job.v_parameterization else None, vae=job.vae or None)
+    base = load_base_model(job.model.pretrained_model_name_or_path, device=precision.device, dtype=precision.weight_dtype,
+                           v2=job.model.v2, v_prediction=True if job.model.v_parameterization else None, vae=job.model.vae or None)
     for note in base.notes:
         events.warning(note, setting="v_parameterization")
-    if base.family == "sdxl" and job.clip_skip > 1:
+    if base.family == "sdxl" and job.captions.clip_skip > 1:
         events.warning("clip_skip is ignored for SDXL: it always conditions on the penultimate layer of both "
                        "text encoders (as sd-scripts does)", "clip_skip")
     configure_attention(job, base, precision.device, events)
-    unet_lr, text_lr = effective_lrs(job)
-    tensors = read_lora_file(job.network_weights)[0] if job.network_weights else None
+    unet_lr, text_lr = effective_lrs(job.optimisation)
+    tensors = read_lora_file(job.network.network_weights)[0] if job.network.network_weights else None
     try:
         config = network_config_from_job(job, seed, base.family)
-    except ValueError as error:  # validation names these first; a job that skipped it still gets a setting
-        raise TrainingError(str(error), network_setting_named_in(str(error))) from None
-    if job.dim_from_weights:
+    except SettingError as error:  # validation names these first; a job that skipped it still gets a setting
+        raise TrainingError(str(error), error.setting) from None
+    if job.network.dim_from_weights:
+        if tensors is None:
+            raise TrainingError("needs a file in 'LoRA network weights'", "dim_from_weights")
         dim, alpha = rank_and_alpha_of(tensors)
         try:
             config = dataclasses.replace(config, dim=dim, alpha=alpha)
         except ValueError as error:
-            raise TrainingError(f"rank {dim} and alpha {alpha:g} from {job.network_weights}: {error}",
+            raise TrainingError(f"rank {dim} and alpha {alpha:g} from {job.network.network_weights}: {error}",
                                 "dim_from_weights") from None
-        events.status("loading model", note=f"rank {dim} and alpha {alpha:g} taken from {job.network_weights}")
+        events.status("loading model", note=f"rank {dim} and alpha {alpha:g} taken from {job.network.network_weights}")
     network = apply_network(base.unet, base.text_encoders, config)
     network.cast_adapters(precision.adapter_dtype)
     if tensors is not None:
         tensors, unused = parts_not_trained(tensors, config.train_unet, config.train_text_encoder)
         for part, count in unused.items():
-            events.warning(f"{job.network_weights}: its {count} {part} module(s) are not used, because this run "
+            events.warning(f"{job.network.network_weights}: its {count} {part} module(s) are not used, because this run "
                            f"does not train the {part} (its learning rate is 0)", "network_weights")
         try:
             network.load_kohya_state_dict(tensors)
         except ValueError as error:
-            raise TrainingError(f"{job.network_weights} does not fit this network: {error}", "network_weights") from None
+            raise TrainingError(f"{job.network.network_weights} does not fit this network: {error}", "network_weights") from None
 
     groups = network.param_groups(unet_lr, text_lr)
     if not groups:
         raise TrainingError("nothing to train: no LoRA modules were created with these settings", "network_dim")
-    optimizer_args = parse_optimizer_args(job.optimizer_args)
-    for setting, message in optimizer_warnings(job.optimizer, optimizer_args, {g["name"]: g["lr"] for g in groups}):
+    optimizer_args = parse_optimizer_args(job.optimisation.optimizer_args)
+    for setting, message in optimizer_warnings(job.optimisation.optimizer, optimizer_args, {g["name"]: g["lr"] for g in groups}):
         events.warning(message, setting)
-    optimizer = build_optimizer(job.optimizer, groups, job.learning_rate, optimizer_args)
-    lr_scheduler = build_lr_scheduler(optimizer, scheduler=job.lr_scheduler, total_steps=sched.total_steps,
-                                      warmup_steps=sched.warmup_steps, num_cycles=job.lr_scheduler_num_cycles or 1,
-                                      power=job.lr_scheduler_power or 1.0)
+    optimizer = build_optimizer(job.optimisation.optimizer, groups, job.optimisation.learning_rate, optimizer_args)
+    lr_scheduler = build_lr_scheduler(optimizer, scheduler=job.optimisation.lr_scheduler, total_steps=sched.total_steps,
+                                      warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
+                                      power=job.optimisation.lr_scheduler_power or 1.0)
     train_te = any(g["name"] == "text_encoder" for g in groups)
     text_cache = None if train_te else text_embedding_cache(base)
     noise_generator = torch.Generator(device=precision.device).manual_seed(seed)
@@ -252,10 +238,14 @@ def build_session(job, run_dir: Path, events: EventWriter) -> Session:
                    alphas_cumprod=sd_alphas_cumprod().to(precision.device), noise_generator=noise_generator)
 
 
+def _report_progress(events: EventWriter, done: int, total: int) -> None:
+    events.status("caching latents", done=done, total=total)
+
+
 def cache_latents(session: Session, events: EventWriter) -> None:
     """Encode every image once with the VAE (in memory, and on disk when asked)."""
     job, base, device = session.job, session.base, session.precision.device
-    if not (job.cache_latents or job.cache_latents_to_disk):
+    if not (job.data.cache_latents or job.data.cache_latents_to_disk):
         return
     events.status("caching latents")
 
@@ -265,8 +255,8 @@ def cache_latents(session: Session, events: EventWriter) -> None:
             return base.vae.encode(pixels).latent_dist.sample(generator=session.noise_generator).float().cpu()
 
     encoded, reused = session.data.cache_latents(
-        encode, job.vae_batch_size, disk=job.cache_latents_to_disk, encoder_id=str(base.vae_path or base.source_path),
+        encode, job.data.vae_batch_size, disk=job.data.cache_latents_to_disk, encoder_id=str(base.vae_path or base.source_path),
         cache_suffix="sdxl" if base.family == "sdxl" else "sd",
-        progress=lambda done, total: events.status("caching latents", done=done, total=total))
+        progress=lambda done, total: _report_progress(events, done, total))
     events.status("caching latents", encoded=encoded, reused=reused,
                   note=f"{encoded} image(s) encoded by the VAE, {reused} reused from the disk cache")

@@ -58,13 +58,14 @@ def caption_token_ids(
     if not weighted:
         ids = _ids_without_specials(tokenizer, captions, max_token_length)
         return ids, [[1.0] * len(row) for row in ids]
-    all_ids, all_weights = [], []
+    all_ids: list[list[int]] = []
+    all_weights: list[list[float]] = []
     for caption in captions:
         segments = parse_weighted_caption(caption)
         segment_ids = _ids_without_specials(tokenizer, [text for text, _ in segments], max_token_length)
-        ids = [token for row in segment_ids for token in row][:max_token_length]
+        caption_ids = [token for row in segment_ids for token in row][:max_token_length]
         weights = [weight for row, (_, weight) in zip(segment_ids, segments) for _ in row][:max_token_length]
-        all_ids.append(ids)
+        all_ids.append(caption_ids)
         all_weights.append(weights)
     return all_ids, all_weights
 

@@ -6,6 +6,7 @@ it is never written to the job, the metadata or the logs.
 from __future__ import annotations
 
 from pathlib import Path
+from trainer.spec.sections import Job
 
 
 class TensorBoardTracker:
@@ -47,13 +48,13 @@ class WandbTracker:
         self.run.finish()
 
 
-def make_tracker(job, run_dir: Path):
+def make_tracker(job: Job, run_dir: Path):
     """The tracker the job asks for; TensorBoard logs go to logging_dir, or run_dir/logs when it is blank."""
-    if job.log_with == "wandb":
+    if job.logging.log_with == "wandb":
         from trainer.spec import job_to_values, SETTINGS_BY_KEY
 
         config = {k: v for k, v in job_to_values(job).items()
                   if k in SETTINGS_BY_KEY and not SETTINGS_BY_KEY[k].secret}
-        return WandbTracker("lora-loom", job.output_name, config)
-    log_dir = Path(job.logging_dir).expanduser() if job.logging_dir else Path(run_dir) / "logs"
+        return WandbTracker("lora-loom", job.saving.output_name, config)
+    log_dir = Path(job.logging.logging_dir).expanduser() if job.logging.logging_dir else Path(run_dir) / "logs"
     return TensorBoardTracker(log_dir / Path(run_dir).name)

@@ -15,6 +15,7 @@ from trainer.data.buckets import (BucketChoice, make_bucket_resolutions, mean_ar
                                   select_predefined_bucket, snap_bucket_limits)
 from trainer.data.folders import DataError, DatasetScan, DataWarning, ImageRecord
 from trainer.spec import fields
+from trainer.spec.sections import Job
 
 
 @dataclass
@@ -59,19 +60,19 @@ def parse_resolution(text) -> Size:
         raise DataError(f"max_resolution: {error}", "max_resolution") from None
 
 
-def data_options_from_job(job) -> DataOptions:
+def data_options_from_job(job: Job) -> DataOptions:
     """Map a job (any object with kohya_ss-named attributes) onto DataOptions."""
     return DataOptions(
-        resolution=parse_resolution(job.max_resolution), enable_bucket=bool(job.enable_bucket),
-        min_bucket_reso=int(job.min_bucket_reso), max_bucket_reso=int(job.max_bucket_reso),
-        bucket_reso_steps=int(job.bucket_reso_steps), bucket_no_upscale=bool(job.bucket_no_upscale),
-        random_crop=bool(job.random_crop), flip_aug=bool(job.flip_aug), color_aug=bool(job.color_aug),
-        caption_extension=job.caption_extension or "", batch_size=int(job.train_batch_size),
-        prior_loss_weight=float(job.prior_loss_weight),
-        num_workers=int(job.max_data_loader_n_workers or 0),
-        persistent_workers=bool(job.persistent_data_loader_workers),
-        cache_latents=bool(job.cache_latents), cache_latents_to_disk=bool(job.cache_latents_to_disk),
-        vae_batch_size=int(job.vae_batch_size or 0))
+        resolution=parse_resolution(job.data.max_resolution), enable_bucket=bool(job.data.enable_bucket),
+        min_bucket_reso=int(job.data.min_bucket_reso), max_bucket_reso=int(job.data.max_bucket_reso),
+        bucket_reso_steps=int(job.data.bucket_reso_steps), bucket_no_upscale=bool(job.data.bucket_no_upscale),
+        random_crop=bool(job.data.random_crop), flip_aug=bool(job.data.flip_aug), color_aug=bool(job.data.color_aug),
+        caption_extension=job.data.caption_extension or "", batch_size=int(job.data.train_batch_size),
+        prior_loss_weight=float(job.noise_loss.prior_loss_weight),
+        num_workers=int(job.data.max_data_loader_n_workers or 0),
+        persistent_workers=bool(job.data.persistent_data_loader_workers),
+        cache_latents=bool(job.data.cache_latents), cache_latents_to_disk=bool(job.data.cache_latents_to_disk),
+        vae_batch_size=int(job.data.vae_batch_size or 0))
 
 
 def option_errors(options: DataOptions) -> list[DataError]:

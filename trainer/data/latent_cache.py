@@ -104,7 +104,7 @@ def _source_change(stored: dict[str, np.ndarray], image_path) -> str | None:
 def load_valid(cache_path, image_path, key: CacheEntryKey) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(latents, flipped latents or None) from a valid cache file, else None."""
     stored = _read_npz(Path(cache_path)) if Path(cache_path).is_file() else None
-    if stale_reason(stored, image_path, key) is not None:
+    if stored is None or stale_reason(stored, image_path, key) is not None:
         return None
     flipped = torch.from_numpy(stored["latents_flipped"]) if key.with_flipped else None
     return torch.from_numpy(stored["latents"]), flipped

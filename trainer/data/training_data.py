@@ -184,7 +184,7 @@ class TrainingData:
         flip = self.options.flip_aug and rng.random() < 0.5
         offsets = crop_offsets(item.resized, item.bucket, rng if self.options.random_crop else None)
         if self._latents is not None:
-            tensor = self._latents_flipped[index] if flip else self._latents[index]
+            tensor = self._latents_flipped[index] if flip and self._latents_flipped is not None else self._latents[index]
         else:
             color_rng = rng if self.options.color_aug else None
             tensor = images.prepare_pixels(item.path, item.resized, item.bucket, offsets, flip, color_rng)
@@ -205,6 +205,7 @@ class TrainingData:
                 yield self.load_batch(epoch, slot)
             return
         loader = self._worker_loader(workers)
+        assert self._sampler is not None  # made with the loader
         self._sampler.set(epoch, slots)
         yield from loader
         if not self.options.persistent_workers:

@@ -50,7 +50,7 @@ class ModelInfo:
     def summary(self) -> str:
         """One line for the page: the family, or why this file cannot be trained on."""
         if self.trainable:
-            text = f"{FAMILY_NAMES[self.family]} ({'diffusers folder' if self.kind == 'diffusers_folder' else 'single file'})"
+            text = f"{FAMILY_NAMES[self.family or '']} ({'diffusers folder' if self.kind == 'diffusers_folder' else 'single file'})"
             if self.v_prediction or self.suggest_v_parameterization:
                 text += ", v-prediction" + ("" if self.v_prediction else " suggested")
         elif self.kind == "checkpoint":

@@ -99,8 +99,8 @@ def _split(name: str, depth: int) -> tuple[list[str], str]:
 
 
 def _unet_down(name: str, layout: UNetLayout) -> str:
-    (_, level, kind, index), rest = _split(name, 4)
-    level, index, per_level = int(level), int(index), layout.layers_per_block + 1
+    (_, level_text, kind, index_text), rest = _split(name, 4)
+    level, index, per_level = int(level_text), int(index_text), layout.layers_per_block + 1
     first = 1 + level * per_level
     if kind == "resnets":
         return f"input_blocks.{first + index}.0.{_resnet_inner(rest)}"
@@ -112,8 +112,8 @@ def _unet_down(name: str, layout: UNetLayout) -> str:
 
 
 def _unet_up(name: str, layout: UNetLayout) -> str:
-    (_, level, kind, index), rest = _split(name, 4)
-    level, index, per_level = int(level), int(index), layout.layers_per_block + 1
+    (_, level_text, kind, index_text), rest = _split(name, 4)
+    level, index, per_level = int(level_text), int(index_text), layout.layers_per_block + 1
     first = level * per_level
     if kind == "resnets":
         return f"output_blocks.{first + index}.0.{_resnet_inner(rest)}"
@@ -188,8 +188,8 @@ def vae_name_to_ldm(name: str, layout: VaeLayout) -> str:
     if rest.startswith("mid_block."):
         return _vae_mid(side, rest[len("mid_block."):])
     if rest.startswith(("down_blocks.", "up_blocks.")):
-        (blocks, level, kind, index), inner = _split(rest, 4)
-        level = int(level)
+        (blocks, level_text, kind, index), inner = _split(rest, 4)
+        level = int(level_text)
         ldm_level = level if blocks == "down_blocks" else layout.level_count - 1 - level
         ldm_blocks = "down" if blocks == "down_blocks" else "up"
         if kind == "resnets":

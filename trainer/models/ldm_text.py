@@ -88,15 +88,6 @@ def hf_to_openclip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
     return ldm
 
 
-def openclip_layer_count(ldm: dict, prefix: str) -> int:
-    """How many residual blocks the OpenCLIP text tower under ``prefix`` holds."""
-    indices = {int(m.group(1)) for name in ldm if name.startswith(prefix)
-               for m in [RESBLOCK.match(name[len(prefix):])] if m}
-    if not indices:
-        raise TextLayoutError(f"no OpenCLIP text blocks under {prefix!r}")
-    return max(indices) + 1
-
-
 def _split_fused(block: str, tensor: torch.Tensor, suffix: str) -> dict[str, torch.Tensor]:
     width = tensor.shape[0] // 3
     return {f"{block}self_attn.{p}_proj.{suffix}": tensor[i * width:(i + 1) * width].clone()

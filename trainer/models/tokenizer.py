@@ -70,7 +70,11 @@ def read_merges(bpe_file: Path) -> list[tuple[str, str]]:
     with gzip.open(bpe_file, "rt", encoding="utf-8") as handle:
         lines = handle.read().split("\n")
     merge_lines = lines[1 : MERGE_COUNT + 1]
-    return [tuple(line.split()) for line in merge_lines]
+    merges = []
+    for line in merge_lines:
+        first, second = line.split()
+        merges.append((first, second))
+    return merges
 
 
 def build_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:

@@ -142,7 +142,7 @@ class LoraNetwork:
         if weights is None:
             groups.append({"name": "unet", "params": self._parameters("unet"), "lr": unet_lr})
         else:
-            for block in sorted({a.plan.block for a in self.adapters if a.part == "unet"}):
+            for block in sorted({a.plan.block for a in self.adapters if a.part == "unet" and a.plan.block is not None}):
                 params = [p for a in self.adapters if a.plan.block == block for p in a.parameters()]
                 name = unet_group_name(block, self.config.family)
                 groups.append({"name": name, "params": params, "lr": unet_lr * weights[block]})

@@ -23,12 +23,11 @@ import torch
 
 from trainer.network.sdxl_blocks import SDXL_BLOCK_LABELS, is_sdxl_unet, sdxl_block_index
 from trainer.network.targets import unet_targets
+from trainer.spec.block_layout import SD_LAYOUT
 
-BLOCK_COUNT = 25
-MID_INDEX = 12
-BLOCK_LABELS: tuple[str, ...] = (
-    tuple(f"IN{i:02d}" for i in range(12)) + ("MID",) + tuple(f"OUT{i:02d}" for i in range(12))
-)
+BLOCK_COUNT = SD_LAYOUT.count
+MID_INDEX = SD_LAYOUT.middle.start
+BLOCK_LABELS: tuple[str, ...] = SD_LAYOUT.labels
 
 _DOWN_UP_PATTERN = re.compile(
     r"(up|down)_blocks[._](\d+)[._](resnets|upsamplers|downsamplers|attentions)[._](\d+)(?:[._]|$)"

@@ -5,8 +5,11 @@ import json
 from dataclasses import dataclass
 
 from trainer.network.blocks import block_labels, validate_block_values
+from trainer.spec.block_layout import layout_for
+from trainer.spec.rules import adapts_conv, dylora_rank_faults
+from trainer.spec.setting import SettingError
+from trainer.spec.tables import LORA_TYPES
 
-LORA_TYPES = ("Standard", "LoCon", "LoHa", "DyLoRA")
 
 # ss_network_module as sd-scripts / LyCORIS write it for each type.
 NETWORK_MODULES = {
@@ -52,43 +55,40 @@ class NetworkConfig:
     @property
     def adapts_conv_layers(self) -> bool:
         """LoCon, LoHa and DyLoRA also adapt the resnet / up- and downsampler layers (when conv_dim > 0)."""
-        if self.lora_type not in ("LoCon", "LoHa", "DyLoRA"):
-            return False
-        return self.conv_dim > 0 or bool(self.conv_block_dims and any(self.conv_block_dims))
+        return adapts_conv(self.lora_type, self.conv_dim, self.conv_block_dims or ())
+
+
+# The job setting each field of the config comes from (what a SettingError blames).
+_SETTING_OF_FIELD = {"lora_type": "LoRA_type", "dim": "network_dim", "alpha": "network_alpha", "conv_dim": "conv_dim",
+                     "conv_alpha": "conv_alpha", "unit": "unit", "block_lr_weights": "down_lr_weight"}
 
 
 def validate_network_config(config: NetworkConfig) -> None:
-    """Raise ValueError naming the setting for anything the network cannot be built from."""
+    """Raise a SettingError naming the job setting for anything the network cannot be built from."""
     if config.lora_type not in LORA_TYPES:
-        raise ValueError(f"LoRA_type {config.lora_type!r} is not one of {', '.join(LORA_TYPES)}")
-    for name in ("dim", "conv_dim"):
+        raise SettingError(f"LoRA_type {config.lora_type!r} is not one of {', '.join(LORA_TYPES)}", "LoRA_type")
+    for name in ("dim", "conv_dim", "alpha", "conv_alpha"):
         if getattr(config, name) < 0:
-            raise ValueError(f"network_{name} must be 0 or more, got {getattr(config, name)}")
+            raise SettingError(f"{_SETTING_OF_FIELD[name]} must be 0 or more, got {getattr(config, name)}",
+                               _SETTING_OF_FIELD[name])
     if config.dim == 0 and not config.block_dims:
-        raise ValueError("network_dim must be at least 1")
-    for name in ("alpha", "conv_alpha"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"network_{name} must be 0 or more, got {getattr(config, name)}")
+        raise SettingError("network_dim must be at least 1", "network_dim")
     if config.unit < 1:
-        raise ValueError(f"unit must be at least 1, got {config.unit}")
+        raise SettingError(f"unit must be at least 1, got {config.unit}", "unit")
     for name in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "block_lr_weights"):
         values = getattr(config, name)
         if values is not None:
             count = len(block_labels(config.family))
-            object.__setattr__(config, name, validate_block_values(name, values, count))
+            try:
+                object.__setattr__(config, name, validate_block_values(name, values, count))
+            except ValueError as error:
+                raise SettingError(str(error), _SETTING_OF_FIELD.get(name, name)) from None
     if config.lora_type == "DyLoRA":
-        _check_dylora_dims(config)
-
-
-def _check_dylora_dims(config: NetworkConfig) -> None:
-    """Every DyLoRA rank must be a whole number of units."""
-    dims = {"network_dim": [config.dim], "block_dims": list(config.block_dims or ())}
-    if config.adapts_conv_layers:
-        dims.update(conv_dim=[config.conv_dim], conv_block_dims=list(config.conv_block_dims or ()))
-    for name, values in dims.items():
-        bad = [d for d in values if d % config.unit]
-        if bad:
-            raise ValueError(f"DyLoRA: {name} ({bad[0]}) must be a multiple of unit ({config.unit})")
+        ranks = {"network_dim": [config.dim], "block_dims": list(config.block_dims or ())}
+        if config.adapts_conv_layers:
+            ranks.update(conv_dim=[config.conv_dim], conv_block_dims=list(config.conv_block_dims or ()))
+        for name, rank in dylora_rank_faults(config.unit, ranks):
+            raise SettingError(f"DyLoRA: {name} ({rank}) must be a multiple of unit ({config.unit})", name)
 
 
 def effective_alpha(alpha: float, dim: int) -> float:
@@ -116,11 +116,10 @@ def network_args(config: NetworkConfig) -> dict[str, str]:
             args[name] = _join(values)
     if config.block_lr_weights is not None:
         weights = config.block_lr_weights
-        down, mid, up = (slice(1, 10), slice(10, 13), slice(13, 22)) if config.family == "sdxl" else (
-            slice(0, 12), slice(12, 13), slice(13, 25))  # SDXL's lists leave out EMB and END
-        args["down_lr_weight"] = _join(weights[down])
-        args["mid_lr_weight"] = _join(weights[mid])
-        args["up_lr_weight"] = _join(weights[up])
+        layout = layout_for(config.family)  # the LR weight settings leave out SDXL's EMB and END
+        args["down_lr_weight"] = _join(weights[layout.down])
+        args["mid_lr_weight"] = _join(weights[layout.middle])
+        args["up_lr_weight"] = _join(weights[layout.up])
     return args
 
 

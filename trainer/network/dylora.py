@@ -24,13 +24,15 @@ import math
 import torch
 import torch.nn.functional as F
 
+from trainer.spec.rules import dylora_rank_faults
+
 
 class DyLoraAdapter(torch.nn.Module):
     """Wraps a ``Linear`` or ``Conv2d`` (kept frozen as ``base_layer``) and adds a DyLoRA delta."""
 
     def __init__(self, base_layer: torch.nn.Module, dim: int, alpha: float, unit: int, generator: torch.Generator):
         super().__init__()
-        if dim <= 0 or unit <= 0 or dim % unit != 0:
+        if dim <= 0 or unit <= 0 or dylora_rank_faults(unit, {"network_dim": [dim]}):
             raise ValueError(f"DyLoRA needs network_dim ({dim}) to be a positive multiple of unit ({unit})")
         self.base_layer = base_layer
         self.dim, self.unit, self.alpha = dim, unit, float(alpha)

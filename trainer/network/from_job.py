@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from trainer.network.config import NetworkConfig
+from trainer.spec.block_layout import layout_for
+from trainer.spec.setting import SettingError
+from trainer.spec.rules import effective_lrs
+from trainer.spec.sections import Job
 
-HALF_BLOCKS = 12
-SDXL_HALF_BLOCKS, SDXL_MID_BLOCKS = 9, 3
 BLOCK_SETTINGS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
                   "down_lr_weight", "mid_lr_weight", "up_lr_weight")
 
@@ -19,17 +21,16 @@ def combine_block_lr_weights(down, mid, up, zero_threshold: float | None,
     """
     if down is None and mid is None and up is None:
         return None
-    sdxl = family == "sdxl"
-    half, mid_count = (SDXL_HALF_BLOCKS, SDXL_MID_BLOCKS) if sdxl else (HALF_BLOCKS, 1)
-    down = tuple(down) if down is not None else (1.0,) * half
-    mid = tuple(mid) if mid is not None else (1.0,) * mid_count
-    up = tuple(up) if up is not None else (1.0,) * half
-    weights = ((1.0,) + down + mid + up + (1.0,)) if sdxl else down + mid + up
+    layout = layout_for(family)
+    down = tuple(down) if down is not None else (1.0,) * layout.half
+    mid = tuple(mid) if mid is not None else (1.0,) * layout.mid
+    up = tuple(up) if up is not None else (1.0,) * layout.half
+    weights = (1.0,) * len(layout.lead) + down + mid + up + (1.0,) * len(layout.tail)
     threshold = zero_threshold or 0.0
     return tuple(float(w) if w > threshold else 0.0 for w in weights)
 
 
-def parse_block_settings(job, family: str) -> dict:
+def parse_block_settings(job: Job, family: str) -> dict:
     """The block lists of a job parsed for the model's family (SDXL's lists are shorter); a ValueError
     starts with the setting's name and says what the family needs."""
     from trainer.spec.fields import parse_block_alphas, parse_block_dims, parse_half_lr_weights, parse_mid_lr_weight
@@ -38,31 +39,29 @@ def parse_block_settings(job, family: str) -> dict:
                "conv_block_dims": parse_block_dims, "conv_block_alphas": parse_block_alphas,
                "down_lr_weight": parse_half_lr_weights, "mid_lr_weight": parse_mid_lr_weight,
                "up_lr_weight": parse_half_lr_weights}
-    words = "an SDXL model" if family == "sdxl" else "an SD1.x/SD2.x model"
+    words = layout_for(family).words
     parsed = {}
     for name in BLOCK_SETTINGS:
         try:
-            parsed[name] = parsers[name](getattr(job, name), family)
+            parsed[name] = parsers[name](job.get(name), family)
         except ValueError as error:
-            raise ValueError(f"{name}: for {words} it {error}") from None
+            raise SettingError(f"{name}: for {words} it {error}", name) from None
     return parsed
 
 
-def network_config_from_job(job, seed: int = 0, family: str = "sd1") -> NetworkConfig:
+def network_config_from_job(job: Job, seed: int = 0, family: str = "sd1") -> NetworkConfig:
     """NetworkConfig for a job (``trainer.spec`` model) and the base model's ``family``. A part whose
     effective learning rate is 0 gets no adapters (sd-scripts would still create the text encoder's,
     untrained)."""
-    from trainer.spec import effective_lrs
-
-    unet_lr, text_encoder_lr = effective_lrs(job)
+    unet_lr, text_encoder_lr = effective_lrs(job.optimisation)
     blocks = parse_block_settings(job, family)
     return NetworkConfig(
-        lora_type=job.LoRA_type,
-        dim=job.network_dim,
-        alpha=job.network_alpha,
-        conv_dim=job.conv_dim,
-        conv_alpha=job.conv_alpha,
-        unit=job.unit,
+        lora_type=job.network.LoRA_type,
+        dim=job.network.network_dim,
+        alpha=job.network.network_alpha,
+        conv_dim=job.network.conv_dim,
+        conv_alpha=job.network.conv_alpha,
+        unit=job.network.unit,
         train_unet=unet_lr > 0,
         train_text_encoder=text_encoder_lr > 0,
         block_dims=blocks["block_dims"],
@@ -71,7 +70,7 @@ def network_config_from_job(job, seed: int = 0, family: str = "sd1") -> NetworkC
         conv_block_alphas=blocks["conv_block_alphas"],
         block_lr_weights=combine_block_lr_weights(
             blocks["down_lr_weight"], blocks["mid_lr_weight"], blocks["up_lr_weight"],
-            job.block_lr_zero_threshold, family,
+            job.network.block_lr_zero_threshold, family,
         ),
         seed=seed,
         family=family,

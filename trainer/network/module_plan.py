@@ -69,5 +69,6 @@ def unet_block_lr_weights(unet, config: NetworkConfig) -> dict[str, float]:
     makes them. Empty when the UNet is not trained or there are no block LR weights."""
     if not config.train_unet or config.block_lr_weights is None:
         return {}
-    blocks = sorted({plan.block for plan in plan_modules(unet_targets(unet, config.adapts_conv_layers), config)})
+    planned = plan_modules(unet_targets(unet, config.adapts_conv_layers), config)
+    blocks = sorted({plan.block for plan in planned if plan.block is not None})
     return {unet_group_name(block, config.family): config.block_lr_weights[block] for block in blocks}

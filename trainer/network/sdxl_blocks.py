@@ -24,20 +24,14 @@ Block LR weights are given as 9 down, 3 mid and 9 up values and wrapped with 1.0
 from __future__ import annotations
 
 from trainer.models.ldm_layout import UNetLayout, unet_name_to_ldm
+from trainer.spec.block_layout import SDXL_LAYOUT
 
-SDXL_BLOCK_COUNT = 23
-SDXL_HALF_BLOCKS = 9  # input_blocks / output_blocks
-SDXL_MID_BLOCKS = 3
-SDXL_BLOCK_LABELS: tuple[str, ...] = (
-    ("EMB",)
-    + tuple(f"IN{i:02d}" for i in range(SDXL_HALF_BLOCKS))
-    + tuple(f"MID{i:02d}" for i in range(SDXL_MID_BLOCKS))
-    + tuple(f"OUT{i:02d}" for i in range(SDXL_HALF_BLOCKS))
-    + ("END",)
-)
+SDXL_BLOCK_COUNT = SDXL_LAYOUT.count
+SDXL_BLOCK_LABELS: tuple[str, ...] = SDXL_LAYOUT.labels
 # SGM block list → (first table index, how many blocks it holds).
-_SGM_BLOCKS = {"input_blocks": (1, SDXL_HALF_BLOCKS), "middle_block": (10, SDXL_MID_BLOCKS),
-               "output_blocks": (13, SDXL_HALF_BLOCKS)}
+_SGM_BLOCKS = {"input_blocks": (SDXL_LAYOUT.down.start, SDXL_LAYOUT.half),
+               "middle_block": (SDXL_LAYOUT.middle.start, SDXL_LAYOUT.mid),
+               "output_blocks": (SDXL_LAYOUT.up.start, SDXL_LAYOUT.half)}
 _UNET_KEY_PREFIX = "lora_unet_"
 
 

@@ -103,7 +103,7 @@ def unet_targets(unet: torch.nn.Module, include_conv_blocks: bool) -> list[Targe
     Downsample2D and Upsample2D children too. 3×3 convs are marked ``is_conv3x3``. An SDXL UNet's
     modules get kohya names from their original-layout paths (``lora_unet_input_blocks_4_1_…``).
     """
-    class_names = UNET_LINEAR_BLOCK_CLASSES
+    class_names: tuple[str, ...] = UNET_LINEAR_BLOCK_CLASSES
     if include_conv_blocks:
         class_names = class_names + UNET_CONV_BLOCK_CLASSES
     layout = UNetLayout.from_config(unet.config) if is_sdxl_unet(unet) else None

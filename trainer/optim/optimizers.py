@@ -15,13 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
+from trainer.spec.setting import SettingError
+from trainer.spec.tables import OPTIMIZER_CLASSES, OPTIMIZERS, SELF_ADAPTING, OptimizerClass
 
-class OptimizerSettingError(ValueError):
+
+class OptimizerSettingError(SettingError):
     """A bad optimizer setting; ``setting`` names the job key to blame."""
 
     def __init__(self, message: str, setting: str = "optimizer") -> None:
-        super().__init__(message)
-        self.setting = setting
+        super().__init__(message, setting)
 
 
 class OptimizerArgsError(OptimizerSettingError):
@@ -31,33 +33,7 @@ class OptimizerArgsError(OptimizerSettingError):
         super().__init__(message, setting="optimizer_args")
 
 
-@dataclass(frozen=True)
-class _OptimizerClass:
-    module: str
-    class_name: str
-    preset: tuple[tuple[str, object], ...] = ()  # arguments sd-scripts sets; optimizer_args may override them
-
-
-_NESTEROV = (("nesterov", True), ("momentum", 0.9))
-_OPTIMIZER_CLASSES = (
-    ("AdamW", _OptimizerClass("torch.optim", "AdamW")),
-    ("AdamW8bit", _OptimizerClass("bitsandbytes.optim", "AdamW8bit")),
-    ("PagedAdamW8bit", _OptimizerClass("bitsandbytes.optim", "PagedAdamW8bit")),
-    ("Adafactor", _OptimizerClass("transformers.optimization", "Adafactor")),
-    ("DAdaptation", _OptimizerClass("dadaptation.experimental", "DAdaptAdamPreprint")),
-    ("DAdaptAdaGrad", _OptimizerClass("dadaptation", "DAdaptAdaGrad")),
-    ("DAdaptAdam", _OptimizerClass("dadaptation", "DAdaptAdam")),
-    ("DAdaptAdan", _OptimizerClass("dadaptation", "DAdaptAdan")),
-    ("DAdaptLion", _OptimizerClass("dadaptation", "DAdaptLion")),
-    ("DAdaptSGD", _OptimizerClass("dadaptation", "DAdaptSGD")),
-    ("Lion", _OptimizerClass("lion_pytorch", "Lion")),
-    ("Lion8bit", _OptimizerClass("bitsandbytes.optim", "Lion8bit")),
-    ("SGDNesterov", _OptimizerClass("torch.optim", "SGD", _NESTEROV)),
-    ("SGDNesterov8bit", _OptimizerClass("bitsandbytes.optim", "SGD8bit", _NESTEROV)),
-    ("Prodigy", _OptimizerClass("prodigyopt", "Prodigy")),
-)
-OPTIMIZER_NAMES: tuple[str, ...] = tuple(name for name, _ in _OPTIMIZER_CLASSES)
-SELF_ADAPTING = tuple(name for name in OPTIMIZER_NAMES if name.startswith("DAdapt") or name == "Prodigy")
+OPTIMIZER_NAMES: tuple[str, ...] = OPTIMIZERS
 # These raise at their first step when param groups have different non-zero lrs; we refuse it up front.
 ONE_LR_ONLY = ("DAdaptation", "DAdaptAdam", "DAdaptLion", "DAdaptSGD", "Prodigy")
 
@@ -73,7 +49,10 @@ _CLOSERS = {"(": ")", "[": "]", "{": "}"}
 
 def _split_top_level(text: str) -> list[str]:
     """Split on whitespace and commas that are outside brackets and quotes."""
-    pieces, current, stack, quote = [], [], [], None
+    pieces: list[str] = []
+    current: list[str] = []
+    stack: list[str] = []
+    quote: str | None = None
     for char in text:
         if quote:
             quote = None if char == quote else quote
@@ -151,8 +130,8 @@ def canonical_optimizer_name(name: str) -> str:
     raise OptimizerSettingError(f"optimizer: {name!r} is not one of {', '.join(OPTIMIZER_NAMES)}")
 
 
-def _optimizer_class(name: str) -> tuple[type, _OptimizerClass]:
-    entry = dict(_OPTIMIZER_CLASSES)[name]
+def _optimizer_class(name: str) -> tuple[type, OptimizerClass]:
+    entry = OPTIMIZER_CLASSES[name]
     try:
         module = importlib.import_module(entry.module)
     except ImportError as error:
@@ -163,7 +142,7 @@ def _optimizer_class(name: str) -> tuple[type, _OptimizerClass]:
 
 def _accepted_arguments(optimizer_class: type) -> dict[str, object]:
     """Constructor arguments an optimizer takes besides ``params`` and ``lr``, with their defaults."""
-    parameters = inspect.signature(optimizer_class.__init__).parameters.values()
+    parameters = inspect.signature(optimizer_class.__init__).parameters.values()  # type: ignore[misc]
     skipped = {"self", "params", "lr"}
     return {
         p.name: p.default
@@ -274,10 +253,11 @@ def build_optimizer(name: str, param_groups: list[dict], lr: float, args: dict) 
     _check_group_lrs(canonical, groups, lr)
     optimizer_class, entry = _optimizer_class(canonical)
     kwargs = {**dict(entry.preset), **args}
+    call_lr: float | None = lr
     if canonical == "Adafactor":
-        groups, lr, kwargs = _adafactor_call(groups, lr, kwargs)
+        groups, call_lr, kwargs = _adafactor_call(groups, lr, kwargs)
     try:
-        return optimizer_class(groups, lr=lr, **kwargs)
+        return optimizer_class(groups, lr=call_lr, **kwargs)
     except (ValueError, TypeError, AssertionError, RuntimeError) as error:
         raise OptimizerArgsError(f"optimizer_args: {canonical} refused {kwargs}: {error}") from error
 

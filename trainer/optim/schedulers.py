@@ -17,28 +17,10 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-SCHEDULER_NAMES = (
-    "adafactor",
-    "constant",
-    "constant_with_warmup",
-    "cosine",
-    "cosine_with_restarts",
-    "linear",
-    "polynomial",
-)
+from trainer.spec.tables import LR_SCHEDULERS, SCHEDULERS_WITHOUT_WARMUP
+
+SCHEDULER_NAMES = LR_SCHEDULERS
 POLYNOMIAL_LR_END = 1e-7  # transformers' default lr_end for the polynomial schedule
-
-
-def warmup_steps_from_percent(total_steps: int, percent: float) -> int:
-    """Warmup steps for "LR warmup" given as a percent of total steps: ``round(total × percent / 100)``.
-
-    kohya_ss computes it the same way (Python's round, so halves go to the even neighbour).
-    """
-    if total_steps < 0:
-        raise ValueError(f"total steps must be >= 0, got {total_steps}")
-    if not 0 <= percent <= 100:
-        raise ValueError(f"lr_warmup: {percent} is not a percent between 0 and 100")
-    return int(round(total_steps * percent / 100))
 
 
 def _warmup_factor(step: int, warmup_steps: int) -> float:
@@ -117,7 +99,7 @@ def lr_factor(
     _check_schedule_args(scheduler, total_steps, warmup_steps, num_cycles, power)
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    if scheduler in ("constant", "adafactor"):
+    if scheduler in SCHEDULERS_WITHOUT_WARMUP:
         return 1.0
     if step < warmup_steps:
         return _warmup_factor(step, warmup_steps)
@@ -142,18 +124,6 @@ def adafactor_relative_step_size(step: int, warmup_init: bool = False) -> float:
     count = step + 1
     ceiling = 1e-6 * count if warmup_init else 1e-2
     return min(ceiling, 1.0 / math.sqrt(count))
-
-
-def schedule_warnings(scheduler: str, *, warmup_steps: int, num_cycles: int = 1, power: float = 1.0) -> list[tuple[str, str]]:
-    """``(setting, message)`` for settings the chosen scheduler does not use, so none is ignored silently."""
-    warnings = []
-    if warmup_steps > 0 and scheduler in ("constant", "adafactor"):
-        warnings.append(("lr_warmup", f"the {scheduler} scheduler has no warmup; choose constant_with_warmup to warm up"))
-    if num_cycles != 1 and scheduler != "cosine_with_restarts":
-        warnings.append(("lr_scheduler_num_cycles", f"only cosine_with_restarts uses cycles; {scheduler} ignores them"))
-    if power != 1.0 and scheduler != "polynomial":
-        warnings.append(("lr_scheduler_power", f"only the polynomial scheduler uses LR power; {scheduler} ignores it"))
-    return warnings
 
 
 def lr_curve(

@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from .checks import check_paths, check_settings, effective_lrs, parse_additional_parameters
+from .checks import check_paths, check_settings, parse_additional_parameters
 from .job import (
     SETTINGS,
     SETTINGS_BY_KEY,
@@ -21,9 +21,10 @@ from .job import (
     write_job_toml,
 )
 from .setting import TABS, Problem, Setting
+from .sections import Job
 
 
-def check_job(job, *, for_training: bool = True) -> list[Problem]:
+def check_job(job: Job, *, for_training: bool = True) -> list[Problem]:
     """Cross-setting rules, plus the file-system checks when the job is about to train."""
     problems = check_settings(job, SETTINGS)
     if for_training:
@@ -42,7 +43,7 @@ def validate_values(values: dict, *, for_training: bool = True):
 
 __all__ = [
     "SETTINGS", "SETTINGS_BY_KEY", "SPEC_VERSION", "TABS", "Job", "JobError", "Problem", "Setting",
-    "check_job", "check_paths", "check_settings", "defaults", "effective_lrs", "job_from_values",
+    "check_job", "check_paths", "check_settings", "defaults", "job_from_values",
     "job_to_values", "load_job", "parse_additional_parameters", "read_job_toml", "sparse_values",
     "toml_text", "validate_values", "write_job_toml",
 ]

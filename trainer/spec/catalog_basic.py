@@ -3,148 +3,141 @@ from __future__ import annotations
 
 from .fields import parse_resolution
 from .setting import Setting
+from .tables import LORA_TYPES, LR_SCHEDULERS, OPTIMIZERS
 
-OPTIMIZERS = (
-    "AdamW", "AdamW8bit", "Adafactor", "DAdaptation", "DAdaptAdaGrad", "DAdaptAdam", "DAdaptAdan",
-    "DAdaptLion", "DAdaptSGD", "Lion", "SGDNesterov", "Prodigy", "PagedAdamW8bit", "Lion8bit", "SGDNesterov8bit",
-)
-LR_SCHEDULERS = (
-    "adafactor", "constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial",
-)
-LORA_TYPES = ("Standard", "LoCon", "LoHa", "DyLoRA")
 
 MODEL_AND_FOLDERS = (
-    Setting("pretrained_model_name_or_path", "path", "", "Pretrained model", tab="model",
+    Setting("pretrained_model_name_or_path", "path", "", "Pretrained model", tab="model", group="model",
             help="The base Stable Diffusion model the LoRA is trained against: a local diffusers folder or a "
                  "single checkpoint file. Nothing is downloaded; the path must exist on this machine."),
-    Setting("v2", "bool", False, "SD2.x model", tab="model",
+    Setting("v2", "bool", False, "SD2.x model", tab="model", group="model",
             help="The base model is Stable Diffusion 2.x (OpenCLIP text encoder). The family is detected from the "
                  "weights; setting this makes the run refuse a model that is not SD2.x."),
-    Setting("v_parameterization", "bool", False, "v-parameterization", tab="model",
+    Setting("v_parameterization", "bool", False, "v-parameterization", tab="model", group="model",
             help="The model predicts velocity (v) instead of noise, as SD2.x 768-v models do. Off: as the model "
                  "declares it (a diffusers folder's scheduler, a file's model-spec metadata), else noise. "
                  "Suggested for single files that look like SD2.x-768-v."),
-    Setting("vae", "path", "", "VAE", tab="model",
+    Setting("vae", "path", "", "VAE", tab="model", group="model",
             help="Optional separate VAE to use instead of the model's own: a .safetensors/.ckpt file (original "
                  "or diffusers layout) or a diffusers folder."),
-    Setting("output_name", "str", "last", "Output name", tab="model",
+    Setting("output_name", "str", "last", "Output name", tab="model", group="saving",
             help="File name (without extension) of the trained LoRA. Intermediate saves add -000002 "
                  "(epoch) or -step00000200 (step) to it."),
-    Setting("train_data_dir", "path", "", "Image folder", tab="folders",
+    Setting("train_data_dir", "path", "", "Image folder", tab="folders", group="data",
             help="Folder that holds one sub-folder per concept, named N_name: N is how many times each "
                  "image is repeated per epoch, name is the class token used when an image has no caption."),
-    Setting("reg_data_dir", "path", "", "Regularization folder", tab="folders",
+    Setting("reg_data_dir", "path", "", "Regularization folder", tab="folders", group="data",
             help="Optional folder of regularization images in the same N_name layout. They keep the model "
                  "from forgetting the general class; their loss is scaled by the prior loss weight."),
-    Setting("output_dir", "path", "", "Output folder", tab="folders",
+    Setting("output_dir", "path", "", "Output folder", tab="folders", group="saving",
             help="Where the LoRA files (final and intermediate) are written. Created if it does not exist."),
-    Setting("logging_dir", "path", "", "Logging folder", tab="folders",
+    Setting("logging_dir", "path", "", "Logging folder", tab="folders", group="logging",
             help="Where TensorBoard logs go. Blank: a 'logs' folder inside the run folder."),
 )
 
 BASIC = (
-    Setting("LoRA_type", "choice", "Standard", "LoRA type", tab="basic", section="Network",
+    Setting("LoRA_type", "choice", "Standard", "LoRA type", tab="basic", group="network", section="Network",
             choices=LORA_TYPES,
             help="Standard: LoRA on the attention and feed-forward layers. LoCon: also the 3×3 convolutions "
                  "of the ResNet blocks. LoHa: a Hadamard-product adapter, more expressive for its size. "
                  "DyLoRA: trains every rank up to the chosen one at once, so you can pick a rank afterwards."),
-    Setting("network_weights", "path", "", "LoRA network weights", tab="basic", section="Network",
+    Setting("network_weights", "path", "", "LoRA network weights", tab="basic", group="network", section="Network",
             help="Start from an existing LoRA file instead of from zero. That file is read, never overwritten."),
-    Setting("dim_from_weights", "bool", False, "DIM from weights", tab="basic", section="Network",
+    Setting("dim_from_weights", "bool", False, "DIM from weights", tab="basic", group="network", section="Network",
             help="Take rank and alpha from the file in 'LoRA network weights' instead of the rank setting."),
-    Setting("network_dim", "int", 8, "Network Rank (Dimension)", tab="basic", section="Network",
+    Setting("network_dim", "int", 8, "Network Rank (Dimension)", tab="basic", group="network", section="Network",
             minimum=1, maximum=1024,
             help="Width of the LoRA's hidden layer. Higher ranks store more detail but also more noise and "
                  "make bigger files; 4–32 is typical, 8 is a good start."),
-    Setting("network_alpha", "float", 1.0, "Network alpha", tab="basic", section="Network",
+    Setting("network_alpha", "float", 1.0, "Network alpha", tab="basic", group="network", section="Network",
             minimum=0.0001, maximum=1024, step=0.0001,
             help="The LoRA's output is scaled by alpha ÷ rank during training, so alpha acts like a "
                  "learning-rate multiplier. Alpha = rank means no scaling; keep alpha ≤ rank."),
-    Setting("conv_dim", "int", 1, "Convolution rank (LoCon)", tab="basic", section="Network",
+    Setting("conv_dim", "int", 1, "Convolution rank (LoCon)", tab="basic", group="network", section="Network",
             minimum=1, maximum=512, visible_when=("LoRA_type", ("LoCon", "LoHa", "DyLoRA")),
             help="Rank of the adapters on the 3×3 convolutions (LoCon, LoHa and DyLoRA)."),
-    Setting("conv_alpha", "float", 1.0, "Convolution alpha (LoCon)", tab="basic", section="Network",
+    Setting("conv_alpha", "float", 1.0, "Convolution alpha (LoCon)", tab="basic", group="network", section="Network",
             minimum=0.0001, maximum=512, visible_when=("LoRA_type", ("LoCon", "LoHa", "DyLoRA")),
             help="Alpha of the convolution adapters; they are scaled by conv alpha ÷ conv rank."),
-    Setting("unit", "int", 1, "DyLoRA unit", tab="basic", section="Network",
+    Setting("unit", "int", 1, "DyLoRA unit", tab="basic", group="network", section="Network",
             minimum=1, maximum=64, visible_when=("LoRA_type", ("DyLoRA",)),
             help="DyLoRA trains ranks in steps of this size; the rank must be a multiple of it."),
-    Setting("train_batch_size", "int", 1, "Train batch size", tab="basic", section="Steps",
+    Setting("train_batch_size", "int", 1, "Train batch size", tab="basic", group="data", section="Steps",
             minimum=1, maximum=64,
             help="Images per step. Bigger batches are faster per image and smoother, but need more memory "
                  "and fewer steps happen; images in a batch must share a bucket."),
-    Setting("epoch", "int", 1, "Epoch", tab="basic", section="Steps", minimum=1, maximum=10000,
+    Setting("epoch", "int", 1, "Epoch", tab="basic", group="optimisation", section="Steps", minimum=1, maximum=10000,
             help="How many passes over the dataset. One epoch = every image × its repeats once."),
-    Setting("save_every_n_epochs", "int", 1, "Save every N epochs", tab="basic", section="Saving",
+    Setting("save_every_n_epochs", "int", 1, "Save every N epochs", tab="basic", group="saving", section="Saving",
             minimum=0,
             help="Also save an intermediate LoRA after every N epochs (0: only the final file). The last "
                  "epoch is always saved as the final file."),
-    Setting("caption_extension", "str", ".caption", "Caption Extension", tab="basic", section="Data",
+    Setting("caption_extension", "str", ".caption", "Caption Extension", tab="basic", group="data", section="Data",
             help="Extension of the caption file next to each image (.caption, .txt …). Blank means .caption."),
-    Setting("mixed_precision", "choice", "fp16", "Mixed precision", tab="basic", section="Precision",
+    Setting("mixed_precision", "choice", "fp16", "Mixed precision", tab="basic", group="launch", section="Precision",
             choices=("no", "fp16", "bf16"),
             help="Compute in 16-bit where it is safe, keeping the LoRA weights in 32-bit: less memory and "
                  "faster on GPUs. Falls back with a warning where the device cannot (no fp16 on CPU)."),
-    Setting("save_precision", "choice", "fp16", "Save precision", tab="basic", section="Precision",
+    Setting("save_precision", "choice", "fp16", "Save precision", tab="basic", group="saving", section="Precision",
             choices=("float", "fp16", "bf16"),
             help="Number format of the saved LoRA file: float is 32-bit, fp16/bf16 halve the file size."),
-    Setting("num_cpu_threads_per_process", "int", 2, "Number of CPU threads per core", tab="basic",
+    Setting("num_cpu_threads_per_process", "int", 2, "Number of CPU threads per core", tab="basic", group="launch",
             section="Performance", minimum=1, maximum=256,
             help="Threads the trainer's CPU math uses (torch threads)."),
-    Setting("seed", "int", None, "Seed", tab="basic", section="Steps", minimum=0, maximum=2**32 - 1,
+    Setting("seed", "int", None, "Seed", tab="basic", group="optimisation", section="Steps", minimum=0, maximum=2**32 - 1,
             optional=True,
             help="Fixes the random choices (order of images, noise, timesteps) so a run can be repeated. "
                  "Blank: a seed is chosen at start and recorded in the LoRA's metadata."),
-    Setting("cache_latents", "bool", True, "Cache latents", tab="basic", section="Data",
+    Setting("cache_latents", "bool", True, "Cache latents", tab="basic", group="data", section="Data",
             help="Encode every image with the VAE once and keep the small latents in memory: faster and "
                  "lighter, but rules out colour augmentation and random crop (flip still works)."),
-    Setting("cache_latents_to_disk", "bool", False, "Cache latents to disk", tab="basic", section="Data",
+    Setting("cache_latents_to_disk", "bool", False, "Cache latents to disk", tab="basic", group="data", section="Data",
             help="Like cache latents, but also saves them next to the images so later runs reuse them; "
                  "they are rebuilt when an image, the resolution or the bucket changes."),
-    Setting("learning_rate", "float", 0.0001, "Learning rate", tab="basic", section="Learning rate",
+    Setting("learning_rate", "float", 0.0001, "Learning rate", tab="basic", group="optimisation", section="Learning rate",
             minimum=0, maximum=10,
             help="How far each step moves the weights. Used for the UNet and the text encoder unless "
                  "their own rates below are set."),
-    Setting("lr_scheduler", "choice", "cosine", "LR Scheduler", tab="basic", section="Learning rate",
+    Setting("lr_scheduler", "choice", "cosine", "LR Scheduler", tab="basic", group="optimisation", section="Learning rate",
             choices=LR_SCHEDULERS,
             help="How the learning rate changes over the run: constant; constant_with_warmup; cosine "
                  "(a smooth fall to 0); cosine_with_restarts (several falls, see cycles); linear; "
                  "polynomial (see power); adafactor (Adafactor's own schedule, with that optimizer)."),
-    Setting("lr_warmup", "float", 10.0, "LR warmup (% of steps)", tab="basic", section="Learning rate",
+    Setting("lr_warmup", "float", 10.0, "LR warmup (% of steps)", tab="basic", group="optimisation", section="Learning rate",
             minimum=0, maximum=100,
             help="Percent of all steps over which the learning rate rises from 0 to its value. "
                  "Ignored by the constant scheduler."),
-    Setting("optimizer", "choice", "AdamW8bit", "Optimizer", tab="basic", section="Optimizer",
+    Setting("optimizer", "choice", "AdamW8bit", "Optimizer", tab="basic", group="optimisation", section="Optimizer",
             choices=OPTIMIZERS,
             help="How gradients become weight updates. AdamW8bit: AdamW with 8-bit state, less memory. "
                  "Adafactor ignores the learning rate and adapts its own. DAdaptation and Prodigy find the "
                  "rate themselves (set learning rates to 1). Lion and SGDNesterov are alternatives."),
-    Setting("optimizer_args", "str", "", "Optimizer extra arguments", tab="basic", section="Optimizer",
+    Setting("optimizer_args", "str", "", "Optimizer extra arguments", tab="basic", group="optimisation", section="Optimizer",
             help="Extra key=value arguments for the optimizer, separated by spaces, such as "
                  "weight_decay=0.01 betas=(0.9,0.99). An argument the optimizer does not take is an error."),
-    Setting("text_encoder_lr", "float", 0.00005, "Text Encoder learning rate", tab="basic",
+    Setting("text_encoder_lr", "float", 0.00005, "Text Encoder learning rate", tab="basic", group="optimisation",
             section="Learning rate", minimum=0, maximum=10, optional=True,
             help="Learning rate of the text-encoder LoRA; overrides the learning rate. Usually lower than "
                  "the UNet's. 0: the text encoder is not trained and gets no modules in the file."),
-    Setting("unet_lr", "float", 0.0001, "Unet learning rate", tab="basic", section="Learning rate",
+    Setting("unet_lr", "float", 0.0001, "Unet learning rate", tab="basic", group="optimisation", section="Learning rate",
             minimum=0, maximum=10, optional=True,
             help="Learning rate of the UNet LoRA; overrides the learning rate. 0: the UNet is not trained "
                  "and gets no modules in the file."),
-    Setting("max_resolution", "str", "512,512", "Max resolution", tab="basic", section="Data",
+    Setting("max_resolution", "str", "512,512", "Max resolution", tab="basic", group="data", section="Data",
             parser=parse_resolution,
             help="Training resolution as width,height. Larger images are scaled down to fit this area; "
                  "with buckets off every image is resized and centre-cropped to exactly this size."),
-    Setting("stop_text_encoder_training", "float", 0.0, "Stop text encoder training (%)", tab="basic",
+    Setting("stop_text_encoder_training", "float", 0.0, "Stop text encoder training (%)", tab="basic", group="optimisation",
             section="Learning rate", minimum=0, maximum=100,
             help="Percent of all steps after which the text encoder stops learning while the UNet goes on. "
                  "0: train it to the end."),
-    Setting("enable_bucket", "bool", True, "Enable buckets", tab="basic", section="Buckets",
+    Setting("enable_bucket", "bool", True, "Enable buckets", tab="basic", group="data", section="Buckets",
             help="Sort images into buckets of similar aspect ratio so they can be trained without "
                  "distorting crops. Each batch comes from one bucket."),
-    Setting("min_bucket_reso", "int", 256, "Minimum bucket resolution", tab="basic", section="Buckets",
+    Setting("min_bucket_reso", "int", 256, "Minimum bucket resolution", tab="basic", group="data", section="Buckets",
             minimum=64, maximum=4096, step=64,
             help="Smallest side a bucket may have."),
-    Setting("max_bucket_reso", "int", 1024, "Maximum bucket resolution", tab="basic", section="Buckets",
+    Setting("max_bucket_reso", "int", 1024, "Maximum bucket resolution", tab="basic", group="data", section="Buckets",
             minimum=64, maximum=4096, step=64,
             help="Largest side a bucket may have."),
 )

@@ -13,19 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from .setting import Problem
+from .sections import Job
+from .rules import dylora_rank_faults, effective_lrs, network_adapts_conv, unread_scheduler_settings
 
 
 # Optimizers whose update divides by a running second moment kept in the parameters' dtype: with full_fp16
 # the moment and epsilon (1e-8, below fp16's smallest number) underflow to 0. Found by training the demo
 # with fp16 LoRA weights: AdamW and Prodigy give NaN losses from the first steps, DAdaptSGD divides by zero.
 FP16_STATE_UNSTABLE = ("AdamW", "Prodigy", "DAdaptSGD")
-
-
-def effective_lrs(job) -> tuple[float, float]:
-    """(unet_lr, text_encoder_lr): each falls back to learning_rate when blank."""
-    unet = job.learning_rate if job.unet_lr is None else job.unet_lr
-    text = job.learning_rate if job.text_encoder_lr is None else job.text_encoder_lr
-    return unet, text
 
 
 def parse_additional_parameters(text: str, settings_by_key: dict) -> tuple[dict[str, Any], list[Problem]]:
@@ -99,89 +94,87 @@ def check_optimizer_args_syntax(text: str) -> list[Problem]:
     return []
 
 
-def check_settings(job, settings) -> list[Problem]:
+def check_settings(job: Job, settings) -> list[Problem]:
     """Rules across settings. Warnings do not stop a run; errors do."""
     problems: list[Problem] = []
     for setting in settings:
-        value = getattr(job, setting.key)
+        value = job.get(setting.key)
         if not setting.implemented and value != setting.default:
             problems.append(Problem(setting.key, f"is not implemented yet in LoRA Loom; leave it at its "
                                                  f"default ({setting.default!r}) — it would be ignored"))
-    unet_lr, text_lr = effective_lrs(job)
+    unet_lr, text_lr = effective_lrs(job.optimisation)
     if unet_lr == 0 and text_lr == 0:
         problems.append(Problem("learning_rate", "the UNet and text-encoder learning rates are both 0: "
                                                  "nothing would be trained"))
-    caching = job.cache_latents or job.cache_latents_to_disk
-    if caching and job.color_aug:
+    caching = job.data.cache_latents or job.data.cache_latents_to_disk
+    if caching and job.data.color_aug:
         problems.append(Problem("color_aug", "cannot be used with cached latents (the images are encoded once); "
                                              "turn off Cache latents or Color augmentation"))
-    if caching and job.random_crop:
+    if caching and job.data.random_crop:
         problems.append(Problem("random_crop", "cannot be used with cached latents (the crop is fixed when "
                                                "latents are cached); turn off Cache latents or Random crop"))
-    if job.network_alpha > job.network_dim and not job.dim_from_weights:
-        problems.append(Problem("network_alpha", f"alpha {job.network_alpha:g} is above the rank "
-                                                 f"{job.network_dim}: the LoRA is amplified, which is rarely "
+    if job.network.network_alpha > job.network.network_dim and not job.network.dim_from_weights:
+        problems.append(Problem("network_alpha", f"alpha {job.network.network_alpha:g} is above the rank "
+                                                 f"{job.network.network_dim}: the LoRA is amplified, which is rarely "
                                                  f"intended", "warning"))
-    if job.min_bucket_reso > job.max_bucket_reso:
+    if job.data.min_bucket_reso > job.data.max_bucket_reso:
         problems.append(Problem("min_bucket_reso", "is larger than the maximum bucket resolution"))
-    if job.LoRA_type == "DyLoRA":
+    if job.network.LoRA_type == "DyLoRA":
         problems += check_dylora_units(job)
-    if job.dim_from_weights and not job.network_weights:
+    if job.network.dim_from_weights and not job.network.network_weights:
         problems.append(Problem("dim_from_weights", "needs a file in 'LoRA network weights'"))
-    if job.full_fp16 and job.mixed_precision != "fp16":
-        problems.append(Problem("full_fp16", f"needs mixed precision fp16 (it is {job.mixed_precision!r}): it "
+    if job.launch.full_fp16 and job.launch.mixed_precision != "fp16":
+        problems.append(Problem("full_fp16", f"needs mixed precision fp16 (it is {job.launch.mixed_precision!r}): it "
                                              "keeps the LoRA weights in fp16; turn it off or choose fp16"))
-    if job.full_fp16 and job.optimizer in FP16_STATE_UNSTABLE:
-        problems.append(Problem("full_fp16", f"{job.optimizer} keeps its state in the weights' fp16, where its "
+    if job.launch.full_fp16 and job.optimisation.optimizer in FP16_STATE_UNSTABLE:
+        problems.append(Problem("full_fp16", f"{job.optimisation.optimizer} keeps its state in the weights' fp16, where its "
                                              "second moment and epsilon underflow: the loss turns NaN within a few "
                                              "steps; use AdamW8bit (or another 8-bit optimizer) with full fp16",
                                 "warning"))
     problems += check_network_weights_kept(job)
-    if job.save_last_n_steps and not job.save_every_n_steps:
+    if job.saving.save_last_n_steps and not job.saving.save_every_n_steps:
         problems.append(Problem("save_last_n_steps", "has no effect while 'Save every N steps' is 0", "warning"))
-    if job.adaptive_noise_scale and not job.noise_offset:
+    if job.noise_loss.adaptive_noise_scale and not job.noise_loss.noise_offset:
         problems.append(Problem("adaptive_noise_scale", "has no effect without a noise offset", "warning"))
-    if job.noise_offset_type == "Multires" and (job.noise_offset or job.adaptive_noise_scale):
+    if job.noise_loss.noise_offset_type == "Multires" and (job.noise_loss.noise_offset or job.noise_loss.adaptive_noise_scale):
         problems.append(Problem("noise_offset", "is ignored while the noise offset type is Multires", "warning"))
-    if job.noise_offset_type == "Original" and job.multires_noise_iterations:
+    if job.noise_loss.noise_offset_type == "Original" and job.noise_loss.multires_noise_iterations:
         problems.append(Problem("multires_noise_iterations", "is ignored while the noise offset type is "
                                                              "Original", "warning"))
-    if job.stop_text_encoder_training and text_lr == 0:
+    if job.optimisation.stop_text_encoder_training and text_lr == 0:
         problems.append(Problem("stop_text_encoder_training", "the text encoder is not trained at all "
                                                               "(its learning rate is 0)", "warning"))
-    if (job.sample_every_n_steps or job.sample_every_n_epochs) and not job.sample_prompts.strip():
+    if (job.sampling.sample_every_n_steps or job.sampling.sample_every_n_epochs) and not job.sampling.sample_prompts.strip():
         problems.append(Problem("sample_prompts", "sampling is on but there are no prompts", "warning"))
-    if job.log_with == "wandb" and importlib.util.find_spec("wandb") is None:
+    problems += [Problem(key, message, "warning") for key, message in unread_scheduler_settings(job.optimisation)]
+    if job.logging.log_with == "wandb" and importlib.util.find_spec("wandb") is None:
         problems.append(Problem("log_with", "wandb is not installed here; choose tensorboard or "
                                             "`pip install wandb`"))
-    problems += check_optimizer_args_syntax(job.optimizer_args)
-    problems += _check_sample_prompts(job.sample_prompts)
+    problems += check_optimizer_args_syntax(job.optimisation.optimizer_args)
+    problems += _check_sample_prompts(job.sampling.sample_prompts)
     return problems
 
 
-def check_dylora_units(job) -> list[Problem]:
-    """Every DyLoRA rank must be a whole number of units (``trainer.network.config._check_dylora_dims``):
-    network_dim and block_dims always; conv_dim and conv_block_dims because DyLoRA adapts the 3×3 convs
-    too whenever conv_dim > 0 or a conv block dim is set (``NetworkConfig.adapts_conv_layers``)."""
+def check_dylora_units(job: Job) -> list[Problem]:
+    """Every DyLoRA rank must be a whole number of units (:func:`trainer.spec.rules.dylora_rank_faults`, which
+    the network applies too): network_dim and block_dims always; conv_dim and conv_block_dims whenever DyLoRA
+    adapts the 3×3 convs (conv_dim > 0 or a conv block dim set)."""
     from .fields import parse_block_dims
 
-    unit = job.unit
-    problems = []
-    if job.network_dim % unit:
-        problems.append(Problem("unit", f"the rank ({job.network_dim}) must be a multiple of the DyLoRA unit"))
+    network = job.network
     try:
-        block_dims = parse_block_dims(job.block_dims) or ()
-        conv_block_dims = parse_block_dims(job.conv_block_dims) or ()
+        block_dims = parse_block_dims(network.block_dims) or ()
+        conv_block_dims = parse_block_dims(network.conv_block_dims) or ()
     except ValueError:
-        return problems  # the field check names these
-    ranks = {"block_dims": block_dims}
-    if job.conv_dim > 0 or any(conv_block_dims):
-        ranks = {"conv_dim": (job.conv_dim,), **ranks, "conv_block_dims": conv_block_dims}
-    for key, values in ranks.items():
-        bad = [value for value in values if value % unit]
-        if bad:
-            problems.append(Problem(key, f"DyLoRA trains ranks in steps of the unit ({unit}), so every rank must be "
-                                         f"a multiple of it; {bad[0]} is not: change it or the DyLoRA unit"))
+        block_dims = conv_block_dims = ()  # the field check names these
+    ranks: dict[str, tuple[int, ...]] = {"network_dim": (network.network_dim,), "block_dims": block_dims}
+    if network_adapts_conv(network, conv_block_dims):
+        ranks.update(conv_dim=(network.conv_dim,), conv_block_dims=conv_block_dims)
+    problems = []
+    for key, rank in dylora_rank_faults(network.unit, ranks):
+        blamed = "unit" if key == "network_dim" else key
+        problems.append(Problem(blamed, f"DyLoRA trains ranks in steps of the unit ({network.unit}), so every rank "
+                                        f"must be a multiple of it; {key} {rank} is not: change it or the DyLoRA unit"))
     return problems
 
 
@@ -191,27 +184,27 @@ def output_files_pattern(output_name: str) -> re.Pattern:
     return re.compile(re.escape(output_name) + r"(-\d{6,}|-step\d{8,})?(\.safetensors|-state(\.tmp)?)")
 
 
-def output_overwriting_network_weights(job) -> Path | None:
+def output_overwriting_network_weights(job: Job) -> Path | None:
     """The output path (a file, or a state folder holding it) that would replace the ``network_weights``
     file the run starts from; None when the run never writes there. Paths are compared resolved."""
-    if not job.network_weights or not job.output_dir:
+    if not job.network.network_weights or not job.saving.output_dir:
         return None
-    weights = Path(job.network_weights).expanduser().resolve()
-    output_dir = Path(job.output_dir).expanduser().resolve()
+    weights = Path(job.network.network_weights).expanduser().resolve()
+    output_dir = Path(job.saving.output_dir).expanduser().resolve()
     try:
         parts = weights.relative_to(output_dir).parts
     except ValueError:
         return None  # not inside the output folder
-    match = output_files_pattern(job.output_name).fullmatch(parts[0]) if parts else None
+    match = output_files_pattern(job.saving.output_name).fullmatch(parts[0]) if parts else None
     if match is None:
         return None
     is_file = match.group(2) == ".safetensors"
-    if (is_file and len(parts) == 1) or (not is_file and job.save_state):
+    if (is_file and len(parts) == 1) or (not is_file and job.saving.save_state):
         return output_dir / parts[0]
     return None
 
 
-def check_network_weights_kept(job) -> list[Problem]:
+def check_network_weights_kept(job: Job) -> list[Problem]:
     """A run never writes over the LoRA file it starts from (also checked by the Saver before it writes)."""
     overwritten = output_overwriting_network_weights(job)
     if overwritten is None:
@@ -231,12 +224,12 @@ def _check_sample_prompts(text: str) -> list[Problem]:
     return []
 
 
-def check_paths(job) -> list[Problem]:
+def check_paths(job: Job) -> list[Problem]:
     """What must exist on disk before training starts."""
     problems: list[Problem] = []
 
     def need(key: str, kind: str, required: bool) -> None:
-        value = getattr(job, key)
+        value = job.get(key)
         if not value:
             if required:
                 problems.append(Problem(key, "is required"))
@@ -257,14 +250,14 @@ def check_paths(job) -> list[Problem]:
     need("vae", "any", False)
     if not any(p.setting == "pretrained_model_name_or_path" for p in problems):
         problems += check_model_files(job)
-    if not job.output_dir:
+    if not job.saving.output_dir:
         problems.append(Problem("output_dir", "is required"))
-    elif Path(job.output_dir).exists() and not Path(job.output_dir).is_dir():
-        problems.append(Problem("output_dir", f"{job.output_dir} exists and is not a folder"))
+    elif Path(job.saving.output_dir).exists() and not Path(job.saving.output_dir).is_dir():
+        problems.append(Problem("output_dir", f"{job.saving.output_dir} exists and is not a folder"))
     return problems
 
 
-def check_model_files(job) -> list[Problem]:
+def check_model_files(job: Job) -> list[Problem]:
     """What the base model (and a separate VAE) are, read from file headers and configs only.
 
     A LoRA, a VAE, an unknown architecture or a corrupt file as the base model is refused here, before
@@ -274,17 +267,17 @@ def check_model_files(job) -> list[Problem]:
 
     key = "pretrained_model_name_or_path"
     try:
-        info = inspect_model(getattr(job, key))
+        info = inspect_model(job.get(key))
     except ModelFileError as error:
         return [Problem(key, str(error))]
     problems = []
     if info.kind in ("lora", "vae", "unknown"):
         problems.append(Problem(key, f"{info.path} cannot be trained on: {info.summary()}"))
-    elif job.v2 and info.family not in (None, "sd2"):
+    elif job.model.v2 and info.family not in (None, "sd2"):
         problems.append(Problem("v2", f"is set, but {info.path} is a {FAMILY_NAMES[info.family]} model by its "
                                       "weights; clear v2 or choose an SD2.x model"))
-    if job.vae and Path(job.vae).expanduser().exists():
-        problems += _check_vae_file(job.vae)
+    if job.model.vae and Path(job.model.vae).expanduser().exists():
+        problems += _check_vae_file(job.model.vae)
     return problems
 
 

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import math
 
-NUM_BLOCKS = 25  # IN0..IN11, MID, OUT0..OUT11 (SD1.x / SD2.x)
-HALF_BLOCKS = 12
-# SDXL: EMB, IN00..IN08, MID00..MID02, OUT00..OUT08, END (trainer.network.sdxl_blocks). The form cannot
-# know the model's family, so it accepts either length (``family=None``); the trainer parses again
-# with the family of the model it loaded and names the setting when the length does not fit.
-SDXL_NUM_BLOCKS = 23
-SDXL_HALF_BLOCKS = 9
-SDXL_MID_BLOCKS = 3
+from .block_layout import allowed_layouts, layout_for
+
+# The form cannot know the model's family, so it accepts SD's or SDXL's list lengths (``family=None``); the
+# trainer parses again with the family of the model it loaded and names the setting when the length does
+# not fit.
 LR_WEIGHT_CURVES = ("sine", "cosine", "linear", "reverse_linear", "zeros")
 
 
@@ -63,24 +60,29 @@ def parse_number_list(text: str, count: int | tuple[int, ...], *, integer: bool,
     return tuple(values)
 
 
-def _allowed(sd_count: int, sdxl_count: int, family: str | None) -> tuple[int, ...]:
-    """The list lengths to accept: the family's, or SD's and SDXL's when the family is not known yet."""
-    if family is None:
-        return (sd_count, sdxl_count)
-    return (sdxl_count,) if family == "sdxl" else (sd_count,)
+def _block_counts(family: str | None) -> tuple[int, ...]:
+    return tuple(layout.count for layout in allowed_layouts(family))
+
+
+def _half_counts(family: str | None) -> tuple[int, ...]:
+    return tuple(layout.half for layout in allowed_layouts(family))
+
+
+def _mid_counts(family: str | None) -> tuple[int, ...]:
+    return tuple(layout.mid for layout in allowed_layouts(family))
 
 
 def parse_block_dims(text: str, family: str | None = None) -> tuple[int, ...] | None:
     """25 whole numbers ≥ 0 (23 for SDXL): a rank per block; 0 leaves that block without a module."""
-    return parse_number_list(text, _allowed(NUM_BLOCKS, SDXL_NUM_BLOCKS, family), integer=True)
+    return parse_number_list(text, _block_counts(family), integer=True)
 
 
 def parse_block_alphas(text: str, family: str | None = None) -> tuple[float, ...] | None:
     """25 numbers ≥ 0 (23 for SDXL): an alpha per block."""
-    return parse_number_list(text, _allowed(NUM_BLOCKS, SDXL_NUM_BLOCKS, family), integer=False)
+    return parse_number_list(text, _block_counts(family), integer=False)
 
 
-def lr_weight_curve(name: str, n: int = HALF_BLOCKS) -> tuple[float, ...]:
+def lr_weight_curve(name: str, n: int = layout_for(None).half) -> tuple[float, ...]:
     """The named LR-weight curves over n blocks, i = 0..n−1: sine sin(π/2·i/(n−1)), cosine its reverse,
     linear i/(n−1), reverse_linear its reverse, zeros all 0. An optional "+base" adds base to each."""
     base = 0.0
@@ -114,14 +116,14 @@ def parse_half_lr_weights(text: str, family: str | None = None) -> tuple[float, 
     if not text:
         return None
     if "," not in text and not _is_number(text):
-        return lr_weight_curve(text, SDXL_HALF_BLOCKS if family == "sdxl" else HALF_BLOCKS)
-    values = parse_number_list(text, _allowed(HALF_BLOCKS, SDXL_HALF_BLOCKS, family), integer=False)
+        return lr_weight_curve(text, layout_for(family).half)
+    values = parse_number_list(text, _half_counts(family), integer=False)
     return _check_unit_interval(values)
 
 
 def parse_mid_lr_weight(text: str, family: str | None = None) -> tuple[float, ...] | None:
     """Mid LR weight: one number from 0 to 1 (SDXL: 3, one per middle block); blank → None."""
-    values = parse_number_list(text, _allowed(1, SDXL_MID_BLOCKS, family), integer=False)
+    values = parse_number_list(text, _mid_counts(family), integer=False)
     return _check_unit_interval(values) if values else None
 
 

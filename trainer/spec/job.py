@@ -12,13 +12,12 @@ from typing import Any, Literal, Optional
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from .catalog_advanced import ADVANCED, SAMPLES, WEIGHTS_BLOCKS_CONV
-from .catalog_basic import BASIC, MODEL_AND_FOLDERS
-from .setting import Problem, Setting
+from .catalog import SETTINGS, SETTINGS_BY_KEY
+from .migrate import CURRENT_VERSION, migrate
+from .sections import SECTION_CLASSES, Job
+from .setting import GROUPS, Problem, Setting
 
-SPEC_VERSION = 1
-SETTINGS: tuple[Setting, ...] = MODEL_AND_FOLDERS + BASIC + WEIGHTS_BLOCKS_CONV + ADVANCED + SAMPLES
-SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+SPEC_VERSION = CURRENT_VERSION
 
 
 class JobError(Exception):
@@ -34,15 +33,15 @@ def defaults() -> dict[str, Any]:
     return {s.key: s.default for s in SETTINGS}
 
 
-def _annotation(setting: Setting):
-    base = {"str": str, "path": str, "text": str, "int": int, "float": float, "bool": bool}.get(setting.kind)
+def _annotation(setting: Setting) -> Any:
+    base: Any = {"str": str, "path": str, "text": str, "int": int, "float": float, "bool": bool}.get(setting.kind)
     if setting.kind == "choice":
         base = Literal[setting.choices]  # type: ignore[valid-type]
     return Optional[base] if setting.optional else base
 
 
 def _field(setting: Setting):
-    limits = {}
+    limits: dict[str, Any] = {}
     if setting.minimum is not None:
         limits["ge"] = setting.minimum
     if setting.maximum is not None:
@@ -60,10 +59,10 @@ def _parsed_text_validator(setting: Setting):
 
 
 def _build_model() -> type[BaseModel]:
-    fields = {s.key: _field(s) for s in SETTINGS}
+    fields: dict[str, Any] = {s.key: _field(s) for s in SETTINGS}
     validators = {f"_check_{s.key}": _parsed_text_validator(s) for s in SETTINGS if s.parser}
     return create_model(
-        "Job",
+        "JobModel",
         __config__=ConfigDict(extra="forbid", strict=True, frozen=True),
         __validators__=validators,
         spec_version=(int, Field(default=SPEC_VERSION)),
@@ -71,10 +70,11 @@ def _build_model() -> type[BaseModel]:
     )
 
 
-Job = _build_model()
+# Validates field by field (types, ranges, parsed text); the typed ``Job`` is built from what it accepts.
+JobModel = _build_model()
 
 
-def _message_for(setting: Setting | None, error: dict) -> str:
+def _message_for(setting: Setting | None, error: Any) -> str:
     if setting is None:
         return "is not a setting LoRA Loom knows (check the spelling)"
     if error["type"].startswith("value_error"):
@@ -103,10 +103,8 @@ def problems_from_validation(error: ValidationError) -> list[Problem]:
     return unique
 
 
-def job_from_values(values: dict[str, Any]) -> BaseModel:
+def job_from_values(values: dict[str, Any]) -> Job:
     """Build a Job from a dict of settings (missing keys → defaults). Raises JobError naming each bad key."""
-    from .migrate import migrate
-
     values = migrate(dict(values))
     for setting in SETTINGS:  # TOML has no null: a blank optional setting is written as ""
         if setting.optional and values.get(setting.key) == "":
@@ -120,9 +118,17 @@ def job_from_values(values: dict[str, Any]) -> BaseModel:
             raise JobError(problems)
         values.update(overrides)
     try:
-        return Job(**values)
+        checked = JobModel(**values)
     except ValidationError as error:
         raise JobError(problems_from_validation(error)) from None
+    return job_of(checked.model_dump())
+
+
+def job_of(flat: dict[str, Any]) -> Job:
+    """The typed job for a complete, already validated dict of settings."""
+    sections = {group: SECTION_CLASSES[group](**{s.key: flat[s.key] for s in SETTINGS if s.group == group})
+                for group in GROUPS}
+    return Job(spec_version=flat.get("spec_version", SPEC_VERSION), **sections)
 
 
 def read_job_toml(path: str | Path) -> dict[str, Any]:
@@ -137,13 +143,14 @@ def read_job_toml(path: str | Path) -> dict[str, Any]:
         raise JobError([Problem(None, f"{path} is not valid TOML: {error}")]) from None
 
 
-def load_job(path: str | Path) -> BaseModel:
+def load_job(path: str | Path) -> Job:
     """Read and validate a job file."""
     return job_from_values(read_job_toml(path))
 
 
-def job_to_values(job: BaseModel) -> dict[str, Any]:
-    return job.model_dump()
+def job_to_values(job: Job) -> dict[str, Any]:
+    """The job as one flat dict (kohya_ss's key names), as the job file holds it."""
+    return {"spec_version": job.spec_version, **{s.key: job.get(s.key) for s in SETTINGS}}
 
 
 def toml_text(values: dict[str, Any]) -> str:

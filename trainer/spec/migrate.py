@@ -13,10 +13,6 @@ CURRENT_VERSION = 1
 STEPS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
-class MigrationError(ValueError):
-    pass
-
-
 def migrate(values: dict[str, Any]) -> dict[str, Any]:
     """Return ``values`` at CURRENT_VERSION; a missing spec_version means the current one."""
     version = values.get("spec_version", CURRENT_VERSION)

@@ -13,6 +13,17 @@ Level = Literal["error", "warning"]
 
 # Tabs of the page, in order. "weights", "blocks" and "conv" are the inner tabs of the Blocks/Conv tab.
 TABS = ("model", "folders", "dataset", "basic", "advanced", "weights", "blocks", "conv", "samples")
+# Sections of the typed job (``trainer.spec.sections``), by subject: each part of the trainer reads its own.
+GROUPS = ("model", "data", "captions", "network", "optimisation", "noise_loss", "saving", "sampling", "logging",
+          "launch")
+
+
+class SettingError(ValueError):
+    """A value that cannot be used, carrying the setting it blames as data (never parsed from the text)."""
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class Setting:
       ``values`` (the trainer ignores it otherwise, and says so when it is set).
     - ``implemented``: ``False`` while the trainer cannot honour it; validation then refuses any value other
       than the default instead of accepting and ignoring it.
+    - ``group``: the section of the typed job that holds it (``GROUPS``), by subject rather than by tab.
     - ``secret``: never written to job files, presets, metadata or logs.
     """
 
@@ -48,6 +60,7 @@ class Setting:
     label: str
     help: str
     tab: str
+    group: str = ""
     section: str = ""
     choices: tuple = ()
     minimum: float | None = None
@@ -62,6 +75,8 @@ class Setting:
     def __post_init__(self) -> None:
         if self.tab not in TABS:
             raise ValueError(f"{self.key}: unknown tab {self.tab!r}")
+        if self.group not in GROUPS:
+            raise ValueError(f"{self.key}: unknown job section {self.group!r}")
         if self.kind == "choice" and self.default not in self.choices and not self.optional:
             raise ValueError(f"{self.key}: default {self.default!r} is not among its choices")
 

@@ -1,0 +1,67 @@
+"""Rules derived from the job's sections, each written once, grouped by the section they read.
+
+Each takes the section it derives from (``effective_lrs(job.optimisation)``), so a type checker sees every
+setting a rule reads. Pure and torch-free: the page, validation and the trainer call the same functions.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+from .tables import CONV_LORA_TYPES, SCHEDULERS_WITH_CYCLES, SCHEDULERS_WITH_POWER, SCHEDULERS_WITHOUT_WARMUP
+
+if TYPE_CHECKING:
+    from .sections import NetworkSection, OptimisationSection
+
+
+# ---------------------------------------------------------------- network
+
+
+def dylora_rank_faults(unit: int, ranks: dict[str, Iterable[int]]) -> list[tuple[str, int]]:
+    """DyLoRA trains ranks in steps of ``unit``: every rank must be a whole number of units.
+
+    ``ranks`` maps a setting to its ranks; the answer is (setting, first rank that is not a multiple) for
+    each setting at fault, in order."""
+    faults = []
+    for key, values in ranks.items():
+        bad = [value for value in values if value % unit]
+        if bad:
+            faults.append((key, bad[0]))
+    return faults
+
+
+
+def adapts_conv(lora_type: str, conv_dim: int, conv_block_dims: Iterable[int] = ()) -> bool:
+    """Conv-capable types adapt the 3×3 convolutions while conv_dim > 0 or a conv block has a rank."""
+    return lora_type in CONV_LORA_TYPES and (conv_dim > 0 or any(conv_block_dims))
+
+
+def network_adapts_conv(network: NetworkSection, conv_block_dims: Iterable[int] = ()) -> bool:
+    return adapts_conv(network.LoRA_type, network.conv_dim, conv_block_dims)
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+def effective_lrs(optimisation: OptimisationSection) -> tuple[float, float]:
+    """(unet_lr, text_encoder_lr): each falls back to learning_rate when blank."""
+    lr = optimisation.learning_rate
+    unet = lr if optimisation.unet_lr is None else optimisation.unet_lr
+    text = lr if optimisation.text_encoder_lr is None else optimisation.text_encoder_lr
+    return unet, text
+
+
+def unread_scheduler_settings(optimisation: OptimisationSection) -> list[tuple[str, str]]:
+    """(setting, why) for each schedule setting that is set but that the chosen scheduler does not read
+    (warmup for constant and adafactor, the number of cycles outside cosine_with_restarts, the power outside
+    polynomial)."""
+    scheduler = optimisation.lr_scheduler
+    unread = []
+    if optimisation.lr_warmup and scheduler in SCHEDULERS_WITHOUT_WARMUP:
+        unread.append(("lr_warmup", f"{scheduler} has no warmup; choose constant_with_warmup to warm up"))
+    if optimisation.lr_scheduler_num_cycles not in (None, 1) and scheduler not in SCHEDULERS_WITH_CYCLES:
+        unread.append(("lr_scheduler_num_cycles",
+                       f"is read only by {', '.join(SCHEDULERS_WITH_CYCLES)}; {scheduler} ignores it"))
+    if optimisation.lr_scheduler_power not in (None, 1.0) and scheduler not in SCHEDULERS_WITH_POWER:
+        unread.append(("lr_scheduler_power",
+                       f"is read only by {', '.join(SCHEDULERS_WITH_POWER)}; {scheduler} ignores it"))
+    return unread

@@ -1,0 +1,286 @@
+"""The job, typed by section: GENERATED from the catalog by ``python -m trainer.spec.codegen``; do not edit.
+
+Each part of the trainer reads its own section (``job.network.network_dim``); rules derived from a section
+are in ``trainer.spec.rules``. The job file stays flat TOML with kohya_ss's key names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSection:
+    """The base model."""
+
+    pretrained_model_name_or_path: str
+    v2: bool
+    v_parameterization: bool
+    vae: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataSection:
+    """Images, folders, buckets and the data loader."""
+
+    train_data_dir: str
+    reg_data_dir: str
+    train_batch_size: int
+    caption_extension: str
+    cache_latents: bool
+    cache_latents_to_disk: bool
+    max_resolution: str
+    enable_bucket: bool
+    min_bucket_reso: int
+    max_bucket_reso: int
+    persistent_data_loader_workers: bool
+    color_aug: bool
+    flip_aug: bool
+    bucket_no_upscale: bool
+    bucket_reso_steps: int
+    random_crop: bool
+    vae_batch_size: int
+    max_data_loader_n_workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class CaptionsSection:
+    """Caption processing and text encoding."""
+
+    no_token_padding: bool
+    weighted_captions: bool
+    keep_tokens: int
+    clip_skip: int
+    max_token_length: Literal[75, 150, 225]
+    shuffle_caption: bool
+    caption_dropout_every_n_epochs: int
+    caption_dropout_rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSection:
+    """The LoRA network."""
+
+    LoRA_type: Literal['Standard', 'LoCon', 'LoHa', 'DyLoRA']
+    network_weights: str
+    dim_from_weights: bool
+    network_dim: int
+    network_alpha: float
+    conv_dim: int
+    conv_alpha: float
+    unit: int
+    down_lr_weight: str
+    mid_lr_weight: str
+    up_lr_weight: str
+    block_lr_zero_threshold: float | None
+    block_dims: str
+    block_alphas: str
+    conv_block_dims: str
+    conv_block_alphas: str
+
+
+@dataclass(frozen=True, slots=True)
+class OptimisationSection:
+    """Optimizer, learning rates, schedule and run length."""
+
+    epoch: int
+    seed: int | None
+    learning_rate: float
+    lr_scheduler: Literal['adafactor', 'constant', 'constant_with_warmup', 'cosine', 'cosine_with_restarts', 'linear', 'polynomial']
+    lr_warmup: float
+    optimizer: Literal['AdamW', 'AdamW8bit', 'Adafactor', 'DAdaptation', 'DAdaptAdaGrad', 'DAdaptAdam', 'DAdaptAdan', 'DAdaptLion', 'DAdaptSGD', 'Lion', 'SGDNesterov', 'Prodigy', 'PagedAdamW8bit', 'Lion8bit', 'SGDNesterov8bit']
+    optimizer_args: str
+    text_encoder_lr: float | None
+    unet_lr: float | None
+    stop_text_encoder_training: float
+    gradient_accumulation_steps: int
+    lr_scheduler_num_cycles: int | None
+    lr_scheduler_power: float | None
+    max_train_epochs: int | None
+    max_grad_norm: float
+
+
+@dataclass(frozen=True, slots=True)
+class NoiseLossSection:
+    """Noise and loss weighting."""
+
+    prior_loss_weight: float
+    min_snr_gamma: float
+    noise_offset_type: Literal['Original', 'Multires']
+    noise_offset: float
+    adaptive_noise_scale: float
+    multires_noise_iterations: int
+    multires_noise_discount: float
+
+
+@dataclass(frozen=True, slots=True)
+class SavingSection:
+    """Output files and training state."""
+
+    output_name: str
+    output_dir: str
+    save_every_n_epochs: int
+    save_precision: Literal['float', 'fp16', 'bf16']
+    save_every_n_steps: int
+    save_last_n_steps: int
+    save_state: bool
+    resume: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingSection:
+    """Sample images during training."""
+
+    sample_every_n_steps: int
+    sample_every_n_epochs: int
+    sample_sampler: Literal['ddim', 'pndm', 'lms', 'euler', 'euler_a', 'heun', 'dpm_2', 'dpm_2_a', 'dpmsolver', 'dpmsolver++', 'dpmsingle', 'k_lms', 'k_euler', 'k_euler_a', 'k_dpm_2', 'k_dpm_2_a']
+    sample_prompts: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSection:
+    """Logs and trackers."""
+
+    logging_dir: str
+    wandb_api_key: str
+    log_with: Literal['tensorboard', 'wandb']
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSection:
+    """Precision, memory and process settings."""
+
+    mixed_precision: Literal['no', 'fp16', 'bf16']
+    num_cpu_threads_per_process: int
+    additional_parameters: str
+    full_fp16: bool
+    gradient_checkpointing: bool
+    mem_eff_attn: bool
+    xformers: bool
+
+
+SECTION_CLASSES: dict[str, Any] = {
+    'model': ModelSection,
+    'data': DataSection,
+    'captions': CaptionsSection,
+    'network': NetworkSection,
+    'optimisation': OptimisationSection,
+    'noise_loss': NoiseLossSection,
+    'saving': SavingSection,
+    'sampling': SamplingSection,
+    'logging': LoggingSection,
+    'launch': LaunchSection,
+}
+SECTION_OF_KEY: dict[str, str] = {
+    'pretrained_model_name_or_path': 'model',
+    'v2': 'model',
+    'v_parameterization': 'model',
+    'vae': 'model',
+    'output_name': 'saving',
+    'train_data_dir': 'data',
+    'reg_data_dir': 'data',
+    'output_dir': 'saving',
+    'logging_dir': 'logging',
+    'LoRA_type': 'network',
+    'network_weights': 'network',
+    'dim_from_weights': 'network',
+    'network_dim': 'network',
+    'network_alpha': 'network',
+    'conv_dim': 'network',
+    'conv_alpha': 'network',
+    'unit': 'network',
+    'train_batch_size': 'data',
+    'epoch': 'optimisation',
+    'save_every_n_epochs': 'saving',
+    'caption_extension': 'data',
+    'mixed_precision': 'launch',
+    'save_precision': 'saving',
+    'num_cpu_threads_per_process': 'launch',
+    'seed': 'optimisation',
+    'cache_latents': 'data',
+    'cache_latents_to_disk': 'data',
+    'learning_rate': 'optimisation',
+    'lr_scheduler': 'optimisation',
+    'lr_warmup': 'optimisation',
+    'optimizer': 'optimisation',
+    'optimizer_args': 'optimisation',
+    'text_encoder_lr': 'optimisation',
+    'unet_lr': 'optimisation',
+    'max_resolution': 'data',
+    'stop_text_encoder_training': 'optimisation',
+    'enable_bucket': 'data',
+    'min_bucket_reso': 'data',
+    'max_bucket_reso': 'data',
+    'down_lr_weight': 'network',
+    'mid_lr_weight': 'network',
+    'up_lr_weight': 'network',
+    'block_lr_zero_threshold': 'network',
+    'block_dims': 'network',
+    'block_alphas': 'network',
+    'conv_block_dims': 'network',
+    'conv_block_alphas': 'network',
+    'no_token_padding': 'captions',
+    'gradient_accumulation_steps': 'optimisation',
+    'weighted_captions': 'captions',
+    'prior_loss_weight': 'noise_loss',
+    'lr_scheduler_num_cycles': 'optimisation',
+    'lr_scheduler_power': 'optimisation',
+    'additional_parameters': 'launch',
+    'save_every_n_steps': 'saving',
+    'save_last_n_steps': 'saving',
+    'keep_tokens': 'captions',
+    'clip_skip': 'captions',
+    'max_token_length': 'captions',
+    'full_fp16': 'launch',
+    'gradient_checkpointing': 'launch',
+    'shuffle_caption': 'captions',
+    'persistent_data_loader_workers': 'data',
+    'mem_eff_attn': 'launch',
+    'xformers': 'launch',
+    'color_aug': 'data',
+    'flip_aug': 'data',
+    'min_snr_gamma': 'noise_loss',
+    'bucket_no_upscale': 'data',
+    'bucket_reso_steps': 'data',
+    'random_crop': 'data',
+    'noise_offset_type': 'noise_loss',
+    'noise_offset': 'noise_loss',
+    'adaptive_noise_scale': 'noise_loss',
+    'multires_noise_iterations': 'noise_loss',
+    'multires_noise_discount': 'noise_loss',
+    'caption_dropout_every_n_epochs': 'captions',
+    'caption_dropout_rate': 'captions',
+    'vae_batch_size': 'data',
+    'save_state': 'saving',
+    'resume': 'saving',
+    'max_train_epochs': 'optimisation',
+    'max_data_loader_n_workers': 'data',
+    'wandb_api_key': 'logging',
+    'log_with': 'logging',
+    'max_grad_norm': 'optimisation',
+    'sample_every_n_steps': 'sampling',
+    'sample_every_n_epochs': 'sampling',
+    'sample_sampler': 'sampling',
+    'sample_prompts': 'sampling',
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A validated job: every setting, in its section."""
+
+    spec_version: int
+    model: ModelSection
+    data: DataSection
+    captions: CaptionsSection
+    network: NetworkSection
+    optimisation: OptimisationSection
+    noise_loss: NoiseLossSection
+    saving: SavingSection
+    sampling: SamplingSection
+    logging: LoggingSection
+    launch: LaunchSection
+
+    def get(self, key: str) -> Any:
+        """A setting by its key, for code that walks the catalog (the form, checks, metadata)."""
+        return getattr(getattr(self, SECTION_OF_KEY[key]), key)
