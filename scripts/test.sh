@@ -1,7 +1,33 @@
 #!/usr/bin/env bash
-# Sets up (with the test tools) and runs the whole test suite on CPU.
+# Sets up (with the test tools) and runs the test suite on CPU.
+#   bash scripts/test.sh          the whole suite as a fresh clone sees it, with nothing beside the checkout
+#                                 (LORA_LOOM_SHARED=none: the tests that read ../shared skip); then, only if
+#                                 ../shared exists, once more just those tests (-m shared) with it in place.
+#                                 Fails if either run fails.
+#   bash scripts/test.sh ARGS...  one pytest run with these arguments (../shared is read if it is there)
+# LORA_LOOM_SHARED=PATH names another shared folder; LORA_LOOM_SHARED=none leaves out the second run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+pytest=(.venv/bin/python -m pytest -q -p no:cacheprovider)
+if [ $# -gt 0 ]; then
+  exec "${pytest[@]}" "$@"
+fi
+
+echo "== run 1: the whole suite with nothing beside the checkout (LORA_LOOM_SHARED=none)"
+first=0
+LORA_LOOM_SHARED=none "${pytest[@]}" || first=$?
+
+shared=${LORA_LOOM_SHARED:-../shared}
+second=0
+if [ "$shared" != none ] && [ -d "$shared" ]; then
+  shared=$(cd "$shared" && pwd)
+  echo "== run 2: the tests that read the shared folder (-m shared), with $shared in place"
+  # Named explicitly, a missing file fails instead of skipping; no test selected (exit 5) fails too.
+  LORA_LOOM_SHARED="$shared" "${pytest[@]}" -m shared || second=$?
+else
+  echo "== no shared folder ($shared): its tests skipped in run 1, and there is no run 2"
+fi
+echo "== run 1: exit $first; run 2: exit $second"
+[ "$first" = 0 ] && [ "$second" = 0 ]

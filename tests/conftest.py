@@ -15,10 +15,22 @@ import network_guard  # noqa: E402
 
 network_guard.install()  # the whole suite runs with the network switched off (loopback still works)
 
+from . import shared_refs  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Tell tests/shared_refs.py which test is running (it refuses tests without the ``shared`` marker)."""
+    shared_refs.set_current_item(item)
+    try:
+        yield
+    finally:
+        shared_refs.set_current_item(None)
 
 
 @pytest.fixture(scope="session")

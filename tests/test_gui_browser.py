@@ -26,7 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 SCREENSHOT = Path("/tmp/loom-browser-test.png")
-KOHYA_PRESETS = Path("/work/shared/fixtures/kohya_presets")
+KOHYA_FIXTURES = PROJECT_ROOT / "tests" / "fixtures" / "kohya"  # our own kohya_ss-format configs
 
 
 def free_port() -> int:
@@ -256,7 +256,7 @@ def test_kohya_import_fills_the_form_reports_unmapped_keys_and_refuses_flux(app_
     page = open_page(browser, app_env["url"])
     page.get_by_role("tab", name="Basic").click()
     upload = page.locator("#kohya-import input[type=file]")
-    upload.set_input_files(str(KOHYA_PRESETS / "loha-sd15.json"))
+    upload.set_input_files(str(KOHYA_FIXTURES / "loha-sd15.json"))
     report = page.locator("#preset-report")
     report.get_by_text("Imported 73 settings from loha-sd15.json").wait_for(timeout=30_000)
     assert "use_cp" in report.inner_text() and "scale_weight_norms" in report.inner_text()
@@ -264,7 +264,7 @@ def test_kohya_import_fills_the_form_reports_unmapped_keys_and_refuses_flux(app_
     assert field(page, "LoRA_type").input_value() == "LoHa"
 
     page.locator("#kohya-import button[aria-label='Clear']").click()
-    upload.set_input_files(str(KOHYA_PRESETS / "flux1D - adamw8bit fp8.json"))
+    upload.set_input_files(str(KOHYA_FIXTURES / "flux1-dev.json"))
     refusal = report.get_by_text("was not imported")
     refusal.wait_for(timeout=30_000)
     assert "Flux" in refusal.inner_text()

@@ -1,4 +1,5 @@
-"""kohya_ss config import and export, on the real kohya_ss preset files in shared/fixtures/kohya_presets."""
+"""kohya_ss config import and export, on LoRA Loom's own kohya_ss-format configs in tests/fixtures/kohya and,
+when the shared/ folder is beside the checkout, on the real kohya_ss presets in shared/fixtures/kohya_presets."""
 import csv
 import dataclasses
 import json
@@ -17,24 +18,196 @@ from trainer.kohya import (
 )
 from trainer.spec import SETTINGS_BY_KEY, job_from_values, job_to_values, load_job
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURES = next((d for d in (Path(__file__).parent / "fixtures" / "kohya_presets",
-                             SHARED / "fixtures" / "kohya_presets") if d.is_dir()),
-                SHARED / "fixtures" / "kohya_presets")
-SEED_TSV = SHARED / "reference" / "seed-settings.tsv"
+from .shared_refs import shared_path
 
-EDG_LORA = "sd15 - EDG_LoraOptiSettings.json"
-EDG_LOCON = "sd15 - EDG_LoConOptiSettings.json"
-DYLORA = "DyLoRA-Adafactor-toml.json"
-LOHA_SD15 = "loha-sd15.json"
-SDXL_LOHA = "SDXL - LoHA AI_Characters v1.0.json"
-SDXL_STANDARD = "SDXL - LoRA AI_characters standard v1.1.json"
-SDXL_PRODIGY = "SDXL - LoRA kudou-reira prodigy v4.0.json"
-FLUX = "flux1D - adamw8bit fp8.json"
-IMPORTABLE = [EDG_LORA, EDG_LOCON, DYLORA, LOHA_SD15, SDXL_LOHA, SDXL_STANDARD, SDXL_PRODIGY]
+OWN_FIXTURES = Path(__file__).parent / "fixtures" / "kohya"
+SHARED = "shared:"  # names with this prefix are real kohya_ss presets in shared/fixtures/kohya_presets
+
+# Our own configs (see tests/fixtures/kohya/README.md).
+SD15 = "sd15-standard.json"
+SD2_LOCON = "sd2-locon.json"
+LOHA = "loha-sd15.json"
+DYLORA = "dylora-sd15.json"
+SDXL_LOHA = "sdxl-loha.json"
+SDXL_PRODIGY = "sdxl-prodigy.json"
+OLD_GUI = "locon-old-gui.json"
+FLUX = "flux1-dev.json"
+OWN_IMPORTABLE = [SD15, SD2_LOCON, LOHA, DYLORA, SDXL_LOHA, SDXL_PRODIGY, OLD_GUI]
+
+# The real kohya_ss presets in shared/.
+EDG_LORA = SHARED + "sd15 - EDG_LoraOptiSettings.json"
+EDG_LOCON = SHARED + "sd15 - EDG_LoConOptiSettings.json"
+SHARED_DYLORA = SHARED + "DyLoRA-Adafactor-toml.json"
+SHARED_LOHA = SHARED + "loha-sd15.json"
+SHARED_SDXL_LOHA = SHARED + "SDXL - LoHA AI_Characters v1.0.json"
+SHARED_SDXL_STANDARD = SHARED + "SDXL - LoRA AI_characters standard v1.1.json"
+SHARED_SDXL_PRODIGY = SHARED + "SDXL - LoRA kudou-reira prodigy v4.0.json"
+SHARED_FLUX = SHARED + "flux1D - adamw8bit fp8.json"
+SHARED_IMPORTABLE = [EDG_LORA, EDG_LOCON, SHARED_DYLORA, SHARED_LOHA, SHARED_SDXL_LOHA, SHARED_SDXL_STANDARD,
+                     SHARED_SDXL_PRODIGY]
+
+
+def on_both(own, shared):
+    """Test parameters: our cases, then the shared files' cases, marked ``shared`` (they skip without shared/)."""
+    def marked(case):
+        return pytest.param(*(case if isinstance(case, tuple) else (case,)), marks=pytest.mark.shared)
+    return [*own, *map(marked, shared)]
+
+
+IMPORTABLE = on_both(OWN_IMPORTABLE, SHARED_IMPORTABLE)
 
 # Spot values, read off each file by hand: file value → what LoRA Loom must hold.
 SPOT_VALUES = {
+    SD15: {
+        "learning_rate": 0.0002,          # "0.0002"
+        "unet_lr": 0.0002,                # "0.0002"
+        "text_encoder_lr": 0.0001,        # "0.0001"
+        "seed": 4242,                     # "4242"
+        "noise_offset": 0.03,             # "0.03"
+        "clip_skip": 2,
+        "max_resolution": "512,768",
+        "bucket_reso_steps": 64,          # 64.0
+        "gradient_accumulation_steps": 2,  # 2.0
+        "keep_tokens": 1,                 # "1"
+        "max_token_length": 150,          # "150"
+        "max_data_loader_n_workers": 2,   # "2"
+        "lr_warmup": 5.0,                 # "5"
+        "train_batch_size": 2,            # "2"
+        "network_dim": 48,
+        "network_alpha": 24.0,
+        "min_snr_gamma": 5.0,             # 5
+        "max_train_epochs": None,         # ""
+        "lr_scheduler_num_cycles": None,  # ""
+        "lr_scheduler_power": None,       # ""
+        "block_lr_zero_threshold": None,  # ""
+        "network_weights": "",
+        "xformers": True,
+        "flip_aug": True,
+        "optimizer": "AdamW8bit",         # the optimizer key wins over the old use_8bit_adam
+        "optimizer_args": "weight_decay=0.05",
+        "sample_sampler": "dpmsolver++",
+        "log_with": "tensorboard",        # "" = kohya's default
+        "output_name": "tabby-cat-v3",
+        "pretrained_model_name_or_path": "C:/sd/models/Stable-diffusion/v1-5-pruned-emaonly.safetensors",
+    },
+    SD2_LOCON: {
+        "LoRA_type": "LoCon",             # "LyCORIS/LoCon"
+        "v2": True,
+        "v_parameterization": True,
+        "max_resolution": "768,768",
+        "conv_dim": 16,
+        "conv_alpha": 8.0,                # "8"
+        "conv_block_dims": "",
+        "network_alpha": 16.0,            # 16
+        "mixed_precision": "bf16",
+        "save_precision": "bf16",
+        "optimizer": "Lion",
+        "learning_rate": 3e-05,           # "0.00003"
+        "text_encoder_lr": 1.5e-05,       # "0.000015"
+        "lr_scheduler": "cosine_with_restarts",
+        "lr_scheduler_num_cycles": 3,     # "3"
+        "max_train_epochs": 16,           # "16"
+        "seed": 31337,                    # "31337"
+        "caption_extension": ".caption",
+        "caption_dropout_rate": 0.02,
+        "persistent_data_loader_workers": True,
+        "xformers": True,                 # "xformers"
+    },
+    LOHA: {
+        "LoRA_type": "LoHa",              # "LyCORIS/LoHa"
+        "clip_skip": 2,                   # "2"
+        "network_dim": 32,
+        "network_alpha": 8.0,             # 8
+        "conv_dim": 4,
+        "conv_alpha": 2.0,                # 2
+        "conv_block_dims": "",            # conv_dims ""
+        "conv_block_alphas": "",          # conv_alphas ""
+        "network_weights": "",            # lora_network_weights ""
+        "lr_scheduler": "polynomial",
+        "lr_scheduler_power": None,       # ""
+        "seed": None,                     # ""
+        "keep_tokens": 1,                 # "1"
+        "multires_noise_iterations": 6,
+        "multires_noise_discount": 0.25,
+        "gradient_accumulation_steps": 2,
+        "caption_dropout_every_n_epochs": 0,  # 0.0
+        "log_with": "tensorboard",        # ""
+        "max_resolution": "576,576",
+        "xformers": True,
+    },
+    DYLORA: {
+        "LoRA_type": "DyLoRA",            # "LyCORIS/DyLoRA"
+        "unit": 8,
+        "network_dim": 64,
+        "seed": None,                     # ""
+        "clip_skip": 1,                   # "1"
+        "optimizer": "Adafactor",
+        "optimizer_args": "scale_parameter=False relative_step=False warmup_init=False",
+        "lr_scheduler": "adafactor",
+        "learning_rate": 3e-06,
+        "text_encoder_lr": 1.5e-06,
+        "multires_noise_discount": 0.25,  # "0.25"
+        "max_grad_norm": 0.0,
+        "caption_dropout_every_n_epochs": 0,  # 0.0
+        "stop_text_encoder_training": 25.0,  # stop_text_encoder_training_pct "25"
+        "xformers": True,                 # "xformers"
+        "pretrained_model_name_or_path": "runwayml/stable-diffusion-v1-5",
+        "min_bucket_reso": 320,
+        "max_data_loader_n_workers": 0,   # "0"
+        "sample_every_n_steps": 50,
+        "sample_prompts": "an ink drawing of a lighthouse in a storm, by the test suite",
+        "logging_dir": "./runs/logs",
+        "max_train_epochs": None,         # ""
+    },
+    SDXL_LOHA: {
+        "LoRA_type": "LoHa",
+        "max_resolution": "1024,1024",
+        "bucket_reso_steps": 32,
+        "min_bucket_reso": 512,
+        "max_bucket_reso": 2048,
+        "lr_scheduler_num_cycles": 2,     # "2"
+        "max_train_epochs": 40,           # "40"
+        "stop_text_encoder_training": 0.0,  # stop_text_encoder_training_pct 0
+        "text_encoder_lr": 0.0,
+        "learning_rate": 0.0005,
+        "train_batch_size": 4,
+        "gradient_checkpointing": True,
+        "seed": 77,                       # "77"
+        "mixed_precision": "bf16",
+    },
+    SDXL_PRODIGY: {
+        "max_token_length": 225,          # "225"
+        "noise_offset": 0.0411,
+        "keep_tokens": 1,
+        "log_with": "wandb",
+        "seed": 2024,                     # "2024"
+        "optimizer": "Prodigy",
+        "optimizer_args": "decouple=True weight_decay=0.1 d_coef=1.5 use_bias_correction=True safeguard_warmup=True",
+        "learning_rate": 1.0,
+        "lr_scheduler": "cosine_with_restarts",
+        "lr_scheduler_num_cycles": None,  # ""
+        "network_dim": 128,
+        "network_alpha": 64.0,
+        "xformers": False,                # "sdpa"
+        "gradient_accumulation_steps": 1,  # "1"
+    },
+    OLD_GUI: {
+        "LoRA_type": "LoCon",             # the legacy "LoCon"
+        "optimizer": "AdamW8bit",         # use_8bit_adam true, no optimizer key
+        "log_with": "wandb",              # use_wandb true, no log_with key
+        "network_weights": "C:/lora/start-from.safetensors",  # lora_network_weights
+        "conv_block_dims": "",            # conv_dims
+        "stop_text_encoder_training": 10.0,  # stop_text_encoder_training_pct "10"
+        "noise_offset": 0.0,              # "" for a setting that cannot be blank: the default
+        "learning_rate": 0.0001,          # "0.0001"
+        "text_encoder_lr": 5e-05,         # "5e-05"
+        "seed": 99,                       # "99"
+        "bucket_reso_steps": 64,          # 64.0
+        "gradient_accumulation_steps": 1,  # 1.0
+        "lr_warmup": 0.0,                 # "0"
+        "mem_eff_attn": True,
+        "conv_dim": 8,
+    },
     EDG_LORA: {
         "learning_rate": 0.0001,          # "0.0001"
         "clip_skip": 2,
@@ -68,7 +241,7 @@ SPOT_VALUES = {
         "save_precision": "bf16",
         "unet_lr": 0.0001,                # "0.0001"
     },
-    DYLORA: {
+    SHARED_DYLORA: {
         "seed": None,                     # ""
         "LoRA_type": "DyLoRA",            # "LyCORIS/DyLoRA"
         "clip_skip": 1,                   # "1"
@@ -92,7 +265,7 @@ SPOT_VALUES = {
         "max_data_loader_n_workers": 0,   # "0"
         "optimizer": "Adafactor",
     },
-    LOHA_SD15: {
+    SHARED_LOHA: {
         "LoRA_type": "LoHa",              # "LyCORIS/LoHa"
         "caption_extension": ".none-use-foldername",
         "gradient_accumulation_steps": 4,
@@ -104,7 +277,7 @@ SPOT_VALUES = {
         "log_with": "tensorboard",        # "" = kohya's default
         "lr_scheduler_power": None,       # ""
     },
-    SDXL_LOHA: {
+    SHARED_SDXL_LOHA: {
         "stop_text_encoder_training": 0.0,  # stop_text_encoder_training_pct 0
         "lr_scheduler_num_cycles": 1,       # "1"
         "max_train_epochs": 100,            # "100"
@@ -115,14 +288,14 @@ SPOT_VALUES = {
         "learning_rate": 0.001,
         "gradient_checkpointing": True,
     },
-    SDXL_STANDARD: {
+    SHARED_SDXL_STANDARD: {
         "gradient_accumulation_steps": 1,  # "1"
         "max_train_epochs": 50,            # "50"
         "learning_rate": 3e-05,
         "xformers": True,                  # "xformers"
         "bucket_no_upscale": False,
     },
-    SDXL_PRODIGY: {
+    SHARED_SDXL_PRODIGY: {
         "max_token_length": 225,          # "225"
         "noise_offset": 0.0357,
         "keep_tokens": 2,
@@ -136,34 +309,39 @@ SPOT_VALUES = {
         "network_alpha": 256.0,
     },
 }
-# Seed settings a file carries with a value LoRA Loom refuses: reported, left at our default.
-REFUSED_SEED_VALUES = {SDXL_PRODIGY: {"additional_parameters"}}
+# Settings a file carries with a value LoRA Loom refuses: reported, left at our default.
+REFUSED_VALUES = {SDXL_PRODIGY: {"additional_parameters"}, SHARED_SDXL_PRODIGY: {"additional_parameters"}}
 
 
-def fixture(name):
-    path = FIXTURES / name
-    assert path.is_file(), f"missing fixture {path} (shared/ must sit beside the checkout)"
+def kohya_file(name):
+    """The path of one of our configs, or of a shared one ("shared:NAME"; the test skips without shared/)."""
+    if name.startswith(SHARED):
+        return shared_path("fixtures", "kohya_presets", name.removeprefix(SHARED))
+    path = OWN_FIXTURES / name
+    assert path.is_file(), f"missing fixture {path}"
     return path
 
 
 def raw_config(name):
-    return json.loads(fixture(name).read_text(encoding="utf-8"))
+    return json.loads(kohya_file(name).read_text(encoding="utf-8"))
 
 
 def seed_keys():
-    with SEED_TSV.open(encoding="utf-8") as handle:
+    with shared_path("reference", "seed-settings.tsv").open(encoding="utf-8") as handle:
         return {row["key"] for row in csv.DictReader(handle, delimiter="\t")}
 
 
 # ---------------------------------------------------------------- refusals
 
 
-def test_the_flux_config_is_refused_with_a_clear_message():
+@pytest.mark.parametrize("name", on_both([FLUX], [SHARED_FLUX]))
+def test_the_flux_config_is_refused_with_a_clear_message(name):
+    path = kohya_file(name)
     with pytest.raises(KohyaImportError) as caught:
-        import_kohya_config(fixture(FLUX))
+        import_kohya_config(path)
     message = str(caught.value)
     assert "Flux.1 model family is not supported; LoRA Loom trains SD1.x, SD2.x and SDXL" in message
-    assert FLUX in message
+    assert path.name in message
 
 
 @pytest.mark.parametrize("config, family", [
@@ -197,72 +375,137 @@ def test_unreadable_files_are_refused_naming_the_file(tmp_path, content, expecte
         import_kohya_config(tmp_path / "absent.json")
 
 
-# ---------------------------------------------------------------- the seven real configs
+# ---------------------------------------------------------------- whole configs
+
+
+def test_our_fixtures_cover_what_kohya_ss_files_hold():
+    """The kinds of value and file the importer must handle are all in tests/fixtures/kohya."""
+    configs = {name: raw_config(name) for name in OWN_IMPORTABLE}
+    values = [v for config in configs.values() for v in config.values()]
+    assert any(isinstance(v, str) and v.replace(".", "", 1).isdigit() for v in values), "numbers as strings"
+    assert any(isinstance(v, float) and v.is_integer() and v > 1 for v in values), "floats for whole numbers"
+    assert {"LyCORIS/LoCon", "LyCORIS/LoHa", "LyCORIS/DyLoRA", "Standard", "LoCon"} <= {
+        c["LoRA_type"] for c in configs.values()}
+    assert set(RENAMED_KEYS) <= {key for config in configs.values() for key in config}, "every old key name"
+    assert sum(c.get("sdxl") is True for c in configs.values()) >= 2
+    for blank in ("seed", "max_train_epochs", "lr_scheduler_num_cycles", "lr_scheduler_power",
+                  "block_lr_zero_threshold"):
+        assert any(c.get(blank) == "" for c in configs.values()), f"a blank {blank}"
+    assert max(len(c) for c in configs.values()) > 150, "a file from a recent kohya_ss with its full key set"
+    assert raw_config(FLUX)["flux1_checkbox"] is True
+
+
+def legacy_flags_applied(result):
+    """The old flags (use_8bit_adam, use_wandb) the import turned into settings, read off its notes."""
+    return {note.split("=")[0].removeprefix("the old flag ") for note in result.notes
+            if note.startswith("the old flag ")}
 
 
 @pytest.mark.parametrize("name", IMPORTABLE)
 def test_every_key_is_either_mapped_or_reported(name):
     config = raw_config(name)
-    result = import_kohya_config(fixture(name))
+    result = import_kohya_config(kohya_file(name))
     job_from_values(result.values)  # must not raise
     reported = [u.key for u in result.unmapped]
     assert len(reported) == len(set(reported)), "a key is reported twice"
+    applied = legacy_flags_applied(result)
     for key in config:
-        mapped = RENAMED_KEYS.get(key, key) in result.values
+        mapped = RENAMED_KEYS.get(key, key) in result.values or key in applied
         assert mapped != (key in reported), f"{key}: mapped={mapped}, reported={key in reported}"
     assert set(result.values) <= set(SETTINGS_BY_KEY)
     for item in result.unmapped:
         assert len(item.reason) > 20 and item.value == config[item.key]
 
 
-@pytest.mark.parametrize("name", IMPORTABLE)
-def test_every_seed_setting_the_file_carries_is_mapped(name):
+def carried_settings(name, ours):
+    """(settings among ``ours`` the file carries, those of them it carries with a value we refuse)."""
     config = raw_config(name)
     file_key_of = {RENAMED_KEYS.get(key, key): key for key in config}
-    carried = set(file_key_of) & seed_keys()
-    assert len(carried) > 55
-    refused = set(REFUSED_SEED_VALUES.get(name, ()))
+    carried = set(file_key_of) & ours
+    refused = set(REFUSED_VALUES.get(name, ()))
     # a setting the trainer cannot honour yet is imported only at its default
     refused |= {k for k in carried if not SETTINGS_BY_KEY[k].implemented
                 and k not in import_kohya_config({k: config[file_key_of[k]]}).values}
-    values = import_kohya_config(config).values
+    return carried, refused
+
+
+@pytest.mark.parametrize("name", IMPORTABLE)
+def test_every_setting_the_file_carries_is_imported(name):
+    carried, refused = carried_settings(name, set(SETTINGS_BY_KEY))
+    assert len(carried) > 55
+    values = import_kohya_config(kohya_file(name)).values
+    assert carried - refused <= set(values)
+    assert not refused & set(values)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name", IMPORTABLE)
+def test_every_seed_setting_the_file_carries_is_mapped(name):
+    carried, refused = carried_settings(name, seed_keys())
+    assert len(carried) > 55
+    values = import_kohya_config(kohya_file(name)).values
     assert carried - refused <= set(values)
     assert not refused & set(values)
 
 
 @pytest.mark.parametrize("name", IMPORTABLE)
 def test_spot_values_are_converted_exactly(name):
-    values = import_kohya_config(fixture(name)).values
+    values = import_kohya_config(kohya_file(name)).values
     for key, expected in SPOT_VALUES[name].items():
         assert values[key] == expected, key
         assert type(values[key]) is type(expected), key
 
 
-def test_sd_scripts_arguments_in_additional_parameters_are_reported_not_fatal():
-    result = import_kohya_config(fixture(SDXL_PRODIGY))
+@pytest.mark.parametrize("name, epochs", on_both([(SDXL_PRODIGY, 24)], [(SHARED_SDXL_PRODIGY, 30)]))
+def test_sd_scripts_arguments_in_additional_parameters_are_reported_not_fatal(name, epochs):
+    result = import_kohya_config(kohya_file(name))
     (item,) = [u for u in result.unmapped if u.key == "additional_parameters"]
     assert "--lr_scheduler_type" in item.reason and "--network_train_unet_only" in item.reason
     assert "left at the default ('')" in item.reason and not item.neutral
-    assert any("epoch count (30)" in note for note in result.notes)
+    assert any(f"epoch count ({epochs})" in note for note in result.notes)
 
 
-def test_sdxl_configs_import_with_a_note_and_sdxl_reported():
-    result = import_kohya_config(fixture(SDXL_LOHA))
+@pytest.mark.parametrize("name", on_both([SDXL_LOHA], [SHARED_SDXL_LOHA]))
+def test_sdxl_configs_import_with_a_note_and_sdxl_reported(name):
+    result = import_kohya_config(kohya_file(name))
     by_key = {u.key: u for u in result.unmapped}
     assert by_key["sdxl"].neutral and "reads the model family from the checkpoint's weights" in by_key["sdxl"].reason
     assert by_key["sdxl_no_half_vae"].neutral and "fp32" in by_key["sdxl_no_half_vae"].reason
     assert "does not support yet" in by_key["scale_weight_norms"].reason
-    assert not by_key["scale_weight_norms"].neutral  # 2.5 is a real choice that is lost
+    assert not by_key["scale_weight_norms"].neutral  # a real choice (1.5, 2.5) that is lost
     assert by_key["full_bf16"].neutral and by_key["factor"].neutral  # False and kohya's -1
     assert any(note.startswith("this is an SDXL config") for note in result.notes)
     assert any("'LyCORIS/LoHa' was imported as 'LoHa'" in note for note in result.notes)
 
 
-def test_report_groups_the_neutral_keys_on_one_line():
-    # the keys of this file that are not settings (v2 and v_parameterization may be, as the schema grows)
-    neutral = [k for k in ("training_comment", "v2", "v_parameterization") if k not in SETTINGS_BY_KEY]
-    lines = report_lines(import_kohya_config(fixture(EDG_LORA)))
-    assert lines == ["not imported, kohya_ss's off/default values (nothing lost): " + ", ".join(neutral)]
+def test_sdpa_attention_is_imported_as_xformers_off_with_a_note():
+    result = import_kohya_config(kohya_file(SDXL_PRODIGY))
+    assert result.values["xformers"] is False
+    assert "xformers 'sdpa' was imported as off (PyTorch attention)" in result.notes
+
+
+def test_a_hub_model_id_gets_a_note_that_nothing_is_downloaded():
+    notes = import_kohya_config(kohya_file(DYLORA)).notes
+    assert any("'runwayml/stable-diffusion-v1-5' looks like a Hugging Face id" in note for note in notes)
+
+
+@pytest.mark.parametrize("name, neutral", on_both(
+    [(OLD_GUI, ["save_model_as", "training_comment"])],
+    [(EDG_LORA, ["training_comment", "v2", "v_parameterization"])]))
+def test_report_groups_the_neutral_keys_on_one_line(name, neutral):
+    # only the keys of the file that are not settings (v2 and v_parameterization may be, as the schema grows)
+    neutral = [k for k in neutral if k not in SETTINGS_BY_KEY]
+    result = import_kohya_config(kohya_file(name))
+    lines = report_lines(result)
+    assert lines == ["not imported, kohya_ss's off/default values (nothing lost): " + ", ".join(neutral),
+                     *(f"note: {note}" for note in result.notes)]
+
+
+def test_report_names_what_is_lost_first_then_the_neutral_keys():
+    lines = report_lines(import_kohya_config(kohya_file(SD15)))
+    assert lines[0].startswith("not imported: use_8bit_adam = True: an old kohya_ss flag")
+    assert lines[1].startswith("not imported, kohya_ss's off/default values (nothing lost): LyCORIS_preset, ")
+    assert len(lines) == 2
 
 
 def test_a_value_the_trainer_cannot_honour_yet_is_reported_not_imported(monkeypatch):
@@ -329,11 +572,13 @@ def test_blank_unet_and_text_encoder_rates_become_the_learning_rate_and_survive_
     assert (job.optimisation.unet_lr, job.optimisation.text_encoder_lr) == (0.0002, 0.0002)
 
 
-def test_import_to_toml_writes_a_job_file_with_the_imported_values(tmp_path):
-    result = import_kohya_to_toml(fixture(EDG_LOCON), tmp_path / "out" / "job.toml")
+@pytest.mark.parametrize("name, expected", on_both([(SD2_LOCON, ("LoCon", 16, 31337, "768,768"))],
+                                                  [(EDG_LOCON, ("LoCon", 32, 1234, "512,650"))]))
+def test_import_to_toml_writes_a_job_file_with_the_imported_values(tmp_path, name, expected):
+    result = import_kohya_to_toml(kohya_file(name), tmp_path / "out" / "job.toml")
     job = load_job(tmp_path / "out" / "job.toml")
     assert job_to_values(job) == job_to_values(job_from_values(result.values))
-    assert (job.network.LoRA_type, job.network.conv_dim, job.optimisation.seed, job.data.max_resolution) == ("LoCon", 32, 1234, "512,650")
+    assert (job.network.LoRA_type, job.network.conv_dim, job.optimisation.seed, job.data.max_resolution) == expected
 
 
 # ---------------------------------------------------------------- export
@@ -353,7 +598,7 @@ def blanks_made_explicit(values):
 
 @pytest.mark.parametrize("name", IMPORTABLE)
 def test_export_then_import_gives_the_same_settings(name):
-    values = import_kohya_config(fixture(name)).values
+    values = import_kohya_config(kohya_file(name)).values
     exported = export_kohya_config(values)
     assert json.loads(json.dumps(exported)) == exported
     assert exported["LoRA_type"] == LORA_TYPE_TO_KOHYA[values["LoRA_type"]]

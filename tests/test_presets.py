@@ -20,9 +20,9 @@ from trainer.presets import (
 )
 from trainer.spec import SETTINGS_BY_KEY, defaults, validate_values
 
-SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "kohya_presets"
-KOHYA_DIR = next((d for d in (Path(__file__).parent / "fixtures" / "kohya_presets", SHARED_FIXTURES)
-                  if d.is_dir()), SHARED_FIXTURES)
+from .shared_refs import shared_path
+
+KOHYA_FIXTURES = Path(__file__).parent / "fixtures" / "kohya"  # our own kohya_ss-format configs
 BUILTIN_NAMES = ["Fast test run", "Low memory (8-bit, checkpointing)", "Prodigy (adaptive learning rate)",
                  "SD1.5 character (balanced)", "SD1.5 style", "SDXL character (UNet only)"]
 # Settings the preset files may use (the core ones named in the design of the built-ins).
@@ -140,19 +140,38 @@ def test_a_blank_text_encoder_rate_is_saved_as_the_learning_rate(tmp_path):
 # ---------------------------------------------------------------- reading files
 
 
-def test_a_kohya_config_loads_as_a_preset_with_its_report():
-    path = KOHYA_DIR / "sd15 - EDG_LoraOptiSettings.json"
+def shared_kohya_preset(name):
+    """A real kohya_ss preset in shared/ (the test must be marked ``shared``; it skips without shared/)."""
+    return shared_path("fixtures", "kohya_presets", name)
+
+
+def check_kohya_preset(path, unmapped, seed):
     loaded = read_preset(path)
     assert loaded.from_kohya
     assert loaded.values == import_kohya_config(path).values
-    not_settings = {"training_comment", "v2", "v_parameterization"} - set(SETTINGS_BY_KEY)
-    assert {u.key for u in loaded.unmapped} == not_settings
-    assert load_preset(path)["seed"] == 1234
+    assert {u.key for u in loaded.unmapped} == unmapped - set(SETTINGS_BY_KEY)
+    assert load_preset(path)["seed"] == seed
+
+
+def test_a_kohya_config_loads_as_a_preset_with_its_report():
+    check_kohya_preset(KOHYA_FIXTURES / "locon-old-gui.json", {"save_model_as", "training_comment"}, 99)
+
+
+@pytest.mark.shared
+def test_a_real_kohya_preset_loads_as_a_preset_with_its_report():
+    check_kohya_preset(shared_kohya_preset("sd15 - EDG_LoraOptiSettings.json"),
+                       {"training_comment", "v2", "v_parameterization"}, 1234)
 
 
 def test_a_flux_kohya_config_is_refused_as_a_preset():
     with pytest.raises(PresetError, match="Flux.1 model family is not supported"):
-        load_preset(KOHYA_DIR / "flux1D - adamw8bit fp8.json")
+        load_preset(KOHYA_FIXTURES / "flux1-dev.json")
+
+
+@pytest.mark.shared
+def test_a_real_flux_kohya_preset_is_refused_as_a_preset():
+    with pytest.raises(PresetError, match="Flux.1 model family is not supported"):
+        load_preset(shared_kohya_preset("flux1D - adamw8bit fp8.json"))
 
 
 def test_our_json_preset_is_read_strictly(tmp_path):
@@ -212,9 +231,17 @@ def test_a_preset_that_sets_a_kept_setting_wins():
     assert "spec_version" not in result
 
 
-def test_blank_paths_in_a_kohya_config_do_not_wipe_the_current_ones():
-    preset = load_preset(KOHYA_DIR / "DyLoRA-Adafactor-toml.json")
-    assert preset["train_data_dir"] == "" and preset["output_dir"] == "./test/output"
+def check_blank_paths_are_kept(preset, output_dir, epoch):
+    assert preset["train_data_dir"] == "" and preset["output_dir"] == output_dir
     result = apply_preset({"train_data_dir": "/data/cats", "output_dir": "/out"}, preset)
-    assert (result["train_data_dir"], result["output_dir"]) == ("/data/cats", "./test/output")
-    assert (result["LoRA_type"], result["epoch"]) == ("DyLoRA", 150)
+    assert (result["train_data_dir"], result["output_dir"]) == ("/data/cats", output_dir)
+    assert (result["LoRA_type"], result["epoch"]) == ("DyLoRA", epoch)
+
+
+def test_blank_paths_in_a_kohya_config_do_not_wipe_the_current_ones():
+    check_blank_paths_are_kept(load_preset(KOHYA_FIXTURES / "dylora-sd15.json"), "./runs/output", 40)
+
+
+@pytest.mark.shared
+def test_blank_paths_in_a_real_kohya_preset_do_not_wipe_the_current_ones():
+    check_blank_paths_are_kept(load_preset(shared_kohya_preset("DyLoRA-Adafactor-toml.json")), "./test/output", 150)

@@ -1,7 +1,6 @@
 """The schema: every seed setting declared once with its documented default; strict job files."""
 import csv
 import dataclasses
-from pathlib import Path
 
 import pytest
 
@@ -21,11 +20,11 @@ from trainer.spec import (
     write_job_toml,
 )
 
-SEED_TSV = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "seed-settings.tsv"
+from .shared_refs import shared_path
 
 
 def seed_rows():
-    with SEED_TSV.open(encoding="utf-8") as handle:
+    with shared_path("reference", "seed-settings.tsv").open(encoding="utf-8") as handle:
         return list(csv.DictReader(handle, delimiter="\t"))
 
 
@@ -42,7 +41,7 @@ def expected_default(raw: str, setting):
     return raw
 
 
-@pytest.mark.skipif(not SEED_TSV.exists(), reason="shared/ reference not beside the checkout")
+@pytest.mark.shared
 def test_every_seed_setting_is_declared_with_its_documented_default():
     rows = seed_rows()
     assert len(rows) == 86
