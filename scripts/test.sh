@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Sets up (with the test tools) and runs the test suite on CPU.
-#   bash scripts/test.sh          the whole suite as a fresh clone sees it, with nothing beside the checkout
+#   bash scripts/test.sh          mypy over trainer/ and gui/, then the whole suite as a fresh clone sees it, with nothing beside the checkout
 #                                 (LORA_LOOM_SHARED=none: the tests that read ../shared skip); then, only if
 #                                 ../shared exists, once more just those tests (-m shared) with it in place.
-#                                 Fails if either run fails.
+#                                 Fails if the type check or either run fails.
 #   bash scripts/test.sh ARGS...  one pytest run with these arguments (../shared is read if it is there)
 # LORA_LOOM_SHARED=PATH names another shared folder; LORA_LOOM_SHARED=none leaves out the second run.
 set -euo pipefail
@@ -14,6 +14,10 @@ pytest=(.venv/bin/python -m pytest -q -p no:cacheprovider)
 if [ $# -gt 0 ]; then
   exec "${pytest[@]}" "$@"
 fi
+
+echo "== type check of trainer/ and gui/ (mypy; finds a misspelt job key or section)"
+typed=0
+.venv/bin/python -m mypy || typed=$?
 
 echo "== run 1: the whole suite with nothing beside the checkout (LORA_LOOM_SHARED=none)"
 first=0
@@ -29,5 +33,5 @@ if [ "$shared" != none ] && [ -d "$shared" ]; then
 else
   echo "== no shared folder ($shared): its tests skipped in run 1, and there is no run 2"
 fi
-echo "== run 1: exit $first; run 2: exit $second"
-[ "$first" = 0 ] && [ "$second" = 0 ]
+echo "== mypy: exit $typed; run 1: exit $first; run 2: exit $second"
+[ "$typed" = 0 ] && [ "$first" = 0 ] && [ "$second" = 0 ]

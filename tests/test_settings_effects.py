@@ -419,8 +419,10 @@ def test_network_weights_file_is_never_overwritten_by_the_run(demo_dir, tmp_path
 def test_every_name_a_run_writes_is_checked_against_network_weights(tmp_path, weights, save_state, refused):
     from trainer.spec.checks import output_overwriting_network_weights
 
-    job = SimpleNamespace(network_weights=str(tmp_path / weights), output_dir=str(tmp_path / "sub" / ".." / "out"),
-                          output_name="demo_lora", save_state=save_state)
+    from trainer.spec import job_from_values
+
+    job = job_from_values(dict(network_weights=str(tmp_path / weights), output_dir=str(tmp_path / "sub" / ".." / "out"),
+                               output_name="demo_lora", save_state=save_state))
     assert (output_overwriting_network_weights(job) is not None) == refused
 
 
