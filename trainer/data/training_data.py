@@ -53,10 +53,6 @@ class TrainingData:
     def warnings(self):
         return self.plan.warnings
 
-    @property
-    def latents_cached(self) -> bool:
-        return self._latents is not None
-
     # ---- latent cache -------------------------------------------------------------------------
 
     def cache_latents(self, encode: Callable[[torch.Tensor], torch.Tensor], vae_batch_size: int = 0,

@@ -17,7 +17,6 @@ import torch
 from trainer.network.dylora import DyLoraAdapter
 
 PEFT_ADAPTER_NAME = "default"
-LORA_SUFFIXES = ("lora_down.weight", "lora_up.weight")
 LOHA_SUFFIXES = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
 
