@@ -5,7 +5,7 @@ setting a rule reads. Pure and torch-free: the page, validation and the trainer 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from .tables import CONV_LORA_TYPES, SCHEDULERS_WITH_CYCLES, SCHEDULERS_WITH_POWER, SCHEDULERS_WITHOUT_WARMUP
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------- network
 
 
-def dylora_rank_faults(unit: int, ranks: dict[str, Iterable[int]]) -> list[tuple[str, int]]:
+def dylora_rank_faults(unit: int, ranks: Mapping[str, Iterable[int]]) -> list[tuple[str, int]]:
     """DyLoRA trains ranks in steps of ``unit``: every rank must be a whole number of units.
 
     ``ranks`` maps a setting to its ranks; the answer is (setting, first rank that is not a multiple) for
