@@ -8,7 +8,7 @@ label = setting.label, info = setting.help, ``elem_id="setting-<key>"``; the not
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import gradio as gr
 
@@ -101,7 +101,7 @@ def make_widget(setting: Setting, value: Any, visible: bool = True) -> gr.compon
     return gr.Textbox(value=value, lines=1, max_lines=1, **common)
 
 
-def build_tab_fields(form: Form, tab: str, values: dict[str, Any], problems: list[Problem] = (),
+def build_tab_fields(form: Form, tab: str, values: dict[str, Any], problems: Sequence[Problem] = (),
                      after: dict[str, Callable[[], Any]] | None = None) -> None:
     """Widgets of one tab, grouped by section, each with its error note (shown only for ``problems``).
     ``after[key]()`` builds extra components right under that setting's field (the model note)."""

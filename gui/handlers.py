@@ -54,7 +54,7 @@ def view_state(view: RunView) -> str:
     """running / completed / stopped / failed / killed / died for the run a view watches."""
     if view.finished is not None:
         return str(view.finished.get("status", "completed"))
-    run_dir = Path(view.run_dir)
+    run_dir = Path(view.run_dir or ".")
     if pid_alive(read_pid(run_dir), run_dir):
         return "running"
     read_new_events(view)  # the trainer may have written its last lines just before exiting
@@ -251,7 +251,7 @@ class Handlers:
         a, view = self.area, session.view
         state = view_state(view)
         running = state == "running"
-        stops = stop_requests(Path(view.run_dir))
+        stops = stop_requests(Path(view.run_dir or "."))
         if not running and state != "died":  # "died" is looked at again: late last words revise it
             session.settled = state
             session.notes = [n for n in session.notes if n[0] != "info"]  # "Stopping…" is over
@@ -264,7 +264,7 @@ class Handlers:
             a.loss_plot: frame(loss_rows(view), LOSS_COLUMNS),
             a.lr_plot: frame(lr_rows(view), LR_COLUMNS),
             a.outputs: outputs_markdown(view),
-            a.log: tail_text(Path(view.run_dir) / LOG_FILE, max_lines=25),
+            a.log: tail_text(Path(view.run_dir or ".") / LOG_FILE, max_lines=25),
             a.messages: self._messages(session),
             a.start: gr.update(interactive=not running),
             a.stop: gr.update(interactive=running, value="Stop again to kill now" if running and stops == 1
@@ -344,7 +344,7 @@ class Handlers:
 
     # ----- presets ----------------------------------------------------------------------------------
     def _preset_choices(self) -> list[tuple[str, str]]:
-        return [tuple(c) for c in presets_panel.preset_choices(self.config.user_presets_dir)]
+        return [(c.label, c.path) for c in presets_panel.preset_choices(self.config.user_presets_dir)]
 
     def load_preset(self, data: dict) -> dict:
         path = data[self.area.preset]

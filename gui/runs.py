@@ -216,7 +216,7 @@ class RunManager:
         if run_dir is None:
             return "nothing to stop"
         pid = read_pid(run_dir)
-        if not pid_alive(pid, run_dir):
+        if pid is None or not pid_alive(pid, run_dir):
             return "nothing to stop"
         count = stop_requests(run_dir) + 1
         (run_dir / STOPS_FILE).write_text(str(count))
@@ -237,7 +237,7 @@ class RunManager:
         if run_dir is None or number is None or not has_started(run_dir) or finished_event(run_dir) is not None:
             return False
         pid = read_pid(run_dir)
-        if not pid_alive(pid, run_dir):
+        if pid is None or not pid_alive(pid, run_dir):
             return False
         try:
             os.kill(pid, number)  # the trainer alone: its data-loader workers have no handler for these
