@@ -209,8 +209,9 @@ class Saver:
 
     def save_epoch(self, step: int, epoch: int) -> None:
         self._write(self.output_dir / epoch_file_name(self.job.output_name, epoch), step, epoch, "epoch")
-        if self.job.save_state:
-            self.save_state(self.output_dir / f"{self.job.output_name}-{epoch:06d}-state", step, epoch, 0)
+        if self.job.save_state:  # the epoch is done: a resume from here starts the next one
+            self.save_state(self.output_dir / f"{self.job.output_name}-{epoch:06d}-state", step, epoch,
+                            self.session.schedule.batches_per_epoch)
 
     def save_step(self, step: int, epoch: int, batches_done: int, requested: bool = False) -> None:
         """A step file (and state), then save_last_n_steps' pruning of an older one. A file ``requested``
