@@ -69,7 +69,7 @@ def standin(tmp_path):
 
 
 def demo_like_values(tmp_path: Path) -> dict:
-    return {"output_name": "my lora/1", "train_data_dir": str(tmp_path), "output_dir": str(tmp_path / "out")}
+    return {"output_name": "my lora 1", "train_data_dir": str(tmp_path), "output_dir": str(tmp_path / "out")}
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
@@ -98,7 +98,7 @@ def test_start_writes_job_launches_in_own_group_and_first_stop_interrupts(tmp_pa
     try:
         assert run_dir.parent == (tmp_path / "runs").resolve()
         assert run_dir.name.endswith("-my_lora_1")
-        assert 'output_name = "my lora/1"' in (run_dir / "job.toml").read_text()
+        assert 'output_name = "my lora 1"' in (run_dir / "job.toml").read_text()
         pid = read_pid(run_dir)
         assert os.getpgid(pid) == pid  # start_new_session: the trainer leads its own process group
         wait_for(lambda: (run_dir / "grandchild").is_file() and any(e["type"] == "step" for e in events_of(run_dir)))

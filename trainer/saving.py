@@ -17,7 +17,8 @@ from trainer.network import read_lora_file, save_lora_file
 from trainer.precision import mixed_precision_name
 from trainer.session import Session, TrainingError
 from trainer.spec import SETTINGS, effective_lrs, job_to_values
-from trainer.spec.checks import check_network_weights_kept
+from trainer.spec.checks import check_network_weights_kept, output_files_pattern
+from trainer.spec.names import parse_output_name
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STATE_FILE = "train_state.json"
@@ -40,6 +41,36 @@ def step_to_prune(step: int, keep_last: int, every: int) -> int | None:
         return None
     remove = (step - keep_last - 1) - ((step - keep_last - 1) % every)
     return remove if remove > 0 else None
+
+
+def stale_temporaries(output_dir: Path, output_name: str) -> list[Path]:
+    """What a killed run of ``output_name`` can leave in its output folder: a LoRA file's temporary
+    (``.<file>.<random>.tmp``, see ``save_lora_file``) and a half-written state folder (``…-state.tmp``).
+    Other names' files are left alone: another run may be writing them."""
+    if not output_dir.is_dir():
+        return []
+    pattern = output_files_pattern(output_name)
+    found = []
+    for path in output_dir.iterdir():
+        name = path.name
+        if name.endswith(".tmp") and name.startswith("."):
+            name = name[1:].rsplit(".", 2)[0]  # ".x.safetensors.abc123.tmp" → "x.safetensors"
+        elif not name.endswith("-state.tmp"):
+            continue
+        if pattern.fullmatch(name):
+            found.append(path)
+    return sorted(found)
+
+
+def remove_stale_temporaries(output_dir: Path, output_name: str) -> list[Path]:
+    """Delete what :func:`stale_temporaries` finds; returns what was removed."""
+    removed = stale_temporaries(output_dir, output_name)
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
 
 
 def dataset_metadata(data) -> dict:
@@ -187,8 +218,16 @@ class Saver:
         self.job = session.job
         for problem in check_network_weights_kept(self.job):  # validation refuses this too; never write over it
             raise TrainingError(problem.message, problem.setting)
+        try:  # validation refuses such names; never let one reach a path
+            parse_output_name(self.job.output_name)
+        except ValueError as error:
+            raise TrainingError(str(error), "output_name") from None
         self.output_dir = Path(self.job.output_dir).expanduser()
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_temporaries(self.output_dir, self.job.output_name)
+        if removed:
+            events.status("saving", note=f"removed {len(removed)} temporary file(s) left by an interrupted run: "
+                                         + ", ".join(p.name for p in removed))
         self.base_metadata = {**training_metadata(session), **session.network.metadata()}
         self.outputs: list[str] = []
         self.kept_steps: set[int] = set()  # step files asked for from the page: save_last_n_steps leaves them
