@@ -17,6 +17,10 @@ from .catalog_basic import BASIC, MODEL_AND_FOLDERS
 from .setting import Problem, Setting
 
 SPEC_VERSION = 1
+MAX_MESSAGE = 400  # a parser's message quoting a pasted megabyte is cut here
+# Longest text a setting holds (a path, a name, a list of numbers; prompts, one a line): a pasted file is refused
+# before any parser splits it.
+MAX_TEXT_LENGTH = {"str": 4096, "path": 4096, "text": 100_000}
 SETTINGS: tuple[Setting, ...] = MODEL_AND_FOLDERS + BASIC + WEIGHTS_BLOCKS_CONV + ADVANCED + SAMPLES
 SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 
@@ -47,6 +51,8 @@ def _field(setting: Setting):
         limits["ge"] = setting.minimum
     if setting.maximum is not None:
         limits["le"] = setting.maximum
+    if setting.kind in MAX_TEXT_LENGTH:
+        limits["max_length"] = MAX_TEXT_LENGTH[setting.kind]
     return (_annotation(setting), Field(default=setting.default, **limits))
 
 
@@ -77,10 +83,20 @@ Job = _build_model()
 def _message_for(setting: Setting | None, error: dict) -> str:
     if setting is None:
         return "is not a setting LoRA Loom knows (check the spelling)"
+    if error["type"] == "string_too_long":
+        return (f"is {len(error.get('input') or ''):,} characters long; at most "
+                f"{MAX_TEXT_LENGTH[setting.kind]:,} are allowed here")
     if error["type"].startswith("value_error"):
-        return str(error.get("ctx", {}).get("error", error["msg"]))
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+        return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 1] + "…"
     got = error.get("input")
-    return f"must be {setting.describe_range()}" + (f" (got {got!r})" if got is not None else " (got blank)")
+    return f"must be {setting.describe_range()}" + (f" (got {_short(got)})" if got is not None else " (got blank)")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value as a message quotes it: a huge one (a pasted file) is cut, not echoed whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text):,} characters)"
 
 
 def problems_from_validation(error: ValidationError) -> list[Problem]:
