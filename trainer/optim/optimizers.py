@@ -20,7 +20,8 @@ class OptimizerSettingError(ValueError):
     """A bad optimizer setting; ``setting`` names the job key to blame."""
 
     def __init__(self, message: str, setting: str = "optimizer") -> None:
-        super().__init__(message)
+        # the setting is named where the problem is shown ("optimizer_args: …"), so not twice
+        super().__init__(message.removeprefix(f"{setting}: "))
         self.setting = setting
 
 
