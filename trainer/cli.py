@@ -14,9 +14,9 @@ from pathlib import Path
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 
 
-def _print_problems(problems, stream=sys.stdout) -> None:
+def _print_problems(problems, stream=None) -> None:
     for problem in problems:
-        print(str(problem), file=stream)
+        print(str(problem), file=stream or sys.stdout)  # looked up now: stdout may be redirected
 
 
 def _load(path: str):
@@ -73,6 +73,19 @@ def default_run_dir(job_path: str) -> Path:
 
 
 def cmd_train(args) -> int:
+    import signal
+
+    from trainer.run import catch_early_stop
+
+    previous = signal.getsignal(signal.SIGINT)
+    requests = catch_early_stop()  # first: a stop while the rest is imported is kept, not lost
+    try:
+        return _train(args, requests)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _train(args, requests) -> int:
     from trainer.events import EventWriter
     from trainer.spec import job_to_values, toml_text
 
@@ -87,12 +100,17 @@ def cmd_train(args) -> int:
         for problem in problems:
             events.emit(problem.level, message=problem.message, setting=problem.setting)
         if job is None or any(p.level == "error" for p in problems):
-            events.emit("finished", status="failed", outputs=[], reason="invalid job")
+            first = next((p for p in problems if p.level == "error"), None)
+            events.emit("finished", status="failed", outputs=[], reason="invalid job",
+                        setting=first.setting if first else None)
             return EXIT_REFUSED
         (run_dir / "job.toml").write_text(toml_text(job_to_values(job)), encoding="utf-8")
+        if requests.stop:
+            events.emit("finished", status="stopped", outputs=[], reason="stopped before training started")
+            return EXIT_OK
         from trainer.run import run_training
 
-        status = run_training(job, run_dir, events)
+        status = run_training(job, run_dir, events, requests)
     return EXIT_OK if status in ("completed", "stopped") else EXIT_FAILED
 
 
