@@ -20,7 +20,8 @@ def _print_problems(problems, stream=None) -> None:
 
 
 def _load(path: str):
-    """(job or None, problems) for a job file: field errors, then cross-setting checks."""
+    """(job or None, problems) for a job file: field errors, then the checks before training (the page's
+    Start button makes the same, through ``trainer.spec.validate_values``)."""
     from trainer.spec import JobError, check_job, load_job
 
     try:
@@ -31,11 +32,7 @@ def _load(path: str):
 
 
 def cmd_validate(args) -> int:
-    from trainer.preflight import deep_checks
-
     job, problems = _load(args.job)
-    if job is not None:
-        problems += deep_checks(job)
     _print_problems(problems)
     errors = [p for p in problems if p.level == "error"]
     if not errors:
@@ -93,10 +90,6 @@ def _train(args, requests) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     with EventWriter(run_dir / "events.jsonl", echo=sys.stdout) as events:
         job, problems = _load(args.job)
-        if job is not None:
-            from trainer.preflight import deep_checks
-
-            problems += deep_checks(job)
         for problem in problems:
             events.emit(problem.level, message=problem.message, setting=problem.setting)
         if job is None or any(p.level == "error" for p in problems):

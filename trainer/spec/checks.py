@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from .disk_checks import dataset_problems, resume_problems, writable_folder_problem
+from .disk_checks import dataset_problems, network_weights_problems, resume_problems, writable_folder_problem
 from .setting import Problem
 
 
@@ -272,6 +272,8 @@ def check_paths(job) -> list[Problem]:
         problems += dataset_problems(job)
     if job.resume:
         problems += resume_problems(job)
+    if job.network_weights and Path(job.network_weights).expanduser().is_file():
+        problems += network_weights_problems(job)
     return problems
 
 

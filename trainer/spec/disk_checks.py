@@ -47,6 +47,19 @@ def dataset_problems(job) -> list[Problem]:
     return []
 
 
+def network_weights_problems(job) -> list[Problem]:
+    """The LoRA file a run starts from must be one (read from its header; a model or a damaged file is not)."""
+    from trainer.models.detect import ModelFileError, inspect_model
+
+    try:
+        info = inspect_model(job.network_weights)
+    except ModelFileError as error:
+        return [Problem("network_weights", str(error))]
+    if info.kind != "lora":
+        return [Problem("network_weights", f"{info.path} is not a LoRA file: {info.summary()}")]
+    return []
+
+
 def resume_problems(job) -> list[Problem]:
     folder = Path(job.resume).expanduser()
     if folder.is_dir() and not (folder / STATE_FILE).is_file():

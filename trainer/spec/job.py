@@ -135,10 +135,19 @@ def job_from_values(values: dict[str, Any]) -> BaseModel:
         if problems:
             raise JobError(problems)
         values.update(overrides)
+    else:
+        overrides = {}
     try:
         return Job(**values)
     except ValidationError as error:
-        raise JobError(problems_from_validation(error)) from None
+        raise JobError([_from_overrides(p, overrides) for p in problems_from_validation(error)]) from None
+
+
+def _from_overrides(problem: Problem, overrides: dict[str, Any]) -> Problem:
+    """A bad value that came from Additional parameters is blamed there (the field itself holds another)."""
+    if problem.setting not in overrides:
+        return problem
+    return Problem("additional_parameters", f"--{problem.setting}: {problem.message}", problem.level)
 
 
 def read_job_toml(path: str | Path) -> dict[str, Any]:
