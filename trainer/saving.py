@@ -45,7 +45,8 @@ def step_to_prune(step: int, keep_last: int, every: int) -> int | None:
 
 def stale_temporaries(output_dir: Path, output_name: str) -> list[Path]:
     """What a killed run of ``output_name`` can leave in its output folder: a LoRA file's temporary
-    (``.<file>.<random>.tmp``, see ``save_lora_file``) and a half-written state folder (``…-state.tmp``).
+    (``.<file>.<random>.tmp``, see ``save_lora_file``), a half-written state folder (``…-state.tmp``) and a
+    replaced one (``…-state.old.tmp``).
     Other names' files are left alone: another run may be writing them."""
     if not output_dir.is_dir():
         return []
@@ -55,6 +56,8 @@ def stale_temporaries(output_dir: Path, output_name: str) -> list[Path]:
         name = path.name
         if name.endswith(".tmp") and name.startswith("."):
             name = name[1:].rsplit(".", 2)[0]  # ".x.safetensors.abc123.tmp" → "x.safetensors"
+        elif name.endswith("-state.old.tmp"):  # a replaced state not yet deleted (Saver.save_state)
+            name = name.removesuffix(".old.tmp")
         elif not name.endswith("-state.tmp"):
             continue
         if pattern.fullmatch(name):
@@ -289,8 +292,12 @@ class Saver:
             "step": step, "epoch": epoch, "batches_done_in_epoch": batches_done, "seed": s.seed,
             "train_text_encoder": s.train_text_encoder,
         }), encoding="utf-8")
-        shutil.rmtree(folder, ignore_errors=True)
+        old = folder.with_name(folder.name + ".old.tmp")  # never a half-deleted state under the real name
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            os.replace(folder, old)
         os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
         self.events.emit("checkpoint", step=step, epoch=epoch, path=str(folder), kind="state")
 
     def load_state(self, folder: Path) -> None:
