@@ -40,15 +40,15 @@ CHILD = textwrap.dedent('''
     def emit(**event):
         event["time"] = time.time()
         events.write(json.dumps(event) + "\\n"); events.flush()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    open(os.path.join(run_dir, "grandchild"), "w").write(str(sleeper.pid))
     def on_sigint(signum, frame):
         emit(type="finished", status="stopped", outputs=["out/lora.safetensors"])
         sys.exit(0)
-    if os.environ.get("IGNORE_SIGINT"):
+    if os.environ.get("IGNORE_SIGINT"):  # before anything slow, as the real trainer does (issue 16)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     else:
         signal.signal(signal.SIGINT, on_sigint)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    open(os.path.join(run_dir, "grandchild"), "w").write(str(sleeper.pid))
     print("stand-in trainer running", flush=True)
     emit(type="started", plan={"total_steps": 1000})
     if os.environ.get("DIE_AT_ONCE"):

@@ -226,7 +226,11 @@ class Saver:
         except ValueError as error:
             raise TrainingError(str(error), "output_name") from None
         self.output_dir = Path(self.job.output_dir).expanduser()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        try:  # validation checks this before the model loads; a job that skipped it still gets the setting
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TrainingError(f"{self.output_dir} cannot be created ({error.strerror or error})",
+                                "output_dir") from None
         removed = remove_stale_temporaries(self.output_dir, self.job.output_name)
         if removed:
             events.status("saving", note=f"removed {len(removed)} temporary file(s) left by an interrupted run: "
