@@ -37,6 +37,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_warning(args: argparse.Namespace) -> str | None:
+    """A warning when the page can be reached from other machines without a password: whoever reaches it can
+    start runs and write files wherever this user can."""
+    open_to = [what for what, on in ((f"--listen {args.listen}", args.listen not in LOOPBACK),
+                                     ("--share", args.share)) if on]
+    if not open_to or args.username:
+        return None
+    return (f"WARNING: {' and '.join(open_to)} without --username/--password: anyone who can reach this port can "
+            "train, read run folders and write files as you. Set --username and --password.")
+
+
 def ensure_demo(demo_dir: Path) -> Path:
     """``demo_dir/job.toml``, building the demo in a subprocess (the GUI process never imports torch)."""
     job = demo_dir / "job.toml"
@@ -64,6 +78,9 @@ def job_values(job_path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    warning = exposure_warning(args)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     runs_dir = Path(args.runs_dir).expanduser().resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     job_path = Path(args.job).expanduser().resolve() if args.job else ensure_demo(Path(args.demo_dir).resolve())
