@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTPUT_NAME = "killed"
 KILL_DELAY_S = 0.06
 RUN_TIMEOUT_S = 300
-# Two epochs of 4 steps; a LoRA file and a state after every step and at the end of epoch 1.
-JOB = dict(epoch=2, train_batch_size=2, save_every_n_steps=1, save_every_n_epochs=1, save_state=True,
+# Three epochs of 4 steps; a LoRA file and a state after every step and at the end of epochs 1 and 2.
+JOB = dict(epoch=3, train_batch_size=2, save_every_n_steps=1, save_every_n_epochs=1, save_state=True,
            sample_every_n_steps=0, sample_every_n_epochs=0, mixed_precision="no", save_precision="float",
            lr_scheduler="cosine", lr_warmup=25, num_cpu_threads_per_process=1, output_name=OUTPUT_NAME)
 
@@ -172,7 +172,7 @@ def run_harness(work: Path, kills: int, seed: int, demo: Path | None = None) -> 
         state = newest_state(out) if out.exists() else None
         run_values = {**values, "output_dir": str(out), "resume": str(state) if state else ""}
         run_dir = work / "runs" / f"kill{index:03d}"
-        target, delay = rng.randint(1, 6), rng.uniform(0, KILL_DELAY_S)
+        target, delay = rng.randint(1, 4), rng.uniform(0, KILL_DELAY_S)
         outcome = kill_at(start_run(run_values, run_dir), run_dir, target, delay)
         left = [p.name for p in stale_temporaries(out, OUTPUT_NAME)] if out.exists() else []
         found = verify_outputs(out) if out.exists() else []

@@ -153,7 +153,7 @@ def _from_overrides(problem: Problem, overrides: dict[str, Any]) -> Problem:
     """A bad value that came from Additional parameters is blamed there (the field itself holds another)."""
     if problem.setting not in overrides:
         return problem
-    return Problem("additional_parameters", f"--{problem.setting}: {problem.message}", problem.level)
+    return Problem("additional_parameters", f"--{problem.setting} {problem.message}", problem.level)
 
 
 def read_job_toml(path: str | Path) -> dict[str, Any]:
