@@ -171,3 +171,54 @@ def test_pid_file_holds_the_start_time_and_a_reused_pid_is_not_the_trainer(tmp_p
     status = run_status(run_dir)
     assert (status.state, status.outcome) == ("died", "failed")
     assert status.log_tail.endswith("Segmentation fault")
+
+
+def test_cli_queues_drains_and_ctrl_c_stops_the_real_trainer(tmp_path, demo_dir):
+    """``python -m trainer queue``: add (refusing a bad job by its setting), list, run with the real trainer,
+    Ctrl-C stops the job in progress (saved, 'stopped') and leaves the next waiting; a second run finishes it."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.queue_helpers import long_values
+    from tests.trainer_helpers import ROOT, run_trainer, trainer_env
+    from trainer.events import read_events
+    from trainer.spec import write_job_toml
+
+    runs = tmp_path / "runs"
+    long_job = write_job_toml(long_values(demo_dir, tmp_path, "long"), tmp_path / "long.toml")
+    tiny_job = write_job_toml(tiny_values(demo_dir, tmp_path, "tiny", network_dim=4), tmp_path / "tiny.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(tiny_job.read_text().replace("train_batch_size = 2", "train_batch_size = 0"))
+    refused = run_trainer("queue", "add", bad, "--runs-dir", runs)
+    assert refused.returncode == 2 and "train_batch_size" in refused.stderr
+    for job in (long_job, tiny_job):
+        assert run_trainer("queue", "add", job, "--runs-dir", runs).returncode == 0
+    listed = run_trainer("queue", "list", "--runs-dir", runs).stdout.splitlines()
+    assert listed[0].split()[:3] == ["1", "queued", "0001-long"]
+    assert listed[1].split()[:3] == ["2", "queued", "0002-tiny"] and "network_dim 8→4" in listed[1]
+    drainer = subprocess.Popen([sys.executable, "-m", "trainer", "queue", "run", "--runs-dir", str(runs)], cwd=ROOT,
+                               env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        def stepping() -> bool:
+            entry = run_queue.list_jobs(runs)[0]
+            events = read_events(Path(entry.run_dir) / "events.jsonl")[0] if entry.run_dir else []
+            return any(e["type"] == "step" for e in events)
+
+        wait_for(stepping, timeout=240, interval=0.5)
+        drainer.send_signal(signal.SIGINT)
+        out, _ = drainer.communicate(timeout=120)
+    finally:
+        if drainer.poll() is None:
+            drainer.kill()
+        kill_runs(runs)
+    assert drainer.returncode == 0, out
+    assert "0001-long: stopped" in out
+    assert [e.status for e in run_queue.list_jobs(runs)] == ["stopped", "queued"]
+    finished = run_trainer("queue", "run", "--runs-dir", runs, timeout=400)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "0002-tiny: completed" in finished.stdout
+    assert [e.status for e in run_queue.list_jobs(runs)] == ["stopped", "completed"]
+    assert (tmp_path / "out" / "tiny.safetensors").is_file() and (tmp_path / "out" / "long.safetensors").is_file()
+    assert {job: len(dirs) for job, dirs in run_dirs_by_job(runs).items()} == {"0001-long": 1, "0002-tiny": 1}
