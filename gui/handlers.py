@@ -291,7 +291,7 @@ class Handlers:
             return image.copy()
 
     def _runs_update(self, selected: str | None):
-        choices = [(f"{p.name} — {run_status(p).state}", p.name) for p in self.manager.list_runs()[:50]]
+        choices = [(f"{p.name} — {run_status(p).outcome}", p.name) for p in self.manager.list_runs()[:50]]
         return gr.update(choices=choices, value=selected)
 
     # ----- plan and dataset -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -47,15 +48,20 @@ def test_three_queued_jobs_run_in_order_live_and_two_compare(queue_app, browser)
     for name in NAMES:
         field(page, "output_name").fill(name)
         page.click("#add-queue-button")
-        page.locator(f"#queue-note >> text=Queued").first.wait_for(timeout=30_000)
-        page.locator(f"#queue-table tr[data-job$='-{name}']").wait_for(timeout=30_000)
-    for name in NAMES:  # the run area follows each job while it trains
-        page.wait_for_function(
-            "name => document.querySelector('#runs-choice input')?.value.includes(name) && "
-            "document.querySelector('#run-progress [data-state]')?.dataset.state === 'running'",
-            arg=f"-{name}", timeout=240_000)
+        page.locator(f"#queue-note >> text=-{name}").first.wait_for(timeout=60_000)  # "Queued 000N-name."
+    seen_live, deadline = set(), time.monotonic() + 600
+    while time.monotonic() < deadline:  # the run area follows each job while it trains
+        shown = page.evaluate("[document.querySelector('#runs-choice input')?.value || '', "
+                              "document.querySelector('#run-progress [data-state]')?.dataset.state || '']")
+        if shown[1] == "running":
+            seen_live.update(name for name in NAMES if f"-{name}" in shown[0])
+        done = page.locator("#queue-table tr[data-status='completed']").count()
+        if done == len(NAMES) and seen_live == set(NAMES):
+            break
+        time.sleep(0.5)
+    assert seen_live == set(NAMES), (seen_live, shown, page.inner_text("#queue-table"))
     for name in NAMES:
-        wait_shown(page, f"#queue-table tr[data-job$='-{name}'][data-status='completed']", timeout=240_000)
+        wait_shown(page, f"#queue-table tr[data-job$='-{name}'][data-status='completed']", timeout=10_000)
     entries = run_queue.list_jobs(queue_app["runs"])
     assert [e.name for e in entries] == list(NAMES)
     started = [run_queue.job_state(queue_app["runs"], e.job_id)["started"] for e in entries]
