@@ -11,16 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.queue_helpers import kill_runs, long_values, tiny_values, wait_for
 from tests.test_gui_browser import PROJECT_ROOT, free_port, wait_for_http
 from trainer import run_queue
 from trainer.events import read_events
 from trainer.spec import write_job_toml
-
-pytestmark = pytest.mark.browser  # an app subprocess and minutes of training: with the slow, selective tests
-
 
 def start_app(root: Path, job: Path, runs: Path) -> subprocess.Popen:
     port = free_port()
