@@ -74,7 +74,8 @@ def cmd_move(args) -> int:
 
 
 def cmd_run(args) -> int:
-    """Drain the queue headless, one job after another, until nothing waits and nothing runs."""
+    """Drain the queue headless, one job after another, until nothing waits and nothing runs (a paused queue
+    is resumed: running it is asking it to go on)."""
     from trainer.queue_runner import TICK_S, QueueRunner
     from trainer.run_queue import list_jobs, set_options
 
