@@ -76,6 +76,24 @@ def job_values(job_path: Path) -> dict:
     return values
 
 
+def drive_queue(runs_dir: Path) -> None:
+    """Run the queue in a thread; on SIGTERM stop the queued run in progress (it saves and says ``stopped``)
+    before the app exits, so a restarted app reports it as stopped and carries on with the next job."""
+    import signal
+
+    from trainer.queue_runner import QueueRunner
+
+    runner = QueueRunner(runs_dir)
+    runner.start_thread()
+
+    def on_term(signum, frame) -> None:
+        stopped = runner.shutdown()
+        print(f"SIGTERM: stopped queued run {stopped.name}" if stopped else "SIGTERM: exiting", flush=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     warning = exposure_warning(args)
@@ -91,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     config = AppConfig(runs_dir=runs_dir, user_presets_dir=user_presets, job_values=job_values(job_path))
     app = build_app(config)
     app.queue(default_concurrency_limit=4)
+    drive_queue(runs_dir)
     app.launch(
         server_name=args.listen,
         server_port=args.port,

@@ -281,7 +281,7 @@ def _cleanup(run_dir: Path) -> None:
     """Never leave a stray process behind, whatever the test did."""
     for name in ("pid", "grandchild"):
         try:
-            pid = int((run_dir / name).read_text())
+            pid = int((run_dir / name).read_text().split()[0])
             os.killpg(os.getpgid(pid), signal.SIGKILL)
         except (OSError, ValueError):
             pass

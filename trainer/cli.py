@@ -1,4 +1,4 @@
-"""``python -m trainer`` — train, validate, plan, import-kohya, demo.
+"""``python -m trainer`` — train, validate, plan, import-kohya, demo, queue (see trainer/queue_cli.py).
 
 Exit codes: 0 success (a run that was stopped by the user also counts), 1 the run failed, 2 the job or the
 command line was refused before anything ran.
@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--family", default="sd1", choices=("sd1", "sd2", "sdxl"),
                       help="model family of the tiny demo model (default sd1)")
     demo.set_defaults(func=cmd_demo)
+    from trainer.queue_cli import add_queue_parser
+
+    add_queue_parser(sub)
     return parser
 
 
