@@ -30,9 +30,11 @@ WEIGHTS_BLOCKS_CONV = (
     Setting("block_alphas", "str", "", "Block alphas", tab="blocks", parser=parse_block_alphas,
             help="Alpha of each of the 25 blocks (SDXL: 23). Blank: the network alpha everywhere."),
     Setting("conv_block_dims", "str", "", "Conv dims", tab="conv", parser=parse_block_dims,
+            visible_when=("LoRA_type", ("LoCon", "LoHa", "DyLoRA")),
             help="Rank of the 3×3 convolution adapters of each of the 25 blocks (SDXL: 23; LoCon-style types). "
                  "Blank: the convolution rank everywhere."),
     Setting("conv_block_alphas", "str", "", "Conv alphas", tab="conv", parser=parse_block_alphas,
+            visible_when=("LoRA_type", ("LoCon", "LoHa", "DyLoRA")),
             help="Alpha of the 3×3 convolution adapters of each of the 25 blocks (SDXL: 23). "
                  "Blank: the convolution alpha."),
 )
@@ -54,9 +56,10 @@ ADVANCED = (
                  "more and the class less. No effect without a regularization folder."),
     Setting("lr_scheduler_num_cycles", "int", None, "LR number of cycles", tab="advanced",
             section="Learning rate", minimum=1, maximum=1000, optional=True,
+            visible_when=("lr_scheduler", ("cosine_with_restarts",)),
             help="How many times cosine_with_restarts restarts from the full rate. Blank: 1."),
     Setting("lr_scheduler_power", "float", None, "LR power", tab="advanced", section="Learning rate",
-            minimum=0, maximum=100, optional=True,
+            minimum=0, maximum=100, optional=True, visible_when=("lr_scheduler", ("polynomial",)),
             help="Exponent of the polynomial scheduler: higher falls faster at first. Blank: 1 (linear)."),
     Setting("additional_parameters", "str", "", "Additional parameters", tab="advanced", section="Other",
             help="More settings as --name value pairs, using the key names of this page (for instance "

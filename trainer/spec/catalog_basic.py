@@ -111,7 +111,8 @@ BASIC = (
                  "(a smooth fall to 0); cosine_with_restarts (several falls, see cycles); linear; "
                  "polynomial (see power); adafactor (Adafactor's own schedule, with that optimizer)."),
     Setting("lr_warmup", "float", 10.0, "LR warmup (% of steps)", tab="basic", section="Learning rate",
-            minimum=0, maximum=100,
+            minimum=0, maximum=100, visible_when=("lr_scheduler", tuple(s for s in LR_SCHEDULERS
+                                                                        if s not in ("constant", "adafactor"))),
             help="Percent of all steps over which the learning rate rises from 0 to its value. "
                  "Ignored by the constant scheduler."),
     Setting("optimizer", "choice", "AdamW8bit", "Optimizer", tab="basic", section="Optimizer",
