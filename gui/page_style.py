@@ -22,11 +22,12 @@ CSS = f"""
 .loom-details {{ font-size: 0.9em; margin-top: 2px; opacity: 0.85; }}
 .loom-field-error, .loom-field-error * {{ color: var(--error-text-color, #b91c1c) !important; }}
 .loom-field-error {{ font-size: 0.9em; padding: 0 8px 4px; }}
-.block.loom-heading {{ padding: 0 !important; min-height: 0 !important; border: none; }}
+.block.loom-heading {{ padding: 0 !important; min-height: 0 !important; border-width: 0 !important;
+  box-shadow: none !important; background: none !important; }}
 .loom-heading .html-container, .loom-fold > div > .block .html-container {{ padding: 0 !important; }}
 .loom-heading .loom-section {{ margin: 4px 0 0 2px !important; font-size: 0.95em; font-weight: 600; line-height: 1.2; }}
 #loom-title {{ align-self: center; }}
-#loom-title h1 {{ font-size: 1.35em; margin: 0; white-space: nowrap; }}
+#loom-title h1 {{ font-size: 1.15em; margin: 0; white-space: nowrap; }}
 
 /* compact fields: kohya_ss-like density, two screens per tab at most */
 #settings-tabs .column, #settings-tabs .tabitem {{ gap: 6px; }}
@@ -66,8 +67,7 @@ CSS = f"""
 /* the run column: in view while the settings scroll */
 #run-actions button {{ min-width: 0; padding-left: 6px; padding-right: 6px; }}
 @media (min-width: {NARROW + 1}px) {{
-  #run-column {{ position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px);
-    overflow-y: auto; }}
+  #run-column {{ position: sticky; top: 8px; align-self: flex-start; }}
 }}
 @media (max-width: {NARROW}px) {{
   #main-row {{ flex-direction: column; }}

@@ -75,6 +75,7 @@ def kill_runs(runs: Path) -> None:
 
 def open_page(browser, url: str, size=WIDE):
     page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    page.set_default_timeout(90_000)  # a loaded 2-core machine can take long to answer a click
     page.goto(url)
     page.wait_for_selector("#start-button", timeout=60_000)
     return page
