@@ -79,7 +79,7 @@ def _presets_row(area: RunArea) -> None:
 
 def _presets_controls(area: RunArea) -> None:
     with gr.Row(equal_height=True):
-        gr.HTML("<h1>LoRA Loom</h1>", elem_id="loom-title", padding=False, scale=1, min_width=150)
+        gr.HTML("<h1>LoRA Loom</h1>", elem_id="loom-title", padding=False, scale=1, min_width=170)
         area.preset = gr.Dropdown(label="Preset", choices=[], value=None, scale=3, min_width=180,
                                   elem_id="preset-choice")
         area.preset_load = gr.Button("Load preset", scale=1, min_width=90, size="sm")

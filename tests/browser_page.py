@@ -101,8 +101,9 @@ def open_tab(page, title: str):
 
 
 def open_folds(page) -> int:
-    """Open every closed fold now on screen (clicking its heading, as a person does); returns how many."""
-    heads = page.locator(".loom-fold-head[aria-expanded=false]").filter(visible=True)
+    """Open every closed fold of the settings now on screen (clicking its heading, as a person does);
+    returns how many. The run column's log fold is left alone."""
+    heads = page.locator("#settings-tabs .loom-fold-head[aria-expanded=false]").filter(visible=True)
     count = heads.count()
     for _ in range(count):
         heads.first.click()

@@ -238,7 +238,7 @@ def test_help_tips_folds_and_settings_that_do_not_apply(app, browser):
     expect(conv).to_contain_text("Convolution rank (LoCon) — not with LoRA type Standard")
     page.click("#setting-LoRA_type input")
     page.get_by_role("option", name="LoCon", exact=True).click()
-    expect(conv.locator("input")).to_be_enabled(timeout=10_000)
+    expect(conv.locator("input")).to_be_enabled(timeout=60_000)
     expect(conv).not_to_contain_text("not with")
     expect(page.locator("#setting-unit")).to_contain_text("only with LoRA type DyLoRA")
     assert button_states(page) == IDLE
