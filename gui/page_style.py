@@ -67,8 +67,7 @@ CSS = f"""
 /* the run column: in view while the settings scroll */
 #run-actions button {{ min-width: 0; padding-left: 6px; padding-right: 6px; }}
 @media (min-width: {NARROW + 1}px) {{
-  #run-column {{ position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px);
-    overflow-y: auto; }}
+  #run-column {{ position: sticky; top: 8px; align-self: flex-start; }}
 }}
 @media (max-width: {NARROW}px) {{
   #main-row {{ flex-direction: column; }}
