@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     job_path = Path(args.job).expanduser().resolve() if args.job else ensure_demo(Path(args.demo_dir).resolve())
     user_presets = Path(args.user_presets).expanduser().resolve() if args.user_presets else runs_dir.parent / "user_presets"
 
-    from gui.page import CSS, AppConfig, build_app
+    from gui.page import AppConfig, build_app
+    from gui.page_style import CSS, HEAD
 
     config = AppConfig(runs_dir=runs_dir, user_presets_dir=user_presets, job_values=job_values(job_path))
     app = build_app(config)
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         auth=(args.username, args.password) if args.username else None,
         allowed_paths=[str(runs_dir)],
         css=CSS,
+        head=HEAD,
         show_error=True,
         quiet=False,
     )

@@ -77,7 +77,7 @@ class Handlers:
         gr.on(triggers, self.check_fields, inputs=form.inputs | {area.state},
               outputs=field_outputs, show_progress="hidden", trigger_mode="always_last")
         for key in {s_key for s_key in self._controlling_keys()}:
-            form.fields[key].change(self.visibility, inputs=form.inputs, outputs=self._dependents(),
+            form.fields[key].change(self.applicability, inputs=form.inputs, outputs=self._dependents(),
                                     show_progress="hidden")
         area.start.click(self.start, inputs=form.inputs | {area.state},
                          outputs=[*form.errors.values(), *run_outputs, area.runs])
@@ -113,6 +113,7 @@ class Handlers:
                                outputs=[area.preset, area.preset_report])
         area.kohya_file.upload(self.import_kohya, inputs=form.inputs | {area.kohya_file},
                                outputs=value_outputs).then(**check)
+        area.export_job.click(self.export_job, inputs=form.inputs, outputs=[area.job_file, area.preset_report])
 
     def run_outputs(self) -> list:
         a = self.area
@@ -148,8 +149,8 @@ class Handlers:
         note = model_note(values.get(MODEL_KEY, ""), values.get("v2", False), values.get("v_parameterization", False))
         return {self.area.model_note: note}
 
-    def visibility(self, data: dict) -> dict:
-        return self.form.visibility_updates(self.form.values(data))
+    def applicability(self, data: dict) -> dict:
+        return self.form.applicability_updates(self.form.values(data))
 
     def _messages(self, session: SessionState) -> str:
         return messages_markdown(session.notes + session.view.messages)
@@ -252,6 +253,8 @@ class Handlers:
         state = view_state(view)
         running = state == "running"
         stops = stop_requests(Path(view.run_dir or "."))
+        # Sample now / Save now act once steps are running (the trainer answers after a step), until Stop
+        trains = running and bool(view.plan) and not stops and bool(view.last_step or view.phase == "training")
         if not running and state != "died":  # "died" is looked at again: late last words revise it
             session.settled = state
             session.notes = [n for n in session.notes if n[0] != "info"]  # "Stopping…" is over
@@ -269,12 +272,12 @@ class Handlers:
             a.start: gr.update(interactive=not running),
             a.stop: gr.update(interactive=running, value="Stop again to kill now" if running and stops == 1
                               else "Stop training"),
-            a.sample_now: gr.update(interactive=running and bool(view.plan) and not stops),
-            a.save_now: gr.update(interactive=running and bool(view.plan) and not stops),
+            a.sample_now: gr.update(interactive=trains),
+            a.save_now: gr.update(interactive=trains),
         }
         if len(view.samples) != session.samples_shown:
             session.samples_shown = len(view.samples)
-            updates[a.gallery] = [(self._servable(p), c) for p, c in view.samples if Path(p).is_file()]
+            updates[a.gallery] = [(self._servable(p), c) for p, c in reversed(view.samples) if Path(p).is_file()]
         if view.plan and not session.plan_shown:
             session.plan_shown = True
             updates[a.plan_md] = plan_markdown(view.plan)
@@ -364,6 +367,16 @@ class Handlers:
             return {self.area.preset_report: f"❌ {error}"}
         return {self.area.preset: gr.update(choices=self._preset_choices(), value=str(path)),
                 self.area.preset_report: f"Saved preset **{path.stem}** to {path}."}
+
+    def export_job(self, data: dict) -> dict:
+        """The form as a job file to download: what Start would write, secrets left out."""
+        try:
+            path = presets_panel.export_job_file(split_secrets(self.form.values(data))[0])
+        except ValueError as error:
+            return {self.area.job_file: gr.update(visible=False), self.area.preset_report: f"❌ {error}"}
+        return {self.area.job_file: gr.update(value=str(path), visible=True),
+                self.area.preset_report: f"Saved the form as **{path.name}** at {time.strftime('%H:%M:%S')}: "
+                                         f"download it beside the button."}
 
     def import_kohya(self, data: dict) -> dict:
         path = data[self.area.kohya_file]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .fields import parse_block_alphas, parse_block_dims, parse_half_lr_weights, parse_mid_lr_weight
 from .setting import Setting
+from .tables import CONV_LORA_TYPES, SCHEDULERS_WITH_CYCLES, SCHEDULERS_WITH_POWER
 
 SAMPLERS = (
     "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
@@ -30,9 +31,11 @@ WEIGHTS_BLOCKS_CONV = (
     Setting("block_alphas", "str", "", "Block alphas", tab="blocks", group="network", parser=parse_block_alphas,
             help="Alpha of each of the 25 blocks (SDXL: 23). Blank: the network alpha everywhere."),
     Setting("conv_block_dims", "str", "", "Conv dims", tab="conv", group="network", parser=parse_block_dims,
+            visible_when=("LoRA_type", CONV_LORA_TYPES),
             help="Rank of the 3×3 convolution adapters of each of the 25 blocks (SDXL: 23; LoCon-style types). "
                  "Blank: the convolution rank everywhere."),
     Setting("conv_block_alphas", "str", "", "Conv alphas", tab="conv", group="network", parser=parse_block_alphas,
+            visible_when=("LoRA_type", CONV_LORA_TYPES),
             help="Alpha of the 3×3 convolution adapters of each of the 25 blocks (SDXL: 23). "
                  "Blank: the convolution alpha."),
 )
@@ -54,9 +57,11 @@ ADVANCED = (
                  "more and the class less. No effect without a regularization folder."),
     Setting("lr_scheduler_num_cycles", "int", None, "LR number of cycles", tab="advanced", group="optimisation",
             section="Learning rate", minimum=1, maximum=1000, optional=True,
+            visible_when=("lr_scheduler", SCHEDULERS_WITH_CYCLES),
             help="How many times cosine_with_restarts restarts from the full rate. Blank: 1."),
-    Setting("lr_scheduler_power", "float", None, "LR power", tab="advanced", group="optimisation", section="Learning rate",
-            minimum=0, maximum=100, optional=True,
+    Setting("lr_scheduler_power", "float", None, "LR power", tab="advanced", group="optimisation",
+            section="Learning rate", minimum=0, maximum=100, optional=True,
+            visible_when=("lr_scheduler", SCHEDULERS_WITH_POWER),
             help="Exponent of the polynomial scheduler: higher falls faster at first. Blank: 1 (linear)."),
     Setting("additional_parameters", "str", "", "Additional parameters", tab="advanced", group="launch", section="Other",
             help="More settings as --name value pairs, using the key names of this page (for instance "

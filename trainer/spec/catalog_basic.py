@@ -4,7 +4,7 @@ from __future__ import annotations
 from .fields import parse_resolution
 from .names import parse_caption_extension, parse_output_name
 from .setting import Setting
-from .tables import LORA_TYPES, LR_SCHEDULERS, OPTIMIZERS
+from .tables import CONV_LORA_TYPES, LORA_TYPES, LR_SCHEDULERS, OPTIMIZERS, SCHEDULERS_WITHOUT_WARMUP
 
 
 MODEL_AND_FOLDERS = (
@@ -55,10 +55,10 @@ BASIC = (
             help="The LoRA's output is scaled by alpha ÷ rank during training, so alpha acts like a "
                  "learning-rate multiplier. Alpha = rank means no scaling; keep alpha ≤ rank."),
     Setting("conv_dim", "int", 1, "Convolution rank (LoCon)", tab="basic", group="network", section="Network",
-            minimum=1, maximum=512, visible_when=("LoRA_type", ("LoCon", "LoHa", "DyLoRA")),
+            minimum=1, maximum=512, visible_when=("LoRA_type", CONV_LORA_TYPES),
             help="Rank of the adapters on the 3×3 convolutions (LoCon, LoHa and DyLoRA)."),
     Setting("conv_alpha", "float", 1.0, "Convolution alpha (LoCon)", tab="basic", group="network", section="Network",
-            minimum=0.0001, maximum=512, visible_when=("LoRA_type", ("LoCon", "LoHa", "DyLoRA")),
+            minimum=0.0001, maximum=512, visible_when=("LoRA_type", CONV_LORA_TYPES),
             help="Alpha of the convolution adapters; they are scaled by conv alpha ÷ conv rank."),
     Setting("unit", "int", 1, "DyLoRA unit", tab="basic", group="network", section="Network",
             minimum=1, maximum=64, visible_when=("LoRA_type", ("DyLoRA",)),
@@ -105,8 +105,9 @@ BASIC = (
             help="How the learning rate changes over the run: constant; constant_with_warmup; cosine "
                  "(a smooth fall to 0); cosine_with_restarts (several falls, see cycles); linear; "
                  "polynomial (see power); adafactor (Adafactor's own schedule, with that optimizer)."),
-    Setting("lr_warmup", "float", 10.0, "LR warmup (% of steps)", tab="basic", group="optimisation", section="Learning rate",
-            minimum=0, maximum=100,
+    Setting("lr_warmup", "float", 10.0, "LR warmup (% of steps)", tab="basic", group="optimisation",
+            section="Learning rate", minimum=0, maximum=100,
+            visible_when=("lr_scheduler", tuple(s for s in LR_SCHEDULERS if s not in SCHEDULERS_WITHOUT_WARMUP)),
             help="Percent of all steps over which the learning rate rises from 0 to its value. "
                  "Ignored by the constant scheduler."),
     Setting("optimizer", "choice", "AdamW8bit", "Optimizer", tab="basic", group="optimisation", section="Optimizer",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Mapping
 
-from .tables import CONV_LORA_TYPES, SCHEDULERS_WITH_CYCLES, SCHEDULERS_WITH_POWER, SCHEDULERS_WITHOUT_WARMUP
+from .tables import CONV_LORA_TYPES, SCHEDULERS_WITH_CYCLES, SCHEDULERS_WITH_POWER
 
 if TYPE_CHECKING:
     from .sections import NetworkSection, OptimisationSection
@@ -52,12 +52,10 @@ def effective_lrs(optimisation: OptimisationSection) -> tuple[float, float]:
 
 def unread_scheduler_settings(optimisation: OptimisationSection) -> list[tuple[str, str]]:
     """(setting, why) for each schedule setting that is set but that the chosen scheduler does not read
-    (warmup for constant and adafactor, the number of cycles outside cosine_with_restarts, the power outside
-    polynomial)."""
+    (the number of cycles outside cosine_with_restarts, the power outside polynomial; warmup, which the
+    constant schedules never read, keeps its default of 10 % in most jobs, so the page disables it instead)."""
     scheduler = optimisation.lr_scheduler
     unread = []
-    if optimisation.lr_warmup and scheduler in SCHEDULERS_WITHOUT_WARMUP:
-        unread.append(("lr_warmup", f"{scheduler} has no warmup; choose constant_with_warmup to warm up"))
     if optimisation.lr_scheduler_num_cycles not in (None, 1) and scheduler not in SCHEDULERS_WITH_CYCLES:
         unread.append(("lr_scheduler_num_cycles",
                        f"is read only by {', '.join(SCHEDULERS_WITH_CYCLES)}; {scheduler} ignores it"))
