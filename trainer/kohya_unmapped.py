@@ -34,9 +34,6 @@ EXPLAINED_KEYS = {
     "save_as_bool": "a kohya_ss GUI field that leaked into saved files, not a setting",
     "use_8bit_adam": "an old kohya_ss flag, used only in files without the optimizer setting",
     "use_wandb": "an old kohya_ss flag, used only in files without the log_with setting",
-    "max_train_steps": "a kohya_ss feature LoRA Loom does not support yet (it sets the length by Epoch "
-                       "and Max train epoch)",
-    "lr_warmup_steps": "a kohya_ss feature LoRA Loom does not support yet (warmup is the LR warmup percent)",
     "dataset_config": "a kohya_ss feature LoRA Loom does not support yet (dataset TOML files; use the "
                       "Image folder with N_name sub-folders)",
     "sdxl": "marks an SDXL config; LoRA Loom reads the model family from the checkpoint's weights, so the "
@@ -52,7 +49,7 @@ UNSUPPORTED_FEATURES = frozenset({
     "ip_noise_gamma", "ip_noise_gamma_random_strength", "noise_offset_random_strength", "masked_loss",
     "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "loss_type",
     "huber_schedule", "huber_c", "huber_scale", "full_bf16", "fp8_base", "fp8_base_unet", "highvram", "lowvram",
-    "skip_cache_check", "lr_scheduler_args", "lr_scheduler_type", "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
+    "skip_cache_check", "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
     "loraplus_text_encoder_lr_ratio", "save_last_n_steps_state", "save_last_n_epochs",
     "save_last_n_epochs_state", "save_state_on_train_end", "vae", "train_inpainting", "LyCORIS_preset",
     "factor", "bypass_mode", "dora_wd", "use_cp", "use_tucker", "use_scalar", "rank_dropout_scale", "constrain",

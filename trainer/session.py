@@ -23,6 +23,7 @@ from trainer.models.loading import BaseModel, load_base_model
 from trainer.network import LoraNetwork, apply_network, read_lora_file
 from trainer.network.from_job import network_config_from_job
 from trainer.optim.optimizers import build_optimizer, optimizer_warnings, parse_optimizer_args
+from trainer.optim.scheduler_type import build_typed_scheduler
 from trainer.optim.schedulers import build_lr_scheduler
 from trainer.plan import Schedule, lr_preview, schedule_for_job
 from trainer.precision import choose_precision
@@ -226,9 +227,12 @@ def build_session(job: Job, run_dir: Path, events: EventWriter) -> Session:
     for setting, message in optimizer_warnings(job.optimisation.optimizer, optimizer_args, {g["name"]: g["lr"] for g in groups}):
         events.warning(message, setting)
     optimizer = build_optimizer(job.optimisation.optimizer, groups, job.optimisation.learning_rate, optimizer_args)
-    lr_scheduler = build_lr_scheduler(optimizer, scheduler=job.optimisation.lr_scheduler, total_steps=sched.total_steps,
-                                      warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
-                                      power=job.optimisation.lr_scheduler_power or 1.0)
+    if job.optimisation.lr_scheduler_type:
+        lr_scheduler = build_typed_scheduler(optimizer, job.optimisation.lr_scheduler_type, job.optimisation.lr_scheduler_args)
+    else:
+        lr_scheduler = build_lr_scheduler(optimizer, scheduler=job.optimisation.lr_scheduler, total_steps=sched.total_steps,
+                                          warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
+                                          power=job.optimisation.lr_scheduler_power or 1.0)
     train_te = any(g["name"] == "text_encoder" for g in groups)
     text_cache = None if train_te else text_embedding_cache(base)
     noise_generator = torch.Generator(device=precision.device).manual_seed(seed)

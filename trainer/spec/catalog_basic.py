@@ -68,6 +68,11 @@ BASIC = (
                  "and fewer steps happen; images in a batch must share a bucket."),
     Setting("epoch", "int", 1, "Epoch", tab="basic", group="optimisation", section="Steps", minimum=1, maximum=10000,
             help="How many passes over the dataset. One epoch = every image × its repeats once."),
+    Setting("max_train_steps", "int", 0, "Max train steps", tab="basic", group="optimisation", section="Steps",
+            minimum=0,
+            help="Train exactly this many optimizer steps (the last epoch may stop part-way), as sd-scripts' "
+                 "--max_train_steps. Max train epoch, when set, replaces it. 0: Epoch × steps per epoch "
+                 "(kohya_ss's 0 computes the same)."),
     Setting("save_every_n_epochs", "int", 1, "Save every N epochs", tab="basic", group="saving", section="Saving",
             minimum=0,
             help="Also save an intermediate LoRA after every N epochs (0: only the final file). The last "
@@ -107,6 +112,19 @@ BASIC = (
             minimum=0, maximum=100,
             help="Percent of all steps over which the learning rate rises from 0 to its value. "
                  "Ignored by the constant scheduler."),
+    Setting("lr_warmup_steps", "int", 0, "LR warmup steps (override)", tab="basic", group="optimisation",
+            section="Learning rate", minimum=0,
+            help="Warm up over this many optimizer steps instead of the LR warmup percent (sd-scripts' "
+                 "--lr_warmup_steps). 0: use the percent."),
+    Setting("lr_scheduler_type", "str", "", "LR Scheduler type", tab="basic", group="optimisation",
+            section="Learning rate",
+            help="A scheduler class instead of the LR Scheduler list, as sd-scripts' --lr_scheduler_type: a "
+                 "name in torch.optim.lr_scheduler (CosineAnnealingLR, StepLR …) or module.Class. Its "
+                 "arguments come from LR scheduler extra arguments; warmup is not applied. Blank: use the list."),
+    Setting("lr_scheduler_args", "str", "", "LR scheduler extra arguments", tab="basic", group="optimisation",
+            section="Learning rate",
+            help="key=value arguments for the LR scheduler type, separated by spaces, such as T_max=1000 "
+                 "eta_min=1e-6. An argument the class does not take is an error."),
     Setting("optimizer", "choice", "AdamW8bit", "Optimizer", tab="basic", group="optimisation", section="Optimizer",
             choices=OPTIMIZERS,
             help="How gradients become weight updates. AdamW8bit: AdamW with 8-bit state, less memory. "
@@ -118,11 +136,12 @@ BASIC = (
     Setting("text_encoder_lr", "float", 0.00005, "Text Encoder learning rate", tab="basic", group="optimisation",
             section="Learning rate", minimum=0, maximum=10, optional=True,
             help="Learning rate of the text-encoder LoRA; overrides the learning rate. Usually lower than "
-                 "the UNet's. 0: the text encoder is not trained and gets no modules in the file."),
+                 "the UNet's. 0: the text encoder is not trained and gets no modules in the file (both rates 0: "
+                 "both parts train at the learning rate, as in kohya_ss)."),
     Setting("unet_lr", "float", 0.0001, "Unet learning rate", tab="basic", group="optimisation", section="Learning rate",
             minimum=0, maximum=10, optional=True,
             help="Learning rate of the UNet LoRA; overrides the learning rate. 0: the UNet is not trained "
-                 "and gets no modules in the file."),
+                 "and gets no modules in the file (both rates 0: both parts train at the learning rate)."),
     Setting("max_resolution", "str", "512,512", "Max resolution", tab="basic", group="data", section="Data",
             parser=parse_resolution,
             help="Training resolution as width,height. Larger images are scaled down to fit this area; "

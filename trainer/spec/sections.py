@@ -84,10 +84,14 @@ class OptimisationSection:
     """Optimizer, learning rates, schedule and run length."""
 
     epoch: int
+    max_train_steps: int
     seed: int | None
     learning_rate: float
     lr_scheduler: Literal['adafactor', 'constant', 'constant_with_warmup', 'cosine', 'cosine_with_restarts', 'linear', 'polynomial']
     lr_warmup: float
+    lr_warmup_steps: int
+    lr_scheduler_type: str
+    lr_scheduler_args: str
     optimizer: Literal['AdamW', 'AdamW8bit', 'Adafactor', 'DAdaptation', 'DAdaptAdaGrad', 'DAdaptAdam', 'DAdaptAdan', 'DAdaptLion', 'DAdaptSGD', 'Lion', 'SGDNesterov', 'Prodigy', 'PagedAdamW8bit', 'Lion8bit', 'SGDNesterov8bit']
     optimizer_args: str
     text_encoder_lr: float | None
@@ -111,6 +115,18 @@ class NoiseLossSection:
     adaptive_noise_scale: float
     multires_noise_iterations: int
     multires_noise_discount: float
+    noise_offset_random_strength: bool
+    ip_noise_gamma: float
+    ip_noise_gamma_random_strength: bool
+    min_timestep: int
+    max_timestep: int
+    loss_type: Literal['l2', 'l1', 'huber', 'smooth_l1']
+    huber_schedule: Literal['snr', 'exponential', 'constant']
+    huber_c: float
+    huber_scale: float
+    debiased_estimation_loss: bool
+    scale_v_pred_loss_like_noise_pred: bool
+    v_pred_like_loss: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +207,7 @@ SECTION_OF_KEY: dict[str, str] = {
     'unit': 'network',
     'train_batch_size': 'data',
     'epoch': 'optimisation',
+    'max_train_steps': 'optimisation',
     'save_every_n_epochs': 'saving',
     'caption_extension': 'data',
     'mixed_precision': 'launch',
@@ -202,6 +219,9 @@ SECTION_OF_KEY: dict[str, str] = {
     'learning_rate': 'optimisation',
     'lr_scheduler': 'optimisation',
     'lr_warmup': 'optimisation',
+    'lr_warmup_steps': 'optimisation',
+    'lr_scheduler_type': 'optimisation',
+    'lr_scheduler_args': 'optimisation',
     'optimizer': 'optimisation',
     'optimizer_args': 'optimisation',
     'text_encoder_lr': 'optimisation',
@@ -248,6 +268,18 @@ SECTION_OF_KEY: dict[str, str] = {
     'adaptive_noise_scale': 'noise_loss',
     'multires_noise_iterations': 'noise_loss',
     'multires_noise_discount': 'noise_loss',
+    'noise_offset_random_strength': 'noise_loss',
+    'ip_noise_gamma': 'noise_loss',
+    'ip_noise_gamma_random_strength': 'noise_loss',
+    'min_timestep': 'noise_loss',
+    'max_timestep': 'noise_loss',
+    'loss_type': 'noise_loss',
+    'huber_schedule': 'noise_loss',
+    'huber_c': 'noise_loss',
+    'huber_scale': 'noise_loss',
+    'debiased_estimation_loss': 'noise_loss',
+    'scale_v_pred_loss_like_noise_pred': 'noise_loss',
+    'v_pred_like_loss': 'noise_loss',
     'caption_dropout_every_n_epochs': 'captions',
     'caption_dropout_rate': 'captions',
     'vae_batch_size': 'data',
