@@ -499,8 +499,8 @@ def test_report_groups_the_neutral_keys_on_one_line(name, neutral):
     neutral = [k for k in neutral if k not in SETTINGS_BY_KEY]
     result = import_kohya_config(kohya_file(name))
     lines = report_lines(result)
-    assert lines == ["not imported, kohya_ss's off/default values (nothing lost): " + ", ".join(neutral),
-                     *(f"note: {note}" for note in result.notes)]
+    grouped = ["not imported, kohya_ss's off/default values (nothing lost): " + ", ".join(neutral)] if neutral else []
+    assert lines == [*grouped, *(f"note: {note}" for note in result.notes)]
 
 
 def test_report_names_what_is_lost_first_then_the_neutral_keys():

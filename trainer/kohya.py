@@ -168,6 +168,8 @@ def convert_value(key: str, raw: Any) -> Any:
         return _xformers(raw)
     if key == "additional_parameters":
         return _additional_parameters(raw)
+    if key == "save_model_as":
+        return "safetensors"  # the only format we write (a note says so when the file asked for another)
     if key == "log_with" and _is_blank(raw):
         return setting.default  # kohya_ss's "" means its default logger
     if setting.kind in ("int", "float", "choice") and _is_blank(raw):
@@ -309,6 +311,9 @@ def _advice(config: dict[str, Any], values: dict[str, Any]) -> list[str]:
     if values.get("lr_scheduler") == "cosine_with_restarts" and values.get("lr_scheduler_num_cycles") is None:
         notes.append(f"kohya_ss used the epoch count ({values.get('epoch', 1)}) as the number of restarts when "
                      f"'LR number of cycles' is blank; LoRA Loom's blank means 1 restart, set it to match")
+    if str(config.get("save_model_as", "safetensors")).strip().lower() not in ("safetensors", ""):
+        notes.append(f"save_model_as {config['save_model_as']!r} was imported as safetensors: LoRA Loom does not "
+                     "write pickle files (.ckpt/.pt can run code when loaded); every LoRA loader reads .safetensors")
     stop = values.get("stop_text_encoder_training")
     if stop:
         notes.append(f"stop_text_encoder_training = {stop:g}%: kohya_ss's LoRA tab ignores it (\"not yet supported\" "

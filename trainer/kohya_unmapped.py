@@ -28,8 +28,6 @@ ACCELERATE_KEYS = frozenset({"num_processes", "num_machines", "multi_gpu", "gpu_
                              "extra_accelerate_launch_args"})
 # Keys with a specific explanation; anything else that is not ours is "not a LoRA Loom setting".
 EXPLAINED_KEYS = {
-    "save_model_as": "LoRA Loom always saves .safetensors",
-    "training_comment": "a note for the LoRA's metadata, not a LoRA Loom setting",
     "model_list": "a hidden kohya_ss GUI field, not a setting",
     "save_as_bool": "a kohya_ss GUI field that leaked into saved files, not a setting",
     "use_8bit_adam": "an old kohya_ss flag, used only in files without the optimizer setting",

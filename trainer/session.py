@@ -105,9 +105,11 @@ def resolve_precision(job: Job, events: EventWriter) -> Precision:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16_supported = device.type != "cuda" or torch.cuda.is_bf16_supported()
     try:
-        choice = choose_precision(job.launch.mixed_precision, job.launch.full_fp16, device.type, bf16_supported)
+        choice = choose_precision(job.launch.mixed_precision, job.launch.full_fp16, device.type, bf16_supported,
+                                  job.launch.full_bf16)
     except ValueError as error:
-        raise TrainingError(str(error), "full_fp16" if job.launch.full_fp16 else "mixed_precision") from None
+        blamed = "full_fp16" if job.launch.full_fp16 else "full_bf16" if job.launch.full_bf16 else "mixed_precision"
+        raise TrainingError(str(error), blamed) from None
     for setting, message in choice.warnings:
         events.warning(message, setting)
     return Precision(device, choice.autocast_dtype, choice.weight_dtype, choice.use_grad_scaler,

@@ -65,6 +65,19 @@ ADVANCED = (
             help="Also save an intermediate LoRA every N steps. 0: off."),
     Setting("save_last_n_steps", "int", 0, "Save last N steps", tab="advanced", group="saving", section="Saving", minimum=0,
             help="With step saving on, delete step files older than this many steps. 0: keep them all."),
+    Setting("save_last_n_epochs", "int", 0, "Save last N epochs", tab="advanced", group="saving", section="Saving",
+            minimum=0,
+            help="Keep only the last N epoch files: older ones are deleted as new ones are saved. 0: keep all."),
+    Setting("save_last_n_epochs_state", "int", 0, "Save last N epochs state", tab="advanced", group="saving",
+            section="Saving", minimum=0,
+            help="Keep only the last N epoch training-state folders. 0: as Save last N epochs."),
+    Setting("save_last_n_steps_state", "int", 0, "Save last N steps state", tab="advanced", group="saving",
+            section="Saving", minimum=0,
+            help="With step saving on, delete step state folders older than this many steps. 0: as Save last "
+                 "N steps."),
+    Setting("save_state_on_train_end", "bool", False, "Save training state at end of training", tab="advanced",
+            group="saving", section="Saving",
+            help="Write the final training state (last-state folder) even when 'Save training state' is off."),
     Setting("keep_tokens", "int", 0, "Keep n tokens", tab="advanced", group="captions", section="Captions", minimum=0, maximum=32,
             help="With shuffled captions, the first N comma-separated tags stay in front (e.g. the trigger word)."),
     Setting("clip_skip", "int", 1, "Clip skip", tab="advanced", group="captions", section="Captions", minimum=1, maximum=12,
@@ -77,6 +90,10 @@ ADVANCED = (
             help="Keep even the LoRA weights and gradients in fp16 (needs mixed precision fp16): least "
                  "memory, some risk to accuracy. Off by default. Needs a GPU: on CPU the run stays fp32 "
                  "with a warning."),
+    Setting("full_bf16", "bool", False, "Full bf16 training (experimental)", tab="advanced", group="launch",
+            section="Precision",
+            help="Keep even the LoRA weights, gradients and optimizer state in bf16 (needs mixed precision "
+                 "bf16): least memory, some loss of accuracy. Works on CPU too."),
     Setting("gradient_checkpointing", "bool", False, "Gradient checkpointing", tab="advanced", group="launch",
             section="Performance",
             help="Recompute activations during the backward pass instead of storing them: much less memory, "
@@ -195,9 +212,21 @@ ADVANCED = (
                  "environment and never written to job files, presets, metadata or logs. WANDB_API_KEY in the "
                  "environment works too."),
     Setting("log_with", "choice", "tensorboard", "Logging", tab="advanced", group="logging", section="Logging",
-            choices=("tensorboard", "wandb"),
+            choices=("tensorboard", "wandb", "all"),
             help="Where training curves are logged besides this page: TensorBoard files in the logging "
-                 "folder, or Weights & Biases."),
+                 "folder, Weights & Biases, or all (both)."),
+    Setting("wandb_run_name", "str", "", "WANDB run name", tab="advanced", group="logging", section="Logging",
+            visible_when=("log_with", ("wandb", "all")),
+            help="Name of the Weights & Biases run. Blank: the output name."),
+    Setting("log_tracker_name", "str", "", "Log tracker name", tab="advanced", group="logging", section="Logging",
+            help="The tracker's project: the W&B project (blank: lora-loom) and a sub-folder of the run's "
+                 "TensorBoard logs (blank: none)."),
+    Setting("log_tracker_config", "path", "", "Log tracker config", tab="advanced", group="logging",
+            section="Logging",
+            help="A TOML file with a [wandb] and/or [tensorboard] table of extra arguments for the tracker "
+                 "(e.g. entity, tags). Never put the W&B key here: use the key field or WANDB_API_KEY."),
+    Setting("log_config", "bool", False, "Log config", tab="advanced", group="logging", section="Logging",
+            help="Send the run's settings to the tracker (secrets left out)."),
     Setting("max_grad_norm", "float", 1.0, "Max grad norm", tab="advanced", group="optimisation", section="Steps",
             minimum=0, maximum=1000,
             help="Gradients are clipped to this norm before each update. 0: no clipping."),

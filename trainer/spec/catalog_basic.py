@@ -23,6 +23,22 @@ MODEL_AND_FOLDERS = (
     Setting("output_name", "str", "last", "Output name", tab="model", group="saving",
             help="File name (without extension) of the trained LoRA. Intermediate saves add -000002 "
                  "(epoch) or -step00000200 (step) to it."),
+    Setting("save_model_as", "choice", "safetensors", "Save trained model as", tab="model", group="saving",
+            choices=("safetensors", "ckpt"),
+            help="File format of the LoRA. LoRA Loom writes safetensors only: a .ckpt is a Python pickle, which "
+                 "can run code when it is loaded, and cannot hold the metadata; choosing ckpt is refused."),
+    Setting("training_comment", "str", "", "Training comment", tab="model", group="saving",
+            help="Free text stored in the LoRA file's metadata as ss_training_comment (trigger words, notes)."),
+    Setting("metadata_title", "str", "", "Metadata title", tab="folders", group="saving", section="Metadata",
+            help="modelspec.title in the LoRA file. Blank: the output name."),
+    Setting("metadata_author", "str", "", "Metadata author", tab="folders", group="saving", section="Metadata",
+            help="modelspec.author in the LoRA file. Blank: left out."),
+    Setting("metadata_description", "str", "", "Metadata description", tab="folders", group="saving",
+            section="Metadata", help="modelspec.description in the LoRA file. Blank: left out."),
+    Setting("metadata_license", "str", "", "Metadata license", tab="folders", group="saving", section="Metadata",
+            help="modelspec.license in the LoRA file. Blank: left out."),
+    Setting("metadata_tags", "str", "", "Metadata tags", tab="folders", group="saving", section="Metadata",
+            help="modelspec.tags in the LoRA file, comma-separated. Blank: left out."),
     Setting("train_data_dir", "path", "", "Image folder", tab="folders", group="data",
             help="Folder that holds one sub-folder per concept, named N_name: N is how many times each "
                  "image is repeated per epoch, name is the class token used when an image has no caption."),

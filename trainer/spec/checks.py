@@ -79,12 +79,28 @@ def check_settings(job: Job, settings) -> list[Problem]:
     if job.launch.full_fp16 and job.launch.mixed_precision != "fp16":
         problems.append(Problem("full_fp16", f"needs mixed precision fp16 (it is {job.launch.mixed_precision!r}): it "
                                              "keeps the LoRA weights in fp16; turn it off or choose fp16"))
+    if job.launch.full_bf16 and job.launch.mixed_precision != "bf16":
+        problems.append(Problem("full_bf16", f"needs mixed precision bf16 (it is {job.launch.mixed_precision!r}): it "
+                                             "keeps the LoRA weights in bf16; turn it off or choose bf16"))
+    if job.launch.full_bf16 and job.launch.full_fp16:
+        problems.append(Problem("full_bf16", "and full fp16 exclude each other; choose one"))
     if job.launch.full_fp16 and job.optimisation.optimizer in FP16_STATE_UNSTABLE:
         problems.append(Problem("full_fp16", f"{job.optimisation.optimizer} keeps its state in the weights' fp16, where its "
                                              "second moment and epsilon underflow: the loss turns NaN within a few "
                                              "steps; use AdamW8bit (or another 8-bit optimizer) with full fp16",
                                 "warning"))
     problems += check_network_weights_kept(job)
+    if job.saving.save_model_as != "safetensors":
+        problems.append(Problem("save_model_as", f"{job.saving.save_model_as} is not written by LoRA Loom: a .ckpt is "
+                                                 "a Python pickle that can run code when loaded and holds no "
+                                                 "metadata; choose safetensors (every LoRA loader reads it)"))
+    if (job.saving.save_last_n_epochs or job.saving.save_last_n_epochs_state) and not job.saving.save_every_n_epochs:
+        problems.append(Problem("save_last_n_epochs", "has no effect while 'Save every N epochs' is 0", "warning"))
+    if job.saving.save_last_n_epochs_state and not job.saving.save_state:
+        problems.append(Problem("save_last_n_epochs_state", "has no effect without 'Save training state'", "warning"))
+    if job.saving.save_last_n_steps_state and not (job.saving.save_state and job.saving.save_every_n_steps):
+        problems.append(Problem("save_last_n_steps_state", "has no effect without 'Save training state' and step "
+                                                           "saving", "warning"))
     if job.saving.save_last_n_steps and not job.saving.save_every_n_steps:
         problems.append(Problem("save_last_n_steps", "has no effect while 'Save every N steps' is 0", "warning"))
     if job.noise_loss.min_timestep > job.noise_loss.max_timestep:
@@ -111,7 +127,9 @@ def check_settings(job: Job, settings) -> list[Problem]:
     if (job.sampling.sample_every_n_steps or job.sampling.sample_every_n_epochs) and not job.sampling.sample_prompts.strip():
         problems.append(Problem("sample_prompts", "sampling is on but there are no prompts", "warning"))
     problems += [Problem(key, message, "warning") for key, message in unread_scheduler_settings(job.optimisation)]
-    if job.logging.log_with == "wandb" and importlib.util.find_spec("wandb") is None:
+    if job.logging.log_tracker_config:
+        problems += _check_tracker_config(job.logging.log_tracker_config)
+    if job.logging.log_with in ("wandb", "all") and importlib.util.find_spec("wandb") is None:
         problems.append(Problem("log_with", "wandb is not installed here; choose tensorboard or "
                                             "`pip install wandb`"))
     problems += check_optimizer_args_syntax(job.optimisation.optimizer_args)
@@ -190,7 +208,7 @@ def output_overwriting_network_weights(job: Job) -> Path | None:
     if match is None:
         return None
     is_file = match.group(2) == ".safetensors"
-    if (is_file and len(parts) == 1) or (not is_file and job.saving.save_state):
+    if (is_file and len(parts) == 1) or (not is_file and (job.saving.save_state or job.saving.save_state_on_train_end)):
         return output_dir / parts[0]
     return None
 
@@ -203,6 +221,20 @@ def check_network_weights_kept(job: Job) -> list[Problem]:
     return [Problem("output_name", f"the run would write {overwritten}, which is (or holds) the file in 'LoRA "
                                    "network weights' it starts from, and so overwrite it; choose another output "
                                    "name or output folder")]
+
+
+def _check_tracker_config(path: str) -> list[Problem]:
+    from trainer.tracking import read_tracker_config
+    from .setting import SettingError
+
+    try:
+        table = read_tracker_config(path)
+    except SettingError as error:
+        return [Problem(error.setting, str(error))]
+    if any("api_key" in str(key).lower() for part in table.values() for key in part):
+        return [Problem("log_tracker_config", "holds an API key: keys belong in the WANDB API Key field or the "
+                                              "WANDB_API_KEY environment variable, never in a file")]
+    return []
 
 
 def _check_sample_prompts(text: str) -> list[Problem]:

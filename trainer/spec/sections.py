@@ -134,11 +134,22 @@ class SavingSection:
     """Output files and training state."""
 
     output_name: str
+    save_model_as: Literal['safetensors', 'ckpt']
+    training_comment: str
+    metadata_title: str
+    metadata_author: str
+    metadata_description: str
+    metadata_license: str
+    metadata_tags: str
     output_dir: str
     save_every_n_epochs: int
     save_precision: Literal['float', 'fp16', 'bf16']
     save_every_n_steps: int
     save_last_n_steps: int
+    save_last_n_epochs: int
+    save_last_n_epochs_state: int
+    save_last_n_steps_state: int
+    save_state_on_train_end: bool
     save_state: bool
     resume: str
 
@@ -159,7 +170,11 @@ class LoggingSection:
 
     logging_dir: str
     wandb_api_key: str
-    log_with: Literal['tensorboard', 'wandb']
+    log_with: Literal['tensorboard', 'wandb', 'all']
+    wandb_run_name: str
+    log_tracker_name: str
+    log_tracker_config: str
+    log_config: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +185,7 @@ class LaunchSection:
     num_cpu_threads_per_process: int
     additional_parameters: str
     full_fp16: bool
+    full_bf16: bool
     gradient_checkpointing: bool
     mem_eff_attn: bool
     xformers: bool
@@ -193,6 +209,13 @@ SECTION_OF_KEY: dict[str, str] = {
     'v_parameterization': 'model',
     'vae': 'model',
     'output_name': 'saving',
+    'save_model_as': 'saving',
+    'training_comment': 'saving',
+    'metadata_title': 'saving',
+    'metadata_author': 'saving',
+    'metadata_description': 'saving',
+    'metadata_license': 'saving',
+    'metadata_tags': 'saving',
     'train_data_dir': 'data',
     'reg_data_dir': 'data',
     'output_dir': 'saving',
@@ -248,10 +271,15 @@ SECTION_OF_KEY: dict[str, str] = {
     'additional_parameters': 'launch',
     'save_every_n_steps': 'saving',
     'save_last_n_steps': 'saving',
+    'save_last_n_epochs': 'saving',
+    'save_last_n_epochs_state': 'saving',
+    'save_last_n_steps_state': 'saving',
+    'save_state_on_train_end': 'saving',
     'keep_tokens': 'captions',
     'clip_skip': 'captions',
     'max_token_length': 'captions',
     'full_fp16': 'launch',
+    'full_bf16': 'launch',
     'gradient_checkpointing': 'launch',
     'shuffle_caption': 'captions',
     'persistent_data_loader_workers': 'data',
@@ -289,6 +317,10 @@ SECTION_OF_KEY: dict[str, str] = {
     'max_data_loader_n_workers': 'data',
     'wandb_api_key': 'logging',
     'log_with': 'logging',
+    'wandb_run_name': 'logging',
+    'log_tracker_name': 'logging',
+    'log_tracker_config': 'logging',
+    'log_config': 'logging',
     'max_grad_norm': 'optimisation',
     'sample_every_n_steps': 'sampling',
     'sample_every_n_epochs': 'sampling',
