@@ -475,7 +475,8 @@ def test_sdxl_configs_import_with_a_note_and_sdxl_reported(name):
     assert by_key["sdxl_no_half_vae"].neutral and "fp32" in by_key["sdxl_no_half_vae"].reason
     assert "does not support yet" in by_key["scale_weight_norms"].reason
     assert not by_key["scale_weight_norms"].neutral  # a real choice (1.5, 2.5) that is lost
-    assert by_key["full_bf16"].neutral and by_key["factor"].neutral  # False and kohya's -1
+    assert by_key["factor"].neutral  # kohya's -1
+    assert import_kohya_config(kohya_file(name)).values["full_bf16"] is False  # a setting now
     assert any(note.startswith("this is an SDXL config") for note in result.notes)
     assert any("'LyCORIS/LoHa' was imported as 'LoHa'" in note for note in result.notes)
 
