@@ -15,6 +15,7 @@ NEW_KEYS = {  # kohya-lora-tab-gap.md §2.3–§2.12 keys this project now decla
     "metadata_title", "metadata_author", "metadata_description", "metadata_license", "metadata_tags",
     "save_last_n_epochs", "save_last_n_epochs_state", "save_last_n_steps_state", "save_state_on_train_end",
     "wandb_run_name", "log_tracker_name", "log_tracker_config", "log_config", "full_bf16",
+    "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
 }
 
 

@@ -47,7 +47,7 @@ EXPLAINED_KEYS = {
 SELF_APPLIED_KEYS = frozenset({"sdxl", "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs", "highvram"})
 UNSUPPORTED_FEATURES = frozenset({
     "scale_weight_norms", "network_dropout", "rank_dropout", "module_dropout", "masked_loss", "fp8_base_unet",
-    "lowvram", "skip_cache_check", "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
+    "lowvram", "skip_cache_check",
     "LyCORIS_preset", "factor", "bypass_mode", "dora_wd", "use_cp", "use_tucker", "use_scalar", "rank_dropout_scale",
     "constrain", "rescaled", "train_norm", "decompose_both", "train_on_input", "blocks_to_swap", "caption_separator",
     "token_warmup_step",

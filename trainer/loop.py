@@ -92,7 +92,7 @@ def current_lrs(session: Session) -> dict[str, float]:
     last = session.lr_scheduler.get_last_lr()
     lrs = {}
     for index, name in enumerate(session.group_names):
-        lrs[name] = 0.0 if name == "text_encoder" and not session.train_text_encoder else float(last[index])
+        lrs[name] = 0.0 if name.startswith("text_encoder") and not session.train_text_encoder else float(last[index])
     return lrs
 
 

@@ -127,6 +127,11 @@ def lr_preview(job: Job, sched: Schedule) -> dict[str, list[list[float]]]:
     if blocks:
         groups = {"text_encoder": text_lr, **{name: unet_lr * weight for name, weight in blocks.items()}}
         groups = {name: lr for name, lr in groups.items() if lr}
+    if job.network.LoRA_type != "LoHa":
+        from trainer.optim.loraplus import loraplus_ratios, preview_groups
+        groups = preview_groups(groups, *loraplus_ratios(job.optimisation.loraplus_lr_ratio,
+                                                         job.optimisation.loraplus_unet_lr_ratio,
+                                                         job.optimisation.loraplus_text_encoder_lr_ratio))
     try:
         relative = uses_own_step_size(job.optimisation.optimizer, parse_optimizer_args(job.optimisation.optimizer_args))
     except ValueError:
@@ -143,8 +148,9 @@ def lr_preview(job: Job, sched: Schedule) -> dict[str, list[list[float]]]:
                       warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
                       power=job.optimisation.lr_scheduler_power or 1.0, lr_init=job.optimisation.learning_rate, relative_step=relative)
     stop = sched.text_encoder_stop_step
-    if stop is not None and "text_encoder" in curves:
-        curves["text_encoder"] = [v if i < stop else 0.0 for i, v in enumerate(curves["text_encoder"])]
+    if stop is not None:
+        for name in [n for n in curves if n.startswith("text_encoder")]:
+            curves[name] = [v if i < stop else 0.0 for i, v in enumerate(curves[name])]
     return {name: downsample_curve(values) for name, values in curves.items()}
 
 

@@ -158,6 +158,16 @@ BASIC = (
             minimum=0, maximum=10, optional=True,
             help="Learning rate of the UNet LoRA; overrides the learning rate. 0: the UNet is not trained "
                  "and gets no modules in the file (both rates 0: both parts train at the learning rate)."),
+    Setting("loraplus_lr_ratio", "float", 0.0, "LoRA+ learning rate ratio", tab="basic", group="optimisation",
+            section="Learning rate", minimum=0, maximum=128,
+            help="LoRA+ (Hayou et al. 2024): the LoRA up matrices learn at this many times the learning rate; "
+                 "16 is the paper's choice. 0: off. Not for LoHa (it has no up matrix)."),
+    Setting("loraplus_unet_lr_ratio", "float", 0.0, "LoRA+ Unet learning rate ratio", tab="basic",
+            group="optimisation", section="Learning rate", minimum=0, maximum=128,
+            help="LoRA+ ratio for the UNet only; overrides the LoRA+ ratio there. 0: the LoRA+ ratio."),
+    Setting("loraplus_text_encoder_lr_ratio", "float", 0.0, "LoRA+ Text Encoder learning rate ratio", tab="basic",
+            group="optimisation", section="Learning rate", minimum=0, maximum=128,
+            help="LoRA+ ratio for the text encoder only; overrides the LoRA+ ratio there. 0: the LoRA+ ratio."),
     Setting("max_resolution", "str", "512,512", "Max resolution", tab="basic", group="data", section="Data",
             parser=parse_resolution,
             help="Training resolution as width,height. Larger images are scaled down to fit this area; "

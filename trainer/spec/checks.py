@@ -103,6 +103,11 @@ def check_settings(job: Job, settings) -> list[Problem]:
                                                            "saving", "warning"))
     if job.saving.save_last_n_steps and not job.saving.save_every_n_steps:
         problems.append(Problem("save_last_n_steps", "has no effect while 'Save every N steps' is 0", "warning"))
+    loraplus = [k for k in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
+                if getattr(job.optimisation, k)]
+    if loraplus and job.network.LoRA_type == "LoHa":
+        problems.append(Problem(loraplus[0], "LoRA+ speeds up the LoRA up matrices; LoHa has none, so it has no "
+                                             "effect", "warning"))
     if job.noise_loss.min_timestep > job.noise_loss.max_timestep:
         problems.append(Problem("min_timestep", f"({job.noise_loss.min_timestep}) is above the max timestep "
                                                 f"({job.noise_loss.max_timestep})"))

@@ -96,6 +96,9 @@ class OptimisationSection:
     optimizer_args: str
     text_encoder_lr: float | None
     unet_lr: float | None
+    loraplus_lr_ratio: float
+    loraplus_unet_lr_ratio: float
+    loraplus_text_encoder_lr_ratio: float
     stop_text_encoder_training: float
     gradient_accumulation_steps: int
     lr_scheduler_num_cycles: int | None
@@ -249,6 +252,9 @@ SECTION_OF_KEY: dict[str, str] = {
     'optimizer_args': 'optimisation',
     'text_encoder_lr': 'optimisation',
     'unet_lr': 'optimisation',
+    'loraplus_lr_ratio': 'optimisation',
+    'loraplus_unet_lr_ratio': 'optimisation',
+    'loraplus_text_encoder_lr_ratio': 'optimisation',
     'max_resolution': 'data',
     'stop_text_encoder_training': 'optimisation',
     'enable_bucket': 'data',
