@@ -59,8 +59,10 @@ ADVANCED = (
             minimum=0, maximum=100, optional=True,
             help="Exponent of the polynomial scheduler: higher falls faster at first. Blank: 1 (linear)."),
     Setting("additional_parameters", "str", "", "Additional parameters", tab="advanced", group="launch", section="Other",
-            help="More settings as --name value pairs, using the key names of this page (for instance "
-                 "--max_grad_norm 0.5). They override the form. Anything unknown is refused."),
+            help="More settings as sd-scripts arguments, --name value or --name=value, by this page's key names "
+                 "or sd-scripts' (--max_grad_norm=0.5, --optimizer_type AdamW, --network_train_unet_only, "
+                 "--lr_scheduler_args T_max=1000 eta_min=0). They override the form. An argument that maps to "
+                 "no setting is refused, by name."),
     Setting("save_every_n_steps", "int", 0, "Save every N steps", tab="advanced", group="saving", section="Saving", minimum=0,
             help="Also save an intermediate LoRA every N steps. 0: off."),
     Setting("save_last_n_steps", "int", 0, "Save last N steps", tab="advanced", group="saving", section="Saving", minimum=0,
