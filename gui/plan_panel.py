@@ -61,6 +61,11 @@ def _points(steps: list, limit: int = 12) -> str:
     return shown + (f" … ({len(steps)} in all)" if len(steps) > limit else "")
 
 
+# Which setting fixed the run's length (trainer.plan.run_length), in the page's words.
+LENGTH_SETTINGS = {"epoch": "Epoch", "max_train_epochs": "Max train epoch (replaces Epoch and Max train steps)",
+                   "max_train_steps": "Max train steps (Epoch is not read)"}
+
+
 def plan_markdown(plan: dict) -> str:
     """The plan's numbers in words: the arithmetic the seed explains by hand."""
     dataset = plan.get("dataset") or {}
@@ -70,6 +75,7 @@ def plan_markdown(plan: dict) -> str:
         ("Steps per epoch", plan.get("steps_per_epoch")),
         ("Epochs", plan.get("epochs")),
         ("**Total steps**", f"**{plan.get('total_steps')}**"),
+        ("Length set by", LENGTH_SETTINGS.get(plan.get("governed_by") or "epoch", "Epoch")),
         ("Warmup steps", plan.get("warmup_steps")),
         ("Text encoder stops", "never (trains to the end)" if te_stop is None else f"after step {te_stop}"),
         ("Intermediate saves (epochs)", _points(plan.get("save_epochs") or [])),

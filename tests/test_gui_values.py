@@ -65,6 +65,8 @@ def test_plan_markdown_and_dataset_table_on_the_demo(demo_dir):
     text = plan_markdown(plan)
     assert "| **Total steps** | **200** |" in text and "| Warmup steps | 20 |" in text
     assert "after step 100" in text and "| Images × repeats per epoch | 80 |" in text
+    assert "| Length set by | Epoch |" in text
+    assert "| Length set by | Max train steps (Epoch is not read) |" in plan_markdown({**plan, "governed_by": "max_train_steps"})
     table = dataset_markdown(str(demo_dir / "data"), "", ".txt")
     assert "| 10_shapes | training | 10 | 8 | 8 | 80 |" in table
     missing = dataset_markdown(str(demo_dir / "nowhere"), "", ".txt")

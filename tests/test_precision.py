@@ -92,7 +92,7 @@ def _gpu_decision_on_cpu(monkeypatch):
     import trainer.session
 
     monkeypatch.setattr(trainer.session, "choose_precision",
-                        lambda mode, full, device_type, bf16: choose_precision(mode, full, "cuda", bf16))
+                        lambda mode, full, device_type, bf16, *rest: choose_precision(mode, full, "cuda", bf16, *rest))
 
 
 def test_full_fp16_gpu_decision_through_the_real_session_and_loop(demo_dir, tmp_path, monkeypatch):

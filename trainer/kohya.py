@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import tomllib
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,18 +158,12 @@ def _xformers(raw: Any) -> bool:
 
 
 def _additional_parameters(raw: Any) -> str:
-    """kohya_ss hands these to sd-scripts untouched; ours take only LoRA Loom settings as --name value."""
+    """kohya_ss hands these to sd-scripts untouched; we take every sd-scripts argument that maps to one of our
+    settings (``trainer.spec.extra_args``) and refuse the line, naming each argument, when one does not."""
     text = "" if raw is None else str(raw)
     _, problems = parse_additional_parameters(text, SETTINGS_BY_KEY)
     if not problems:
         return text
-    try:
-        words = shlex.split(text)
-    except ValueError:
-        words = []
-    foreign = [w for w in words if w.startswith("--") and w[2:].replace("-", "_") not in SETTINGS_BY_KEY]
-    if foreign:
-        raise ValueError(f"holds sd-scripts arguments that are not LoRA Loom settings ({', '.join(foreign)})")
     raise ValueError("; ".join(p.message for p in problems))
 
 
@@ -183,6 +176,8 @@ def convert_value(key: str, raw: Any) -> Any:
         return _xformers(raw)
     if key == "additional_parameters":
         return _additional_parameters(raw)
+    if key == "save_model_as":
+        return "safetensors"  # the only format we write (a note says so when the file asked for another)
     if key == "log_with" and _is_blank(raw):
         return setting.default  # kohya_ss's "" means its default logger
     if setting.kind in ("int", "float", "choice") and _is_blank(raw):
@@ -324,6 +319,14 @@ def _advice(config: dict[str, Any], values: dict[str, Any]) -> list[str]:
     if values.get("lr_scheduler") == "cosine_with_restarts" and values.get("lr_scheduler_num_cycles") is None:
         notes.append(f"kohya_ss used the epoch count ({values.get('epoch', 1)}) as the number of restarts when "
                      f"'LR number of cycles' is blank; LoRA Loom's blank means 1 restart, set it to match")
+    if str(config.get("save_model_as", "safetensors")).strip().lower() not in ("safetensors", ""):
+        notes.append(f"save_model_as {config['save_model_as']!r} was imported as safetensors: LoRA Loom does not "
+                     "write pickle files (.ckpt/.pt can run code when loaded); every LoRA loader reads .safetensors")
+    stop = values.get("stop_text_encoder_training")
+    if stop:
+        notes.append(f"stop_text_encoder_training = {stop:g}%: kohya_ss's LoRA tab ignores it (\"not yet supported\" "
+                     f"there), LoRA Loom applies it: the text encoder stops learning after {stop:g}% of the steps. "
+                     "Set it to 0 to train as kohya_ss did")
     if values.get("wandb_api_key"):
         notes.append("the file holds a WANDB API key: it is used for this run but never written to job files")
     return notes
@@ -358,14 +361,14 @@ def export_kohya_config(values: dict[str, Any]) -> dict[str, Any]:
     """A kohya_ss LoRA config dict (save it as JSON) for LoRA Loom settings; missing keys take our defaults.
 
     Blanks become kohya's explicit equivalents (seed → 0 "random", max_train_epochs → 0 "no cap", cycles and
-    power → 1, the UNet / text-encoder rates → the learning rate), secrets are left blank, and max_train_steps
-    is 0 so kohya_ss computes the length from the epochs as we do.
+    power → 1, the UNet / text-encoder rates → the learning rate), secrets are left blank; max_train_steps 0
+    makes kohya_ss compute the length from the epochs as we do.
     """
     job = job_to_values(job_from_values(values))
     blank_as = {"seed": 0, "max_train_epochs": 0, "lr_scheduler_num_cycles": 1, "lr_scheduler_power": 1.0,
                 "block_lr_zero_threshold": "", "unet_lr": job["learning_rate"],
                 "text_encoder_lr": job["learning_rate"]}
-    config: dict[str, Any] = {"max_train_steps": 0, "lr_warmup_steps": 0}
+    config: dict[str, Any] = {}
     for setting in SETTINGS:
         value = job[setting.key]
         if setting.secret:

@@ -28,17 +28,15 @@ ACCELERATE_KEYS = frozenset({"num_processes", "num_machines", "multi_gpu", "gpu_
                              "extra_accelerate_launch_args"})
 # Keys with a specific explanation; anything else that is not ours is "not a LoRA Loom setting".
 EXPLAINED_KEYS = {
-    "save_model_as": "LoRA Loom always saves .safetensors",
-    "training_comment": "a note for the LoRA's metadata, not a LoRA Loom setting",
     "model_list": "a hidden kohya_ss GUI field, not a setting",
     "save_as_bool": "a kohya_ss GUI field that leaked into saved files, not a setting",
     "use_8bit_adam": "an old kohya_ss flag, used only in files without the optimizer setting",
     "use_wandb": "an old kohya_ss flag, used only in files without the log_with setting",
-    "max_train_steps": "a kohya_ss feature LoRA Loom does not support yet (it sets the length by Epoch "
-                       "and Max train epoch)",
-    "lr_warmup_steps": "a kohya_ss feature LoRA Loom does not support yet (warmup is the LR warmup percent)",
     "dataset_config": "a kohya_ss feature LoRA Loom does not support yet (dataset TOML files; use the "
                       "Image folder with N_name sub-folders)",
+    "fp8_base": "fp8 base weights need a CUDA GPU and fp8 matmuls LoRA Loom does not have yet",
+    "highvram": "only changes sd-scripts' CUDA cache clearing, which LoRA Loom never does",
+    "train_inpainting": "LoRA Loom trains 4-channel UNets only (9-channel inpainting models are refused)",
     "sdxl": "marks an SDXL config; LoRA Loom reads the model family from the checkpoint's weights, so the "
             "flag is not needed",
     "sdxl_no_half_vae": "LoRA Loom always keeps an SDXL model's VAE in fp32 (its fp16 VAE overflows)",
@@ -46,18 +44,13 @@ EXPLAINED_KEYS = {
                                        "encoders are not trained",
 }
 # Keys whose meaning LoRA Loom applies by itself, whatever their value: leaving them out loses nothing.
-SELF_APPLIED_KEYS = frozenset({"sdxl", "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs"})
+SELF_APPLIED_KEYS = frozenset({"sdxl", "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs", "highvram"})
 UNSUPPORTED_FEATURES = frozenset({
-    "scale_weight_norms", "network_dropout", "rank_dropout", "module_dropout", "min_timestep", "max_timestep",
-    "ip_noise_gamma", "ip_noise_gamma_random_strength", "noise_offset_random_strength", "masked_loss",
-    "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "loss_type",
-    "huber_schedule", "huber_c", "huber_scale", "full_bf16", "fp8_base", "fp8_base_unet", "highvram", "lowvram",
-    "skip_cache_check", "lr_scheduler_args", "lr_scheduler_type", "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
-    "loraplus_text_encoder_lr_ratio", "save_last_n_steps_state", "save_last_n_epochs",
-    "save_last_n_epochs_state", "save_state_on_train_end", "vae", "train_inpainting", "LyCORIS_preset",
-    "factor", "bypass_mode", "dora_wd", "use_cp", "use_tucker", "use_scalar", "rank_dropout_scale", "constrain",
-    "rescaled", "train_norm", "decompose_both", "train_on_input", "wandb_run_name", "log_config",
-    "log_tracker_name", "log_tracker_config", "blocks_to_swap", "caption_separator", "token_warmup_step",
+    "scale_weight_norms", "network_dropout", "rank_dropout", "module_dropout", "masked_loss", "fp8_base_unet",
+    "lowvram", "skip_cache_check",
+    "LyCORIS_preset", "factor", "bypass_mode", "dora_wd", "use_cp", "use_tucker", "use_scalar", "rank_dropout_scale",
+    "constrain", "rescaled", "train_norm", "decompose_both", "train_on_input", "blocks_to_swap", "caption_separator",
+    "token_warmup_step",
 })
 # kohya_ss defaults that mean "off" beyond the plain False / "" / 0 (so nothing is lost by leaving them out).
 NEUTRAL_KOHYA_VALUES = {"max_timestep": 1000, "factor": -1, "train_on_input": True, "LyCORIS_preset": "full",

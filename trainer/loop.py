@@ -20,8 +20,8 @@ import torch
 from trainer.data.captions import process_caption
 from trainer.divergence import NonFiniteLoss
 from trainer.events import EventWriter
-from trainer.loss import add_noise, prediction_target, training_loss
-from trainer.noise import sample_timesteps, training_noise
+from trainer.loss import add_noise, loss_options, prediction_target, training_loss
+from trainer.noise import input_perturbation, sample_timesteps, training_noise
 from trainer.precision import grad_scaler
 from trainer.saving import Saver
 from trainer.sampling import generate_samples
@@ -69,9 +69,13 @@ def batch_loss(session: Session, batch, epoch: int, step: int) -> torch.Tensor:
     noise = training_noise(latents, session.noise_generator, noise_offset_type=job.noise_loss.noise_offset_type,
                            noise_offset=job.noise_loss.noise_offset, adaptive_noise_scale=job.noise_loss.adaptive_noise_scale,
                            multires_noise_iterations=job.noise_loss.multires_noise_iterations,
-                           multires_noise_discount=job.noise_loss.multires_noise_discount)
-    timesteps = sample_timesteps(latents.shape[0], session.noise_generator).to(device)
-    noisy = add_noise(latents, noise, timesteps, session.alphas_cumprod)
+                           multires_noise_discount=job.noise_loss.multires_noise_discount,
+                           noise_offset_random_strength=job.noise_loss.noise_offset_random_strength)
+    timesteps = sample_timesteps(latents.shape[0], session.noise_generator, job.noise_loss.min_timestep,
+                                 job.noise_loss.max_timestep).to(device)
+    input_noise = input_perturbation(noise, job.noise_loss.ip_noise_gamma, job.noise_loss.ip_noise_gamma_random_strength,
+                                     session.noise_generator)
+    noisy = add_noise(latents, input_noise, timesteps, session.alphas_cumprod)
     with torch.set_grad_enabled(session.train_text_encoder), autocast(session):
         states, pooled = session.text_conditioning(processed_captions(session, batch, epoch, step))
     dtype = session.precision.weight_dtype
@@ -80,7 +84,8 @@ def batch_loss(session: Session, batch, epoch: int, step: int) -> torch.Tensor:
         prediction = session.base.unet(noisy.to(dtype), timesteps, states.to(dtype), **extra).sample
     target = prediction_target(latents, noise, timesteps, session.alphas_cumprod, session.base.v_prediction)
     return training_loss(prediction, target, timesteps, session.alphas_cumprod, sample_weights=batch.loss_weights,
-                         min_snr_gamma=job.noise_loss.min_snr_gamma, v_prediction=session.base.v_prediction)
+                         min_snr_gamma=job.noise_loss.min_snr_gamma, v_prediction=session.base.v_prediction,
+                         **loss_options(job.noise_loss, timesteps, session.alphas_cumprod))
 
 
 def current_lrs(session: Session) -> dict[str, float]:
@@ -88,7 +93,7 @@ def current_lrs(session: Session) -> dict[str, float]:
     last = session.lr_scheduler.get_last_lr()
     lrs = {}
     for index, name in enumerate(session.group_names):
-        lrs[name] = 0.0 if name == "text_encoder" and not session.train_text_encoder else float(last[index])
+        lrs[name] = 0.0 if name.startswith("text_encoder") and not session.train_text_encoder else float(last[index])
     return lrs
 
 
@@ -183,6 +188,8 @@ def train(session: Session, events: EventWriter, requests: RunRequests, saver: S
             if requests.stop:
                 saver.save_final(step, epoch, stopped=True, batches_done=index + 1)
                 return "stopped"
+            if step >= plan.total_steps:
+                break  # max_train_steps ends the last epoch part-way, as in sd-scripts
         if epoch in plan.save_epochs:
             saver.save_epoch(step, epoch)
         if epoch in plan.sample_epochs:

@@ -17,6 +17,7 @@ from trainer.network import read_lora_file, save_lora_file
 from trainer.precision import mixed_precision_name
 from trainer.session import Session, TrainingError
 from trainer.spec import SETTINGS, job_to_values
+from trainer.saving_extra import epoch_to_prune, extra_metadata, state_keep_last
 from trainer.spec.checks import check_network_weights_kept, output_files_pattern
 from trainer.spec.names import parse_output_name
 from trainer.spec.rules import effective_lrs
@@ -207,6 +208,7 @@ def training_metadata(session: Session) -> dict[str, str]:
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.prediction_type": "v" if session.base.v_prediction else "epsilon",
         "modelspec.encoder_layer": job.captions.clip_skip,
+        **extra_metadata(job),
         "lora_loom.job": json.dumps(values, sort_keys=True),
     }
     return {key: _text(value) for key, value in meta.items()}
@@ -258,10 +260,18 @@ class Saver:
         return path
 
     def save_epoch(self, step: int, epoch: int) -> None:
-        self._write(self.output_dir / epoch_file_name(self.job.saving.output_name, epoch), step, epoch, "epoch")
-        if self.job.saving.save_state:  # the epoch is done: a resume from here starts the next one
-            self.save_state(self.output_dir / f"{self.job.saving.output_name}-{epoch:06d}-state", step, epoch,
+        saving = self.job.saving
+        self._write(self.output_dir / epoch_file_name(saving.output_name, epoch), step, epoch, "epoch")
+        if saving.save_state:  # the epoch is done: a resume from here starts the next one
+            self.save_state(self.output_dir / f"{saving.output_name}-{epoch:06d}-state", step, epoch,
                             self.session.schedule.batches_per_epoch)
+        old = epoch_to_prune(epoch, saving.save_last_n_epochs, saving.save_every_n_epochs)
+        if old is not None:
+            (self.output_dir / epoch_file_name(saving.output_name, old)).unlink(missing_ok=True)
+        old = epoch_to_prune(epoch, state_keep_last(saving.save_last_n_epochs_state, saving.save_last_n_epochs),
+                             saving.save_every_n_epochs)
+        if old is not None:
+            shutil.rmtree(self.output_dir / f"{saving.output_name}-{old:06d}-state", ignore_errors=True)
 
     def save_step(self, step: int, epoch: int, batches_done: int, requested: bool = False) -> None:
         """A step file (and state), then save_last_n_steps' pruning of an older one. A file ``requested``
@@ -272,16 +282,18 @@ class Saver:
         if self.job.saving.save_state:
             self.save_state(self.output_dir / f"{self.job.saving.output_name}-step{step:08d}-state", step, epoch,
                             batches_done)
-        old = step_to_prune(step, self.job.saving.save_last_n_steps, self.job.saving.save_every_n_steps)
+        saving = self.job.saving
+        old = step_to_prune(step, saving.save_last_n_steps, saving.save_every_n_steps)
         if old is not None and old not in self.kept_steps:
-            stale = self.output_dir / step_file_name(self.job.saving.output_name, old)
-            if stale.exists():
-                stale.unlink()
-                shutil.rmtree(self.output_dir / f"{self.job.saving.output_name}-step{old:08d}-state", ignore_errors=True)
+            (self.output_dir / step_file_name(saving.output_name, old)).unlink(missing_ok=True)
+        old = step_to_prune(step, state_keep_last(saving.save_last_n_steps_state, saving.save_last_n_steps),
+                            saving.save_every_n_steps)
+        if old is not None and old not in self.kept_steps:
+            shutil.rmtree(self.output_dir / f"{saving.output_name}-step{old:08d}-state", ignore_errors=True)
 
     def save_final(self, step: int, epoch: int, stopped: bool, batches_done: int | None = None) -> None:
         self._write(self.output_dir / f"{self.job.saving.output_name}.safetensors", step, epoch, "final")
-        if self.job.saving.save_state:
+        if self.job.saving.save_state or self.job.saving.save_state_on_train_end:
             done = batches_done if batches_done is not None else self.session.schedule.batches_per_epoch
             self.save_state(self.output_dir / f"{self.job.saving.output_name}-state", step, epoch, done)
 

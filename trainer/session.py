@@ -23,6 +23,8 @@ from trainer.models.loading import BaseModel, load_base_model
 from trainer.network import LoraNetwork, apply_network, read_lora_file
 from trainer.network.from_job import network_config_from_job
 from trainer.optim.optimizers import build_optimizer, optimizer_warnings, parse_optimizer_args
+from trainer.optim.loraplus import loraplus_groups, loraplus_ratios, up_parameter_ids
+from trainer.optim.scheduler_type import build_typed_scheduler
 from trainer.optim.schedulers import build_lr_scheduler
 from trainer.plan import Schedule, lr_preview, schedule_for_job
 from trainer.precision import choose_precision
@@ -104,9 +106,11 @@ def resolve_precision(job: Job, events: EventWriter) -> Precision:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16_supported = device.type != "cuda" or torch.cuda.is_bf16_supported()
     try:
-        choice = choose_precision(job.launch.mixed_precision, job.launch.full_fp16, device.type, bf16_supported)
+        choice = choose_precision(job.launch.mixed_precision, job.launch.full_fp16, device.type, bf16_supported,
+                                  job.launch.full_bf16)
     except ValueError as error:
-        raise TrainingError(str(error), "full_fp16" if job.launch.full_fp16 else "mixed_precision") from None
+        blamed = "full_fp16" if job.launch.full_fp16 else "full_bf16" if job.launch.full_bf16 else "mixed_precision"
+        raise TrainingError(str(error), blamed) from None
     for setting, message in choice.warnings:
         events.warning(message, setting)
     return Precision(device, choice.autocast_dtype, choice.weight_dtype, choice.use_grad_scaler,
@@ -220,16 +224,24 @@ def build_session(job: Job, run_dir: Path, events: EventWriter) -> Session:
             raise TrainingError(f"{job.network.network_weights} does not fit this network: {error}", "network_weights") from None
 
     groups = network.param_groups(unet_lr, text_lr)
+    unet_ratio, text_ratio = loraplus_ratios(job.optimisation.loraplus_lr_ratio, job.optimisation.loraplus_unet_lr_ratio,
+                                             job.optimisation.loraplus_text_encoder_lr_ratio)
+    if unet_ratio or text_ratio:
+        up_ids = up_parameter_ids((n, p) for a in network.adapters for n, p in a.layer.named_parameters())
+        groups = loraplus_groups(groups, up_ids, unet_ratio, text_ratio)
     if not groups:
         raise TrainingError("nothing to train: no LoRA modules were created with these settings", "network_dim")
     optimizer_args = parse_optimizer_args(job.optimisation.optimizer_args)
     for setting, message in optimizer_warnings(job.optimisation.optimizer, optimizer_args, {g["name"]: g["lr"] for g in groups}):
         events.warning(message, setting)
     optimizer = build_optimizer(job.optimisation.optimizer, groups, job.optimisation.learning_rate, optimizer_args)
-    lr_scheduler = build_lr_scheduler(optimizer, scheduler=job.optimisation.lr_scheduler, total_steps=sched.total_steps,
-                                      warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
-                                      power=job.optimisation.lr_scheduler_power or 1.0)
-    train_te = any(g["name"] == "text_encoder" for g in groups)
+    if job.optimisation.lr_scheduler_type:
+        lr_scheduler = build_typed_scheduler(optimizer, job.optimisation.lr_scheduler_type, job.optimisation.lr_scheduler_args)
+    else:
+        lr_scheduler = build_lr_scheduler(optimizer, scheduler=job.optimisation.lr_scheduler, total_steps=sched.total_steps,
+                                          warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
+                                          power=job.optimisation.lr_scheduler_power or 1.0)
+    train_te = any(g["name"].startswith("text_encoder") for g in groups)
     text_cache = None if train_te else text_embedding_cache(base)
     noise_generator = torch.Generator(device=precision.device).manual_seed(seed)
     return Session(job=job, run_dir=run_dir, seed=seed, precision=precision, data=data, schedule=sched,

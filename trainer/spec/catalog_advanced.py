@@ -64,12 +64,27 @@ ADVANCED = (
             visible_when=("lr_scheduler", SCHEDULERS_WITH_POWER),
             help="Exponent of the polynomial scheduler: higher falls faster at first. Blank: 1 (linear)."),
     Setting("additional_parameters", "str", "", "Additional parameters", tab="advanced", group="launch", section="Other",
-            help="More settings as --name value pairs, using the key names of this page (for instance "
-                 "--max_grad_norm 0.5). They override the form. Anything unknown is refused."),
+            help="More settings as sd-scripts arguments, --name value or --name=value, by this page's key names "
+                 "or sd-scripts' (--max_grad_norm=0.5, --optimizer_type AdamW, --network_train_unet_only, "
+                 "--lr_scheduler_args T_max=1000 eta_min=0). They override the form. An argument that maps to "
+                 "no setting is refused, by name."),
     Setting("save_every_n_steps", "int", 0, "Save every N steps", tab="advanced", group="saving", section="Saving", minimum=0,
             help="Also save an intermediate LoRA every N steps. 0: off."),
     Setting("save_last_n_steps", "int", 0, "Save last N steps", tab="advanced", group="saving", section="Saving", minimum=0,
             help="With step saving on, delete step files older than this many steps. 0: keep them all."),
+    Setting("save_last_n_epochs", "int", 0, "Save last N epochs", tab="advanced", group="saving", section="Saving",
+            minimum=0,
+            help="Keep only the last N epoch files: older ones are deleted as new ones are saved. 0: keep all."),
+    Setting("save_last_n_epochs_state", "int", 0, "Save last N epochs state", tab="advanced", group="saving",
+            section="Saving", minimum=0,
+            help="Keep only the last N epoch training-state folders. 0: as Save last N epochs."),
+    Setting("save_last_n_steps_state", "int", 0, "Save last N steps state", tab="advanced", group="saving",
+            section="Saving", minimum=0,
+            help="With step saving on, delete step state folders older than this many steps. 0: as Save last "
+                 "N steps."),
+    Setting("save_state_on_train_end", "bool", False, "Save training state at end of training", tab="advanced",
+            group="saving", section="Saving",
+            help="Write the final training state (last-state folder) even when 'Save training state' is off."),
     Setting("keep_tokens", "int", 0, "Keep n tokens", tab="advanced", group="captions", section="Captions", minimum=0, maximum=32,
             help="With shuffled captions, the first N comma-separated tags stay in front (e.g. the trigger word)."),
     Setting("clip_skip", "int", 1, "Clip skip", tab="advanced", group="captions", section="Captions", minimum=1, maximum=12,
@@ -82,6 +97,10 @@ ADVANCED = (
             help="Keep even the LoRA weights and gradients in fp16 (needs mixed precision fp16): least "
                  "memory, some risk to accuracy. Off by default. Needs a GPU: on CPU the run stays fp32 "
                  "with a warning."),
+    Setting("full_bf16", "bool", False, "Full bf16 training (experimental)", tab="advanced", group="launch",
+            section="Precision",
+            help="Keep even the LoRA weights, gradients and optimizer state in bf16 (needs mixed precision "
+                 "bf16): least memory, some loss of accuracy. Works on CPU too."),
     Setting("gradient_checkpointing", "bool", False, "Gradient checkpointing", tab="advanced", group="launch",
             section="Performance",
             help="Recompute activations during the backward pass instead of storing them: much less memory, "
@@ -131,6 +150,49 @@ ADVANCED = (
     Setting("multires_noise_discount", "float", 0.0, "Multires noise discount", tab="advanced", group="noise_loss",
             section="Noise", minimum=0, maximum=1, visible_when=("noise_offset_type", ("Multires",)),
             help="How much weaker each coarser level is (0–1); 0 means 0.3. Lower for small datasets."),
+    Setting("noise_offset_random_strength", "bool", False, "Noise offset random strength", tab="advanced",
+            group="noise_loss", section="Noise", visible_when=("noise_offset_type", ("Original",)),
+            help="Each batch uses a random noise offset between 0 and the Noise offset instead of the full value."),
+    Setting("ip_noise_gamma", "float", 0.0, "IP noise gamma", tab="advanced", group="noise_loss", section="Noise",
+            minimum=0, maximum=1,
+            help="Input perturbation (Ning et al. 2023): the latents are noised with extra noise × gamma while "
+                 "the UNet still learns the original noise, which reduces exposure bias. 0.1 is typical. 0: off."),
+    Setting("ip_noise_gamma_random_strength", "bool", False, "IP noise gamma random strength", tab="advanced",
+            group="noise_loss", section="Noise",
+            help="Each batch uses a random IP noise gamma between 0 and the value set."),
+    Setting("min_timestep", "int", 0, "Min Timestep", tab="advanced", group="noise_loss", section="Noise",
+            minimum=0, maximum=1000,
+            help="Lowest diffusion timestep trained (0–999). Raising it skips the finest-detail steps."),
+    Setting("max_timestep", "int", 1000, "Max Timestep", tab="advanced", group="noise_loss", section="Noise",
+            minimum=0, maximum=1000,
+            help="Timesteps are drawn below this (1–1000; 1000 = up to the noisiest step). Equal to Min "
+                 "Timestep: that one timestep only."),
+    Setting("loss_type", "choice", "l2", "Loss type", tab="advanced", group="noise_loss", section="Loss",
+            choices=("l2", "l1", "huber", "smooth_l1"),
+            help="l2: squared error (the usual); l1: absolute error; huber and smooth_l1: pseudo-Huber losses, "
+                 "squared for small errors and linear for large ones, more robust to odd images."),
+    Setting("huber_schedule", "choice", "snr", "Huber schedule", tab="advanced", group="noise_loss", section="Loss",
+            choices=("snr", "exponential", "constant"), visible_when=("loss_type", ("huber", "smooth_l1")),
+            help="How Huber's c changes with the timestep: snr (by the noise level), exponential (from the "
+                 "Huber scale at t=0 to c at t=1000) or constant (c × scale)."),
+    Setting("huber_c", "float", 0.1, "Huber C", tab="advanced", group="noise_loss", section="Loss",
+            minimum=0, maximum=1, visible_when=("loss_type", ("huber", "smooth_l1")),
+            help="Huber's c: errors below it count as squared, above it as linear (0–1)."),
+    Setting("huber_scale", "float", 1.0, "Huber scale", tab="advanced", group="noise_loss", section="Loss",
+            minimum=0, maximum=10, visible_when=("loss_type", ("huber", "smooth_l1")),
+            help="Multiplies c in the exponential and constant schedules."),
+    Setting("debiased_estimation_loss", "bool", False, "Debiased Estimation loss", tab="advanced", group="noise_loss",
+            section="Loss",
+            help="Weight each timestep's loss by 1/√SNR (v-prediction: 1/(SNR+1)), Yu et al. 2024, so the "
+                 "noisier steps count more."),
+    Setting("scale_v_pred_loss_like_noise_pred", "bool", False, "Scale v prediction loss", tab="advanced",
+            group="noise_loss", section="Loss",
+            help="For v-prediction models: scale the loss by SNR/(SNR+1) so timesteps weigh as they do for "
+                 "noise prediction. No effect on noise-prediction models."),
+    Setting("v_pred_like_loss", "float", 0.0, "V Pred like loss", tab="advanced", group="noise_loss", section="Loss",
+            minimum=0, maximum=1,
+            help="Add this fraction of a v-prediction-like loss (loss × (SNR+1)/SNR) to a noise-prediction "
+                 "model's loss. 0: off."),
     Setting("caption_dropout_every_n_epochs", "int", 0, "Dropout caption every n epochs", tab="advanced", group="captions",
             section="Captions", minimum=0,
             help="Train without any captions on every Nth epoch. 0: never."),
@@ -147,7 +209,8 @@ ADVANCED = (
             help="A …-state folder from an earlier run with 'Save training state'; training continues there."),
     Setting("max_train_epochs", "int", None, "Max train epoch", tab="advanced", group="optimisation", section="Steps",
             minimum=1, optional=True,
-            help="A hard cap on epochs; training stops here even if Epoch asks for more. Blank: no cap."),
+            help="Train this many epochs instead of Epoch and Max train steps (as sd-scripts: it replaces "
+                 "both). Blank: Epoch, or Max train steps when set."),
     Setting("max_data_loader_n_workers", "int", 0, "Max num workers for DataLoader", tab="advanced", group="data",
             section="Performance", minimum=0, maximum=64,
             help="Worker processes that load images in parallel. 0: load in the training process."),
@@ -156,9 +219,21 @@ ADVANCED = (
                  "environment and never written to job files, presets, metadata or logs. WANDB_API_KEY in the "
                  "environment works too."),
     Setting("log_with", "choice", "tensorboard", "Logging", tab="advanced", group="logging", section="Logging",
-            choices=("tensorboard", "wandb"),
+            choices=("tensorboard", "wandb", "all"),
             help="Where training curves are logged besides this page: TensorBoard files in the logging "
-                 "folder, or Weights & Biases."),
+                 "folder, Weights & Biases, or all (both)."),
+    Setting("wandb_run_name", "str", "", "WANDB run name", tab="advanced", group="logging", section="Logging",
+            visible_when=("log_with", ("wandb", "all")),
+            help="Name of the Weights & Biases run. Blank: the output name."),
+    Setting("log_tracker_name", "str", "", "Log tracker name", tab="advanced", group="logging", section="Logging",
+            help="The tracker's project: the W&B project (blank: lora-loom) and a sub-folder of the run's "
+                 "TensorBoard logs (blank: none)."),
+    Setting("log_tracker_config", "path", "", "Log tracker config", tab="advanced", group="logging",
+            section="Logging",
+            help="A TOML file with a [wandb] and/or [tensorboard] table of extra arguments for the tracker "
+                 "(e.g. entity, tags). Never put the W&B key here: use the key field or WANDB_API_KEY."),
+    Setting("log_config", "bool", False, "Log config", tab="advanced", group="logging", section="Logging",
+            help="Send the run's settings to the tracker (secrets left out)."),
     Setting("max_grad_norm", "float", 1.0, "Max grad norm", tab="advanced", group="optimisation", section="Steps",
             minimum=0, maximum=1000,
             help="Gradients are clipped to this norm before each update. 0: no clipping."),

@@ -24,6 +24,22 @@ MODEL_AND_FOLDERS = (
     Setting("output_name", "str", "last", "Output name", tab="model", group="saving", parser=parse_output_name,
             help="File name (without extension) of the trained LoRA. Intermediate saves add -000002 "
                  "(epoch) or -step00000200 (step) to it."),
+    Setting("save_model_as", "choice", "safetensors", "Save trained model as", tab="model", group="saving",
+            choices=("safetensors", "ckpt"),
+            help="File format of the LoRA. LoRA Loom writes safetensors only: a .ckpt is a Python pickle, which "
+                 "can run code when it is loaded, and cannot hold the metadata; choosing ckpt is refused."),
+    Setting("training_comment", "str", "", "Training comment", tab="model", group="saving",
+            help="Free text stored in the LoRA file's metadata as ss_training_comment (trigger words, notes)."),
+    Setting("metadata_title", "str", "", "Metadata title", tab="folders", group="saving", section="Metadata",
+            help="modelspec.title in the LoRA file. Blank: the output name."),
+    Setting("metadata_author", "str", "", "Metadata author", tab="folders", group="saving", section="Metadata",
+            help="modelspec.author in the LoRA file. Blank: left out."),
+    Setting("metadata_description", "str", "", "Metadata description", tab="folders", group="saving",
+            section="Metadata", help="modelspec.description in the LoRA file. Blank: left out."),
+    Setting("metadata_license", "str", "", "Metadata license", tab="folders", group="saving", section="Metadata",
+            help="modelspec.license in the LoRA file. Blank: left out."),
+    Setting("metadata_tags", "str", "", "Metadata tags", tab="folders", group="saving", section="Metadata",
+            help="modelspec.tags in the LoRA file, comma-separated. Blank: left out."),
     Setting("train_data_dir", "path", "", "Image folder", tab="folders", group="data",
             help="Folder that holds one sub-folder per concept, named N_name: N is how many times each "
                  "image is repeated per epoch, name is the class token used when an image has no caption."),
@@ -69,6 +85,11 @@ BASIC = (
                  "and fewer steps happen; images in a batch must share a bucket."),
     Setting("epoch", "int", 1, "Epoch", tab="basic", group="optimisation", section="Steps", minimum=1, maximum=10000,
             help="How many passes over the dataset. One epoch = every image × its repeats once."),
+    Setting("max_train_steps", "int", 0, "Max train steps", tab="basic", group="optimisation", section="Steps",
+            minimum=0,
+            help="Train exactly this many optimizer steps (the last epoch may stop part-way), as sd-scripts' "
+                 "--max_train_steps. Max train epoch, when set, replaces it. 0: Epoch × steps per epoch "
+                 "(kohya_ss's 0 computes the same)."),
     Setting("save_every_n_epochs", "int", 1, "Save every N epochs", tab="basic", group="saving", section="Saving",
             minimum=0,
             help="Also save an intermediate LoRA after every N epochs (0: only the final file). The last "
@@ -110,6 +131,19 @@ BASIC = (
             visible_when=("lr_scheduler", tuple(s for s in LR_SCHEDULERS if s not in SCHEDULERS_WITHOUT_WARMUP)),
             help="Percent of all steps over which the learning rate rises from 0 to its value. "
                  "Ignored by the constant scheduler."),
+    Setting("lr_warmup_steps", "int", 0, "LR warmup steps (override)", tab="basic", group="optimisation",
+            section="Learning rate", minimum=0,
+            help="Warm up over this many optimizer steps instead of the LR warmup percent (sd-scripts' "
+                 "--lr_warmup_steps). 0: use the percent."),
+    Setting("lr_scheduler_type", "str", "", "LR Scheduler type", tab="basic", group="optimisation",
+            section="Learning rate",
+            help="A scheduler class instead of the LR Scheduler list, as sd-scripts' --lr_scheduler_type: a "
+                 "name in torch.optim.lr_scheduler (CosineAnnealingLR, StepLR …) or module.Class. Its "
+                 "arguments come from LR scheduler extra arguments; warmup is not applied. Blank: use the list."),
+    Setting("lr_scheduler_args", "str", "", "LR scheduler extra arguments", tab="basic", group="optimisation",
+            section="Learning rate",
+            help="key=value arguments for the LR scheduler type, separated by spaces, such as T_max=1000 "
+                 "eta_min=1e-6. An argument the class does not take is an error."),
     Setting("optimizer", "choice", "AdamW8bit", "Optimizer", tab="basic", group="optimisation", section="Optimizer",
             choices=OPTIMIZERS,
             help="How gradients become weight updates. AdamW8bit: AdamW with 8-bit state, less memory. "
@@ -121,11 +155,22 @@ BASIC = (
     Setting("text_encoder_lr", "float", 0.00005, "Text Encoder learning rate", tab="basic", group="optimisation",
             section="Learning rate", minimum=0, maximum=10, optional=True,
             help="Learning rate of the text-encoder LoRA; overrides the learning rate. Usually lower than "
-                 "the UNet's. 0: the text encoder is not trained and gets no modules in the file."),
+                 "the UNet's. 0: the text encoder is not trained and gets no modules in the file (both rates 0: "
+                 "both parts train at the learning rate, as in kohya_ss)."),
     Setting("unet_lr", "float", 0.0001, "Unet learning rate", tab="basic", group="optimisation", section="Learning rate",
             minimum=0, maximum=10, optional=True,
             help="Learning rate of the UNet LoRA; overrides the learning rate. 0: the UNet is not trained "
-                 "and gets no modules in the file."),
+                 "and gets no modules in the file (both rates 0: both parts train at the learning rate)."),
+    Setting("loraplus_lr_ratio", "float", 0.0, "LoRA+ learning rate ratio", tab="basic", group="optimisation",
+            section="Learning rate", minimum=0, maximum=128,
+            help="LoRA+ (Hayou et al. 2024): the LoRA up matrices learn at this many times the learning rate; "
+                 "16 is the paper's choice. 0: off. Not for LoHa (it has no up matrix)."),
+    Setting("loraplus_unet_lr_ratio", "float", 0.0, "LoRA+ Unet learning rate ratio", tab="basic",
+            group="optimisation", section="Learning rate", minimum=0, maximum=128,
+            help="LoRA+ ratio for the UNet only; overrides the LoRA+ ratio there. 0: the LoRA+ ratio."),
+    Setting("loraplus_text_encoder_lr_ratio", "float", 0.0, "LoRA+ Text Encoder learning rate ratio", tab="basic",
+            group="optimisation", section="Learning rate", minimum=0, maximum=128,
+            help="LoRA+ ratio for the text encoder only; overrides the LoRA+ ratio there. 0: the LoRA+ ratio."),
     Setting("max_resolution", "str", "512,512", "Max resolution", tab="basic", group="data", section="Data",
             parser=parse_resolution,
             help="Training resolution as width,height. Larger images are scaled down to fit this area; "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Mapping
 
-from .tables import CONV_LORA_TYPES, SCHEDULERS_WITH_CYCLES, SCHEDULERS_WITH_POWER
+from .tables import CONV_LORA_TYPES, SCHEDULERS_WITH_CYCLES, SCHEDULERS_WITH_POWER, SCHEDULERS_WITHOUT_WARMUP
 
 if TYPE_CHECKING:
     from .sections import NetworkSection, OptimisationSection
@@ -43,11 +43,20 @@ def network_adapts_conv(network: NetworkSection, conv_block_dims: Iterable[int] 
 
 
 def effective_lrs(optimisation: OptimisationSection) -> tuple[float, float]:
-    """(unet_lr, text_encoder_lr): each falls back to learning_rate when blank."""
+    """(unet_lr, text_encoder_lr): each falls back to learning_rate when blank. Both 0 also means both at
+    learning_rate: kohya_ss passes a 0 rate to sd-scripts as "unset" and asks for a UNet-only (or text-encoder
+    -only) run only when the other rate is not 0."""
     lr = optimisation.learning_rate
+    if optimisation.unet_lr == 0 and optimisation.text_encoder_lr == 0:
+        return lr, lr
     unet = lr if optimisation.unet_lr is None else optimisation.unet_lr
     text = lr if optimisation.text_encoder_lr is None else optimisation.text_encoder_lr
     return unet, text
+
+
+def both_rates_zero(optimisation: OptimisationSection) -> bool:
+    """unet_lr and text_encoder_lr are both 0, which kohya_ss reads as "both at the learning rate"."""
+    return optimisation.unet_lr == 0 and optimisation.text_encoder_lr == 0
 
 
 def unread_scheduler_settings(optimisation: OptimisationSection) -> list[tuple[str, str]]:
@@ -56,6 +65,17 @@ def unread_scheduler_settings(optimisation: OptimisationSection) -> list[tuple[s
     constant schedules never read, keeps its default of 10 % in most jobs, so the page disables it instead)."""
     scheduler = optimisation.lr_scheduler
     unread = []
+    if optimisation.lr_scheduler_type:
+        for key in ("lr_warmup", "lr_warmup_steps"):
+            if getattr(optimisation, key):
+                unread.append((key, f"the LR scheduler type {optimisation.lr_scheduler_type} has no warmup "
+                                    "(as in sd-scripts)"))
+        return unread
+    if optimisation.lr_scheduler_args.strip():
+        unread.append(("lr_scheduler_args", "is read only with an LR scheduler type; the LR Scheduler list "
+                                            "ignores it"))
+    if optimisation.lr_warmup_steps and scheduler in SCHEDULERS_WITHOUT_WARMUP:
+        unread.append(("lr_warmup_steps", f"{scheduler} has no warmup; choose constant_with_warmup to warm up"))
     if optimisation.lr_scheduler_num_cycles not in (None, 1) and scheduler not in SCHEDULERS_WITH_CYCLES:
         unread.append(("lr_scheduler_num_cycles",
                        f"is read only by {', '.join(SCHEDULERS_WITH_CYCLES)}; {scheduler} ignores it"))

@@ -40,6 +40,8 @@ OPTIMIZER_CLASSES: dict[str, OptimizerClass] = {
     "SGDNesterov8bit": OptimizerClass("bitsandbytes.optim", "SGD8bit", _NESTEROV),
 }
 OPTIMIZERS: tuple[str, ...] = tuple(OPTIMIZER_CLASSES)
+# Optimizers that take one learning rate for every group (they raise on different ones; sd-scripts warns).
+ONE_LR_OPTIMIZERS = ("DAdaptation", "DAdaptAdam", "DAdaptLion", "DAdaptSGD", "Prodigy")
 # Optimizers that adapt their own step size: the learning rate is a multiplier (usually 1.0).
 SELF_ADAPTING = tuple(name for name in OPTIMIZERS if name.startswith("DAdapt") or name == "Prodigy")
 
