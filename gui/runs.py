@@ -8,6 +8,11 @@ restart re-attaches to a run that is still going and shows finished runs again.
 Stopping follows the architecture: the first Stop sends SIGINT to the trainer's process group (it ends the
 step, saves and emits ``finished: stopped``); a second Stop sends SIGKILL. Sample now and Save now send the
 trainer's own process SIGUSR1 / SIGUSR2 (``trainer.run.REQUEST_SIGNALS``), once it has said ``started``.
+
+A job with several processes starts through ``accelerate launch`` (``trainer.launch``); ``pid`` is then the
+launcher's, and the trainer processes of this machine are listed in ``trainer_pids`` (main first) once they
+have met. The first Stop goes to those processes alone (the launcher would pass a SIGINT on to them a second
+time, and kill them 30 s later), Sample now / Save now to the main one; a second Stop kills the whole group.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.events import EVENTS_FILE, find_event
+from trainer.launch import train_command
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOG_FILE = "trainer.log"
@@ -84,6 +90,23 @@ def pid_alive(pid: int | None, run_dir: Path | None = None) -> bool:
         except (OSError, IndexError):
             return False
     return True
+
+
+def trainer_pids(run_dir: Path) -> list[int]:
+    """The trainer processes of a multi-process run on this machine, main first ([] for one process)."""
+    from trainer.distributed import PIDS_FILE
+
+    try:
+        return [int(word) for word in (Path(run_dir) / PIDS_FILE).read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _signal_quietly(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # already gone
 
 
 def finished_event(run_dir: Path) -> dict | None:
@@ -181,10 +204,10 @@ class RunManager:
         busy = self.active_run()
         if busy is not None:
             raise RunError(f"A run is already in progress ({busy.name}); stop it before starting another.")
-        job_from_values(values)  # refuse bad values before any folder is made
+        job = job_from_values(values)  # refuse bad values before any folder is made
         run_dir = self._new_run_dir(str(values.get("output_name") or "run"))
         job_path = write_job_toml(values, run_dir / JOB_FILE)
-        self._launch(run_dir, job_path, secrets or {})
+        self._launch(run_dir, train_command(job, self.trainer_command, job_path, run_dir), secrets or {})
         return run_dir
 
     def _new_run_dir(self, output_name: str) -> Path:
@@ -196,10 +219,9 @@ class RunManager:
         candidate.mkdir()
         return candidate
 
-    def _launch(self, run_dir: Path, job_path: Path, secrets: dict[str, str]) -> None:
+    def _launch(self, run_dir: Path, command: list[str], secrets: dict[str, str]) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **secrets)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-        command = [*self.trainer_command, "train", str(job_path), "--run-dir", str(run_dir)]
         with (run_dir / LOG_FILE).open("ab") as log:
             self._process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -218,11 +240,16 @@ class RunManager:
         pid = read_pid(run_dir)
         if not pid_alive(pid, run_dir):
             return "nothing to stop"
+        assert pid is not None  # pid_alive says so
         count = stop_requests(run_dir) + 1
         (run_dir / STOPS_FILE).write_text(str(count))
-        sig = signal.SIGINT if count == 1 else signal.SIGKILL
+        workers = trainer_pids(run_dir)
         try:
-            os.killpg(os.getpgid(pid), sig)
+            if count == 1 and workers:
+                for worker in workers:
+                    _signal_quietly(worker, signal.SIGINT)
+            else:
+                os.killpg(os.getpgid(pid), signal.SIGINT if count == 1 else signal.SIGKILL)
         except ProcessLookupError:
             return "nothing to stop"
         return "interrupted" if count == 1 else "killed"
@@ -239,6 +266,10 @@ class RunManager:
         pid = read_pid(run_dir)
         if not pid_alive(pid, run_dir):
             return False
+        assert pid is not None  # pid_alive says so
+        workers = trainer_pids(run_dir)
+        if workers:
+            pid = workers[0]  # the main trainer process, not the launcher
         try:
             os.kill(pid, number)  # the trainer alone: its data-loader workers have no handler for these
         except ProcessLookupError:

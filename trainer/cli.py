@@ -73,12 +73,14 @@ def default_run_dir(job_path: str) -> Path:
 
 
 def cmd_train(args) -> int:
+    from trainer.distributed import launch_env
     from trainer.events import EVENTS_FILE, EventWriter
     from trainer.spec import job_to_values, toml_text
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.job)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with EventWriter(run_dir / EVENTS_FILE, echo=sys.stdout) as events:
+    launch = launch_env()  # under accelerate launch / torchrun: only the main process writes events and files
+    with EventWriter(run_dir / EVENTS_FILE if launch.is_main else None, echo=sys.stdout if launch.is_main else None) as events:
         job, problems = _load(args.job)
         if job is not None:
             from trainer.preflight import deep_checks
@@ -89,10 +91,22 @@ def cmd_train(args) -> int:
         if job is None or any(p.level == "error" for p in problems):
             events.emit("finished", status="failed", outputs=[], reason="invalid job")
             return EXIT_REFUSED
-        (run_dir / "job.toml").write_text(toml_text(job_to_values(job)), encoding="utf-8")
+        if launch.is_main:
+            (run_dir / "job.toml").write_text(toml_text(job_to_values(job)), encoding="utf-8")
         from trainer.run import run_training
 
-        status = run_training(job, run_dir, events)
+        processes = None
+        if launch.world_size > 1:
+            from trainer.distributed import start_processes
+
+            try:
+                processes = start_processes(launch)
+            except Exception as error:  # noqa: BLE001 - no process group: the run cannot start
+                events.error(f"could not start process {launch.rank} of {launch.world_size}: "
+                             f"{type(error).__name__}: {error}", "num_processes")
+                events.emit("finished", status="failed", outputs=[])
+                return EXIT_FAILED
+        status = run_training(job, run_dir, events, processes)
     return EXIT_OK if status in ("completed", "stopped") else EXIT_FAILED
 
 

@@ -9,7 +9,6 @@ save now, stop).
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 from collections import deque
@@ -18,10 +17,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from trainer.data.captions import process_caption
+from trainer.distributed import batch_tracer
 from trainer.events import EventWriter
 from trainer.loss import add_noise, prediction_target, training_loss
 from trainer.noise import sample_timesteps, training_noise
-from trainer.precision import grad_scaler
 from trainer.saving import Saver
 from trainer.sampling import generate_samples
 from trainer.sdxl_conditioning import sdxl_added_conditions
@@ -142,47 +141,59 @@ def sample(session: Session, events: EventWriter, step: int, epoch: int | None, 
 
 
 def train(session: Session, events: EventWriter, requests: RunRequests, saver: Saver) -> str:
-    """Run the plan; returns "completed" or "stopped" (the LoRA is saved either way)."""
+    """Run the plan; returns "completed" or "stopped" (the LoRA is saved either way).
+
+    In a multi-process run every process runs this on its share of each epoch (``session.processes``):
+    the gradients are averaged before each update, and what was asked (stop, sample, save) is agreed on
+    after it, so all act at the same step; the main process alone samples and writes."""
     job, plan = session.job, session.schedule
+    processes = session.processes
     accumulation = job.optimisation.gradient_accumulation_steps
-    precision = session.precision
-    scaler = grad_scaler(precision.device.type, precision.adapter_dtype) if precision.use_grad_scaler else None
+    scaler = session.scaler
     progress = Progress(plan.total_steps, window=plan.batches_per_epoch, start_step=saver.start_step)
     step, epoch = saver.start_step, saver.start_epoch
+    trace = batch_tracer(processes.rank)
     events.status("training")
     for epoch in range(saver.start_epoch, plan.epochs + 1):
-        batches = session.data.epoch(epoch)
-        last_index = plan.batches_per_epoch - 1
+        batches = session.data.epoch(epoch, select=processes.shard if processes.world_size > 1 else None)
+        last_index = processes.local_batches(plan.batches_per_epoch) - 1
         for index, batch in enumerate(batches):
             if epoch == saver.start_epoch and index < saver.skip_batches:
                 continue
+            if trace:
+                trace(epoch, index, batch.image_paths)
             loss = batch_loss(session, batch, epoch, step)
-            if not math.isfinite(loss.item()):
+            if not processes.all_finite(loss):
                 events.warning(f"loss is {loss.item()} at step {step + 1}; this batch is skipped", "learning_rate")
                 session.optimizer.zero_grad(set_to_none=True)
                 continue
             (scaler.scale(loss / accumulation) if scaler else loss / accumulation).backward()
             if (index + 1) % accumulation and index != last_index:
                 continue
+            processes.average_gradients(session.network.trainable_parameters())
             lrs = optimizer_step(session, scaler)
             step += 1
-            events.emit("step", step=step, epoch=epoch, loss=loss.item(), lr=lrs, **progress.update(step, loss.item()))
+            # Save now / Sample now, asked during this step (of the main process, in a multi-process run)
+            save_asked, requests.save = requests.save, False
+            sample_asked, requests.sample = requests.sample, False
+            loss_value, stop, sample_asked, save_asked = processes.agree(loss.item(), requests.stop, sample_asked,
+                                                                          save_asked)
+            requests.stop = stop
+            events.emit("step", step=step, epoch=epoch, loss=loss_value, lr=lrs, **progress.update(step, loss_value))
             if plan.text_encoder_stop_step is not None and step == plan.text_encoder_stop_step and session.train_text_encoder:
                 session.stop_text_encoder()
                 events.status("training", note=f"text encoder training stopped after step {step}")
-            # Save now / Sample now, asked during this step; at a planned point the one file or set is marked
-            save_asked, requests.save = requests.save, False
-            sample_asked, requests.sample = requests.sample, False
+            # at a planned point the one file or set is marked
             if step in plan.save_steps or save_asked:
                 saver.save_step(step, epoch, index + 1, requested=save_asked)
-            if (step in plan.sample_steps and not plan.sample_epochs) or sample_asked:
+            if ((step in plan.sample_steps and not plan.sample_epochs) or sample_asked) and processes.is_main:
                 sample(session, events, step, None, requested=sample_asked)
             if requests.stop:
                 saver.save_final(step, epoch, stopped=True, batches_done=index + 1)
                 return "stopped"
         if epoch in plan.save_epochs:
             saver.save_epoch(step, epoch)
-        if epoch in plan.sample_epochs:
+        if epoch in plan.sample_epochs and processes.is_main:
             sample(session, events, step, epoch)
     saver.save_final(step, plan.epochs, stopped=False)
     return "completed"
