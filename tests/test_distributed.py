@@ -4,6 +4,7 @@ naming a process that has gone, and the watchdog. The runs with two real process
 tests/test_multiprocess.py."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -235,3 +236,26 @@ def test_a_stopped_watchdog_says_nothing(sleeper):
     watchdog.stop()
     time.sleep(0.6)
     assert lost == []
+
+
+def test_the_fp16_grad_scaler_is_saved_in_the_state_and_restored(demo_dir, tmp_path):
+    """fp16 needs a GPU, so the scaler is put on a CPU session by hand; the state code is the real one."""
+    import torch
+
+    from trainer.saving import Saver
+
+    from .effects_runs import run_in_session
+
+    run = run_in_session(demo_dir, tmp_path / "a", stop_after=1)
+    session = run.session
+    saved = {"scale": 512.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 7}
+    session.scaler = torch.amp.GradScaler("cpu")
+    session.scaler.load_state_dict(saved)
+    with EventWriter(None) as events:
+        saver = Saver(session, events)
+        saver.save_state(tmp_path / "state", step=1, epoch=1, batches_done=1)
+        session.scaler = torch.amp.GradScaler("cpu")
+        assert session.scaler.state_dict()["scale"] != 512.0
+        saver.load_state(tmp_path / "state")
+    assert session.scaler.state_dict() == saved
+    assert json.loads((tmp_path / "state" / "train_state.json").read_text())["num_processes"] == 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -74,12 +75,24 @@ def default_run_dir(job_path: str) -> Path:
 
 def cmd_train(args) -> int:
     from trainer.distributed import launch_env
+
+    launch = launch_env()  # under accelerate launch / torchrun: only the main process writes events and files
+    code = _train(args, launch)
+    if launch.world_size > 1:
+        # Everything is written and closed. The launcher ends when every process has: skip the interpreter's
+        # teardown of torch, diffusers and transformers (seconds on a busy machine), so Stop ends promptly.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _train(args, launch) -> int:
     from trainer.events import EVENTS_FILE, EventWriter
     from trainer.spec import job_to_values, toml_text
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.job)
     run_dir.mkdir(parents=True, exist_ok=True)
-    launch = launch_env()  # under accelerate launch / torchrun: only the main process writes events and files
     with EventWriter(run_dir / EVENTS_FILE if launch.is_main else None, echo=sys.stdout if launch.is_main else None) as events:
         job, problems = _load(args.job)
         if job is not None:

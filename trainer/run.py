@@ -103,7 +103,7 @@ def run_training(job: Job, run_dir: Path, events: EventWriter, processes: Single
     try:
         from trainer.loop import train
         from trainer.saving import Saver
-        from trainer.session import build_session, cache_latents
+        from trainer.session import build_session, cache_latents, start_process_noise
         from trainer.tracking import make_tracker
 
         if processes is None:
@@ -113,6 +113,7 @@ def run_training(job: Job, run_dir: Path, events: EventWriter, processes: Single
             watchdog = _start_watchdog(processes, run_dir, events, ending)
         session = build_session(job, run_dir, events, processes)
         cache_latents(session, events)
+        start_process_noise(session)
         saver = Saver(session, events)
         if job.saving.resume:
             saver.load_state(Path(job.saving.resume).expanduser())
