@@ -259,3 +259,12 @@ def test_the_fp16_grad_scaler_is_saved_in_the_state_and_restored(demo_dir, tmp_p
         saver.load_state(tmp_path / "state")
     assert session.scaler.state_dict() == saved
     assert json.loads((tmp_path / "state" / "train_state.json").read_text())["num_processes"] == 1
+
+
+def test_the_page_plan_names_the_processes_and_the_global_batch_only_when_there_are_several():
+    from gui.plan_panel import plan_markdown
+
+    plan = schedule(batches_per_epoch=10, epoch=1, num_processes=2).__dict__
+    text = plan_markdown({**plan, "global_batch_size": 4})
+    assert "Processes (each takes whole batches) | 2" in text and "| 4" in text and "Steps per epoch | 5" in text
+    assert "Processes" not in plan_markdown({**schedule(batches_per_epoch=10, epoch=1).__dict__, "global_batch_size": 1})
