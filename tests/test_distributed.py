@@ -268,3 +268,25 @@ def test_the_page_plan_names_the_processes_and_the_global_batch_only_when_there_
     text = plan_markdown({**plan, "global_batch_size": 4})
     assert "Processes (each takes whole batches) | 2" in text and "| 4" in text and "Steps per epoch | 5" in text
     assert "Processes" not in plan_markdown({**schedule(batches_per_epoch=10, epoch=1).__dict__, "global_batch_size": 1})
+
+
+def test_dynamo_settings_compile_the_unet_with_their_backend_mode_fullgraph_and_dynamic(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from trainer.session import compile_unet
+
+    layer = torch.nn.Linear(3, 2)
+    base = SimpleNamespace(unet=layer)
+    compile_unet(job(), base)
+    assert base.unet is layer  # "no": not compiled
+    compile_unet(job(dynamo_backend="eager"), base)  # really compiled (eager: no compiler needed on a CPU)
+    x = torch.randn(4, 3)
+    assert isinstance(base.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert torch.allclose(base.unet(x), layer(x))
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: seen.update(kwargs) or model)
+    compile_unet(job(dynamo_backend="inductor", dynamo_mode="max-autotune", dynamo_use_fullgraph=True,
+                     dynamo_use_dynamic=True), SimpleNamespace(unet=layer))
+    assert seen == {"backend": "inductor", "mode": "max-autotune", "fullgraph": True, "dynamic": True}
