@@ -90,8 +90,11 @@ class SingleProcess:
     def share_parameters(self, params: Iterable[torch.nn.Parameter]) -> None:
         return None
 
-    def agree(self, loss: float, stop: bool, sample: bool, save: bool) -> tuple[float, bool, bool, bool]:
-        return loss, stop, sample, save
+    def mean(self, value: float) -> float:
+        return value
+
+    def agree(self, stop: bool, sample: bool, save: bool) -> tuple[bool, bool, bool]:
+        return stop, sample, save
 
     def gather(self, obj: Any) -> list[Any]:
         return [obj]
@@ -161,10 +164,14 @@ class ManyProcesses(SingleProcess):
             tensor.copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
             offset += tensor.numel()
 
-    def agree(self, loss: float, stop: bool, sample: bool, save: bool) -> tuple[float, bool, bool, bool]:
-        """(the loss averaged over the processes, stop, sample, save as asked of any process)."""
-        total = self._sum(torch.tensor([loss, float(stop), float(sample), float(save)], dtype=torch.float64))
-        return float(total[0]) / self.world_size, bool(total[1]), bool(total[2]), bool(total[3])
+    def mean(self, value: float) -> float:
+        """``value`` (a step's loss) averaged over the processes."""
+        return float(self._sum(torch.tensor([value], dtype=torch.float64))[0]) / self.world_size
+
+    def agree(self, stop: bool, sample: bool, save: bool) -> tuple[bool, bool, bool]:
+        """(stop, sample, save) as asked of any process: what every process then does at this step."""
+        total = self._sum(torch.tensor([float(stop), float(sample), float(save)]))
+        return bool(total[0]), bool(total[1]), bool(total[2])
 
     def gather(self, obj: Any) -> list[Any]:
         from accelerate.utils import gather_object

@@ -173,16 +173,16 @@ def train(session: Session, events: EventWriter, requests: RunRequests, saver: S
             processes.average_gradients(session.network.trainable_parameters())
             lrs = optimizer_step(session, scaler)
             step += 1
-            # Save now / Sample now, asked during this step (of the main process, in a multi-process run)
-            save_asked, requests.save = requests.save, False
-            sample_asked, requests.sample = requests.sample, False
-            loss_value, stop, sample_asked, save_asked = processes.agree(loss.item(), requests.stop, sample_asked,
-                                                                          save_asked)
-            requests.stop = stop
+            loss_value = processes.mean(loss.item())
             events.emit("step", step=step, epoch=epoch, loss=loss_value, lr=lrs, **progress.update(step, loss_value))
             if plan.text_encoder_stop_step is not None and step == plan.text_encoder_stop_step and session.train_text_encoder:
                 session.stop_text_encoder()
                 events.status("training", note=f"text encoder training stopped after step {step}")
+            # Save now / Sample now / Stop, asked during this step (in a multi-process run: of any process,
+            # agreed on by all, so that all act at this step)
+            save_asked, requests.save = requests.save, False
+            sample_asked, requests.sample = requests.sample, False
+            requests.stop, sample_asked, save_asked = processes.agree(requests.stop, sample_asked, save_asked)
             # at a planned point the one file or set is marked
             if step in plan.save_steps or save_asked:
                 saver.save_step(step, epoch, index + 1, requested=save_asked)

@@ -120,7 +120,7 @@ def run_training(job: Job, run_dir: Path, events: EventWriter, processes: Single
         if processes.is_main:
             tracker = make_tracker(job, run_dir)
             events.listeners.append(tracker.on_event)
-        requests.stop = processes.agree(0.0, requests.stop, False, False)[1]  # every process, or none
+        requests.stop = processes.agree(requests.stop, False, False)[0]  # every process, or none
         if requests.stop:
             saver.save_final(saver.start_step, saver.start_epoch, stopped=True, batches_done=saver.skip_batches)
             status = "stopped"
