@@ -72,6 +72,9 @@ def plan_markdown(plan: dict) -> str:
     te_stop = plan.get("text_encoder_stop_step")
     rows = [
         ("Batches per epoch", plan.get("batches_per_epoch")),
+        *([("Processes (each takes whole batches)", plan["num_processes"]),
+           ("Global batch (batch × processes × accumulation)", plan.get("global_batch_size"))]
+          if (plan.get("num_processes") or 1) > 1 else []),
         ("Steps per epoch", plan.get("steps_per_epoch")),
         ("Epochs", plan.get("epochs")),
         ("**Total steps**", f"**{plan.get('total_steps')}**"),

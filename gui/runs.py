@@ -9,6 +9,11 @@ restart re-attaches to a run that is still going and shows finished runs again.
 Stopping follows the architecture: the first Stop sends SIGINT to the trainer's process group (it ends the
 step, saves and emits ``finished: stopped``); a second Stop sends SIGKILL. Sample now and Save now send the
 trainer's own process SIGUSR1 / SIGUSR2 (``trainer.run.REQUEST_SIGNALS``), once it has said ``started``.
+
+A job with several processes starts through ``accelerate launch`` (``trainer.launch``); ``pid`` is then the
+launcher's, and the trainer processes of this machine are listed in ``trainer_pids`` (main first) once they
+have met. The first Stop goes to those processes alone (the launcher would pass a SIGINT on to them a second
+time, and kill them 30 s later), Sample now / Save now to the main one; a second Stop kills the whole group.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ from trainer.run_status import (  # noqa: F401  (re-exported: the page and the t
     stop_requests,
     tail_text,
     trainer_alive,
+    trainer_pids,
 )
 
 
@@ -112,6 +118,9 @@ class RunManager:
         pid = read_pid(run_dir)
         if not trainer_alive(run_dir) or pid is None:
             return False
+        workers = trainer_pids(run_dir)
+        if workers:
+            pid = workers[0]  # the main trainer process, not the launcher
         try:
             os.kill(pid, number)  # the trainer alone: its data-loader workers have no handler for these
         except ProcessLookupError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -77,18 +78,28 @@ def cmd_train(args) -> int:
     previous = signal.getsignal(signal.SIGINT)
     requests = catch_early_stop()  # first: a stop while the rest is imported is kept, not lost
     try:
-        return _train(args, requests)
+        from trainer.distributed import launch_env
+
+        launch = launch_env()  # under accelerate launch / torchrun: only the main process writes events and files
+        code = _train(args, launch, requests)
     finally:
         signal.signal(signal.SIGINT, previous)
+    if launch.world_size > 1:
+        # Everything is written and closed. The launcher ends when every process has: skip the interpreter's
+        # teardown of torch, diffusers and transformers (seconds on a busy machine), so Stop ends promptly.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
-def _train(args, requests) -> int:
+def _train(args, launch, requests) -> int:
     from trainer.events import EVENTS_FILE, EventWriter
     from trainer.spec import job_to_values, toml_text
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.job)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with EventWriter(run_dir / EVENTS_FILE, echo=sys.stdout) as events:
+    with EventWriter(run_dir / EVENTS_FILE if launch.is_main else None, echo=sys.stdout if launch.is_main else None) as events:
         job, problems = _load(args.job)
         for problem in problems:
             events.emit(problem.level, message=problem.message, setting=problem.setting)
@@ -97,13 +108,25 @@ def _train(args, requests) -> int:
             events.emit("finished", status="failed", outputs=[], reason="invalid job",
                         setting=first.setting if first else None)
             return EXIT_REFUSED
-        (run_dir / "job.toml").write_text(toml_text(job_to_values(job)), encoding="utf-8")
-        if requests.stop:
+        if launch.is_main:
+            (run_dir / "job.toml").write_text(toml_text(job_to_values(job)), encoding="utf-8")
+        if requests.stop and launch.world_size == 1:  # several processes agree on it in run_training
             events.emit("finished", status="stopped", outputs=[], reason="stopped before training started")
             return EXIT_OK
         from trainer.run import run_training
 
-        status = run_training(job, run_dir, events, requests)
+        processes = None
+        if launch.world_size > 1:
+            from trainer.distributed import start_processes
+
+            try:
+                processes = start_processes(launch)
+            except Exception as error:  # noqa: BLE001 - no process group: the run cannot start
+                events.error(f"could not start process {launch.rank} of {launch.world_size}: "
+                             f"{type(error).__name__}: {error}", "num_processes")
+                events.emit("finished", status="failed", outputs=[])
+                return EXIT_FAILED
+        status = run_training(job, run_dir, events, processes, requests)
     return EXIT_OK if status in ("completed", "stopped") else EXIT_FAILED
 
 

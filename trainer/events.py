@@ -78,18 +78,25 @@ def _clean(value: Any) -> Any:
 
 
 class EventWriter:
-    """Appends events to a file; optionally echoes a readable line to a text stream (the trainer's log)."""
+    """Appends events to a file; optionally echoes a readable line to a text stream (the trainer's log).
 
-    def __init__(self, path: str | Path, echo: TextIO | None = None):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = self.path.open("a", encoding="utf-8")
+    Without a path (the processes of a multi-process run other than the main one) events are checked and
+    dropped: one process writes the run's events."""
+
+    def __init__(self, path: str | Path | None, echo: TextIO | None = None):
+        self.path = Path(path) if path is not None else None
+        self._handle: TextIO | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("a", encoding="utf-8")
         self._echo = echo
         self.listeners: list = []  # callables receiving each event (e.g. the TensorBoard tracker)
 
     def emit(self, type_: str, **fields: Any) -> dict:
         check_event(type_, fields)
         event = {"type": type_, "time": round(time.time(), 3), **_clean(fields)}
+        if self._handle is None:
+            return event
         self._handle.write(json.dumps(event, ensure_ascii=False) + "\n")
         self._handle.flush()
         for listener in self.listeners:
@@ -109,7 +116,8 @@ class EventWriter:
         return self.emit("error", message=message, setting=setting)
 
     def close(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
 
     def __enter__(self) -> "EventWriter":
         return self

@@ -23,9 +23,6 @@ class Unmapped:
 FAMILY_KEY_PREFIXES = {"flux1_": "Flux.1", "sd3_": "SD3", "hunyuan_": "HunyuanImage-2.1",
                        "anima_": "Anima", "lumina_": "Lumina", "ggpo_": "Flux.1", "train_lora_ggpo": "Flux.1",
                        "t5xxl": "Flux.1/SD3", "clip_l": "Flux.1/SD3", "clip_g": "SD3"}
-ACCELERATE_KEYS = frozenset({"num_processes", "num_machines", "multi_gpu", "gpu_ids", "main_process_port",
-                             "dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic",
-                             "extra_accelerate_launch_args"})
 # Keys with a specific explanation; anything else that is not ours is "not a LoRA Loom setting".
 EXPLAINED_KEYS = {
     "model_list": "a hidden kohya_ss GUI field, not a setting",
@@ -54,8 +51,7 @@ UNSUPPORTED_FEATURES = frozenset({
 })
 # kohya_ss defaults that mean "off" beyond the plain False / "" / 0 (so nothing is lost by leaving them out).
 NEUTRAL_KOHYA_VALUES = {"max_timestep": 1000, "factor": -1, "train_on_input": True, "LyCORIS_preset": "full",
-                        "save_model_as": "safetensors", "model_list": "custom", "dynamo_backend": "no",
-                        "dynamo_mode": "default", "num_processes": 1, "num_machines": 1, "loss_type": "l2",
+                        "save_model_as": "safetensors", "model_list": "custom", "loss_type": "l2",
                         "huber_schedule": "snr", "huber_c": 0.1, "huber_scale": 1.0, "ggpo_sigma": 0.03,
                         "ggpo_beta": 0.01}
 def is_neutral(key: str, raw: Any) -> bool:
@@ -84,8 +80,6 @@ def _explanation(key: str) -> str:
             return f"an option of the {family} model family, which LoRA Loom does not support yet"
     if key.startswith("sdxl_"):
         return "an SDXL option LoRA Loom does not have"
-    if key in ACCELERATE_KEYS:
-        return "an accelerate launch option; LoRA Loom trains on one device (several GPUs are not supported yet)"
     if key.startswith("huggingface_") or key in ("save_state_to_huggingface", "resume_from_huggingface",
                                                  "async_upload"):
         return "uploading to Hugging Face, which LoRA Loom does not do (nothing leaves this machine)"

@@ -9,7 +9,6 @@ save now, stop).
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 from collections import deque
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from trainer.data.captions import process_caption
+from trainer.distributed import batch_tracer
 from trainer.divergence import NonFiniteLoss
 from trainer.events import EventWriter
 from trainer.loss import add_noise, loss_options, prediction_target, training_loss
@@ -148,23 +148,30 @@ def sample(session: Session, events: EventWriter, step: int, epoch: int | None, 
 
 
 def train(session: Session, events: EventWriter, requests: RunRequests, saver: Saver) -> str:
-    """Run the plan; returns "completed" or "stopped" (the LoRA is saved either way)."""
+    """Run the plan; returns "completed" or "stopped" (the LoRA is saved either way).
+
+    In a multi-process run every process runs this on its share of each epoch (``session.processes``):
+    the gradients are averaged before each update, and what was asked (stop, sample, save) is agreed on
+    after it, so all act at the same step; the main process alone samples and writes."""
     job, plan = session.job, session.schedule
+    processes = session.processes
     accumulation = job.optimisation.gradient_accumulation_steps
-    precision = session.precision
-    scaler = grad_scaler(precision.device.type, precision.adapter_dtype) if precision.use_grad_scaler else None
+    scaler = session.scaler
     progress = Progress(plan.total_steps, window=plan.batches_per_epoch, start_step=saver.start_step)
     step, epoch = saver.start_step, saver.start_epoch
     non_finite = NonFiniteLoss(job)
+    trace = batch_tracer(processes.rank)
     events.status("training")
     for epoch in range(saver.start_epoch, plan.epochs + 1):
-        batches = session.data.epoch(epoch)
-        last_index = plan.batches_per_epoch - 1
+        batches = session.data.epoch(epoch, select=processes.shard if processes.world_size > 1 else None)
+        last_index = processes.local_batches(plan.batches_per_epoch) - 1
         for index, batch in enumerate(batches):
             if epoch == saver.start_epoch and index < saver.skip_batches:
                 continue
+            if trace:
+                trace(epoch, index, batch.image_paths)
             loss = batch_loss(session, batch, epoch, step)
-            if not math.isfinite(loss.item()):
+            if not processes.all_finite(loss):  # every process skips a batch that is not finite in any
                 session.optimizer.zero_grad(set_to_none=True)
                 non_finite.skipped(loss.item(), step, events)  # ends the run after several in a row
                 continue
@@ -172,18 +179,23 @@ def train(session: Session, events: EventWriter, requests: RunRequests, saver: S
             (scaler.scale(loss / accumulation) if scaler else loss / accumulation).backward()
             if (index + 1) % accumulation and index != last_index:
                 continue
+            processes.average_gradients(session.network.trainable_parameters())
             lrs = optimizer_step(session, scaler)
             step += 1
-            events.emit("step", step=step, epoch=epoch, loss=loss.item(), lr=lrs, **progress.update(step, loss.item()))
+            loss_value = processes.mean(loss.item())
+            events.emit("step", step=step, epoch=epoch, loss=loss_value, lr=lrs, **progress.update(step, loss_value))
             if plan.text_encoder_stop_step is not None and step == plan.text_encoder_stop_step and session.train_text_encoder:
                 session.stop_text_encoder()
                 events.status("training", note=f"text encoder training stopped after step {step}")
-            # Save now / Sample now, asked during this step; at a planned point the one file or set is marked
+            # Save now / Sample now / Stop, asked during this step (in a multi-process run: of any process,
+            # agreed on by all, so that all act at this step)
             save_asked, requests.save = requests.save, False
             sample_asked, requests.sample = requests.sample, False
+            requests.stop, sample_asked, save_asked = processes.agree(requests.stop, sample_asked, save_asked)
+            # at a planned point the one file or set is marked
             if step in plan.save_steps or save_asked:
                 saver.save_step(step, epoch, index + 1, requested=save_asked)
-            if (step in plan.sample_steps and not plan.sample_epochs) or sample_asked:
+            if ((step in plan.sample_steps and not plan.sample_epochs) or sample_asked) and processes.is_main:
                 sample(session, events, step, None, requested=sample_asked)
             if requests.stop:
                 saver.save_final(step, epoch, stopped=True, batches_done=index + 1)
@@ -192,7 +204,7 @@ def train(session: Session, events: EventWriter, requests: RunRequests, saver: S
                 break  # max_train_steps ends the last epoch part-way, as in sd-scripts
         if epoch in plan.save_epochs:
             saver.save_epoch(step, epoch)
-        if epoch in plan.sample_epochs:
+        if epoch in plan.sample_epochs and processes.is_main:
             sample(session, events, step, epoch)
     non_finite.check_end()
     saver.save_final(step, plan.epochs, stopped=False)

@@ -27,6 +27,7 @@ class Schedule:
     sample_steps: list[int]
     sample_epochs: list[int]
     governed_by: str = "epoch"  # the setting that fixed the run's length: epoch, max_train_epochs or max_train_steps
+    num_processes: int = 1  # data-parallel processes, each taking whole batches of every epoch
 
 
 def percent_of(total: int, percent: float) -> int:
@@ -50,15 +51,18 @@ def schedule(
     save_every_n_steps: int = 0,
     sample_every_n_steps: int = 0,
     sample_every_n_epochs: int = 0,
+    num_processes: int = 1,
 ) -> Schedule:
-    """Steps per epoch = ⌈batches ÷ accumulation⌉; the length as sd-scripts reads it (:func:`run_length`).
+    """Steps per epoch = ⌈batches ÷ processes ÷ accumulation⌉ (as sd-scripts: each process takes whole batches,
+    so a global batch is batch × processes × accumulation images); the length as sd-scripts reads it
+    (:func:`run_length`).
 
     Warmup is ``lr_warmup_steps`` when set, else a percent of the total (none for the constant scheduler, as
     kohya_ss does, nor for a scheduler type, which has no warmup). Intermediate saves
     happen at the end of epochs divisible by N, except the last (the final file covers it), and after every
     N-th step before the last. Samples follow sd-scripts: an epoch interval, when set, replaces the step one.
     """
-    steps_per_epoch = math.ceil(batches_per_epoch / gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(batches_per_epoch / num_processes / gradient_accumulation_steps)
     epochs, total, governed_by = run_length(steps_per_epoch, epoch, max_train_epochs, max_train_steps)
     if lr_scheduler == "constant" or not warmup_applies:
         warmup = 0
@@ -74,7 +78,7 @@ def schedule(
         sample_epochs = []
         sample_steps = list(range(sample_every_n_steps, total + 1, sample_every_n_steps)) if sample_every_n_steps else []
     return Schedule(batches_per_epoch, steps_per_epoch, epochs, total, warmup, te_stop, save_epochs, save_steps,
-                    sample_steps, sample_epochs, governed_by)
+                    sample_steps, sample_epochs, governed_by, num_processes)
 
 
 def run_length(steps_per_epoch: int, epoch: int, max_train_epochs: int | None, max_train_steps: int) -> tuple[int, int, str]:
@@ -175,7 +179,13 @@ def unet_block_groups(job: Job) -> dict[str, float] | None:
     return unet_block_lr_weights(unet, config) or None
 
 
-def schedule_for_job(job: Job, batches_per_epoch: int) -> Schedule:
+def global_batch_size(job: Job, num_processes: int) -> int:
+    """Images per optimizer step: batch × processes × gradient accumulation."""
+    return job.data.train_batch_size * num_processes * job.optimisation.gradient_accumulation_steps
+
+
+def schedule_for_job(job: Job, batches_per_epoch: int, num_processes: int | None = None) -> Schedule:
+    """The job's schedule; ``num_processes`` defaults to the job's (the trainer passes the launcher's)."""
     return schedule(
         batches_per_epoch=batches_per_epoch,
         epoch=job.optimisation.epoch,
@@ -191,6 +201,7 @@ def schedule_for_job(job: Job, batches_per_epoch: int) -> Schedule:
         save_every_n_steps=job.saving.save_every_n_steps,
         sample_every_n_steps=job.sampling.sample_every_n_steps,
         sample_every_n_epochs=job.sampling.sample_every_n_epochs,
+        num_processes=num_processes if num_processes is not None else job.launch.num_processes,
     )
 
 
@@ -203,7 +214,8 @@ def make_plan(job: Job, dataset_plan=None) -> dict:
         scan = scan_dataset(job.data.train_data_dir, job.data.reg_data_dir or None, job.data.caption_extension or ".caption")
         dataset_plan = plan_dataset(scan, data_options_from_job(job))
     sched = schedule_for_job(job, dataset_plan.steps_per_epoch)
-    plan = {"dataset": dataset_plan.summary(), **asdict(sched)}
+    plan = {"dataset": dataset_plan.summary(), **asdict(sched),
+            "global_batch_size": global_batch_size(job, sched.num_processes)}
     plan["length_note"] = length_note(sched)
     plan["lr_curve"] = lr_preview(job, sched)
     plan["warnings"] = [{"setting": key, "message": message}

@@ -13,6 +13,7 @@ so two app processes, or the app and ``python -m trainer queue run``, never star
 from __future__ import annotations
 
 import fcntl
+import signal
 import os
 import re
 import subprocess
@@ -28,6 +29,7 @@ from trainer.events import EVENTS_FILE, find_event
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOG_FILE = "trainer.log"
 PID_FILE = "pid"
+PIDS_FILE = "trainer_pids"  # a multi-process run's trainer processes on this machine, main first
 STOPS_FILE = "stop_requests"
 JOB_FILE = "job.toml"
 LOCK_FILE = ".runs.lock"
@@ -248,11 +250,15 @@ def default_trainer_command() -> list[str]:
 
 def launch_trainer(run_dir: Path, job_path: Path, command: list[str] | None = None,
                    secrets: dict[str, str] | None = None) -> subprocess.Popen:
-    """``python -m trainer train JOB --run-dir RUN`` in its own process group, its output in the log, and
-    the pid file written at once."""
+    """``python -m trainer train JOB --run-dir RUN`` (under ``accelerate launch`` when the job asks for several
+    processes: ``trainer.launch``) in its own process group, its output in the log, and the pid file written
+    at once."""
+    from trainer.launch import train_command
+    from trainer.spec import load_job
+
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(secrets or {}))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-    full = [*(command or default_trainer_command()), "train", str(job_path), "--run-dir", str(run_dir)]
+    full = train_command(load_job(job_path), command or default_trainer_command(), job_path, run_dir)
     with (Path(run_dir) / LOG_FILE).open("ab") as log:
         process = subprocess.Popen(full, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=env)
@@ -260,13 +266,35 @@ def launch_trainer(run_dir: Path, job_path: Path, command: list[str] | None = No
     return process
 
 
+def trainer_pids(run_dir: Path) -> list[int]:
+    """The trainer processes of a multi-process run on this machine, main first ([] for one process)."""
+    try:
+        return [int(word) for word in (Path(run_dir) / PIDS_FILE).read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def signal_run(run_dir: Path, signum: int) -> bool:
-    """Send ``signum`` to the run's process group; False when its trainer is not alive."""
+    """Send ``signum`` to the run's process group; False when its trainer is not alive. A first Stop (SIGINT)
+    of a multi-process run goes to each trainer process, not to the launcher (which would pass a second
+    SIGINT on and kill them before they save)."""
     pid, started = read_pid_record(run_dir)
     if not pid_alive(pid, run_dir, started):
         return False
+    workers = trainer_pids(run_dir) if signum == signal.SIGINT else []
     try:
-        os.killpg(os.getpgid(pid), signum)  # type: ignore[arg-type]
+        if workers:
+            for worker in workers:
+                _signal_quietly(worker, signum)
+        else:
+            os.killpg(os.getpgid(pid), signum)  # type: ignore[arg-type]
     except ProcessLookupError:
         return False
     return True
+
+
+def _signal_quietly(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass  # already gone

@@ -14,6 +14,8 @@ import torch
 
 from trainer.events import EventWriter
 from trainer.network import read_lora_file, save_lora_file
+from trainer.distributed import process_seed
+from trainer.plan import global_batch_size
 from trainer.precision import mixed_precision_name
 from trainer.session import Session, TrainingError
 from trainer.spec import SETTINGS, job_to_values
@@ -183,7 +185,7 @@ def training_metadata(session: Session) -> dict[str, str]:
         "ss_prior_loss_weight": job.noise_loss.prior_loss_weight,
         "ss_min_snr_gamma": job.noise_loss.min_snr_gamma,
         "ss_batch_size_per_device": job.data.train_batch_size,
-        "ss_total_batch_size": job.data.train_batch_size * job.optimisation.gradient_accumulation_steps,
+        "ss_total_batch_size": global_batch_size(job, session.processes.world_size),
         "ss_resolution": f"({resolution[0]}, {resolution[1]})",
         "ss_color_aug": job.data.color_aug,
         "ss_flip_aug": job.data.flip_aug,
@@ -247,6 +249,8 @@ class Saver:
         self.start_step, self.start_epoch, self.skip_batches = 0, 1, 0
 
     def _write(self, path: Path, step: int, epoch: int, kind: str, requested: bool = False) -> Path:
+        if not self.session.processes.is_main:  # one process writes the run's files
+            return path
         self.events.status("saving", step=step)
         metadata = {**self.base_metadata, "ss_training_finished_at": _text(time.time()),
                     "ss_steps": _text(step), "ss_epoch": _text(epoch)}
@@ -264,7 +268,9 @@ class Saver:
         self._write(self.output_dir / epoch_file_name(saving.output_name, epoch), step, epoch, "epoch")
         if saving.save_state:  # the epoch is done: a resume from here starts the next one
             self.save_state(self.output_dir / f"{saving.output_name}-{epoch:06d}-state", step, epoch,
-                            self.session.schedule.batches_per_epoch)
+                            self.session.processes.local_batches(self.session.schedule.batches_per_epoch))
+        if not self.session.processes.is_main:
+            return
         old = epoch_to_prune(epoch, saving.save_last_n_epochs, saving.save_every_n_epochs)
         if old is not None:
             (self.output_dir / epoch_file_name(saving.output_name, old)).unlink(missing_ok=True)
@@ -283,6 +289,8 @@ class Saver:
             self.save_state(self.output_dir / f"{self.job.saving.output_name}-step{step:08d}-state", step, epoch,
                             batches_done)
         saving = self.job.saving
+        if not self.session.processes.is_main:
+            return
         old = step_to_prune(step, saving.save_last_n_steps, saving.save_every_n_steps)
         if old is not None and old not in self.kept_steps:
             (self.output_dir / step_file_name(saving.output_name, old)).unlink(missing_ok=True)
@@ -294,23 +302,29 @@ class Saver:
     def save_final(self, step: int, epoch: int, stopped: bool, batches_done: int | None = None) -> None:
         self._write(self.output_dir / f"{self.job.saving.output_name}.safetensors", step, epoch, "final")
         if self.job.saving.save_state or self.job.saving.save_state_on_train_end:
-            done = batches_done if batches_done is not None else self.session.schedule.batches_per_epoch
+            every_batch = self.session.processes.local_batches(self.session.schedule.batches_per_epoch)
+            done = batches_done if batches_done is not None else every_batch
             self.save_state(self.output_dir / f"{self.job.saving.output_name}-state", step, epoch, done)
 
     # ---- training state (optimizer, scheduler, RNGs, position) for an exact resume ----------------
 
     def save_state(self, folder: Path, step: int, epoch: int, batches_done: int) -> None:
+        """Every process calls this (each hands in its random generators); the main one writes the folder."""
         s = self.session
+        rngs = s.processes.gather({"noise_generator": s.noise_generator.get_state(), "torch_rng": torch.get_rng_state()})
+        if not s.processes.is_main:
+            return
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_lora_file(tmp / "network.safetensors", s.network.kohya_state_dict(), {})
         torch.save({"optimizer": s.optimizer.state_dict(), "lr_scheduler": s.lr_scheduler.state_dict(),
-                    "noise_generator": s.noise_generator.get_state(), "torch_rng": torch.get_rng_state()},
+                    "noise_generator": rngs[0]["noise_generator"], "torch_rng": rngs[0]["torch_rng"],
+                    "process_rngs": rngs[1:], "grad_scaler": s.scaler.state_dict() if s.scaler is not None else None},
                    tmp / "state.pt")
         (tmp / STATE_FILE).write_text(json.dumps({
             "step": step, "epoch": epoch, "batches_done_in_epoch": batches_done, "seed": s.seed,
-            "train_text_encoder": s.train_text_encoder,
+            "train_text_encoder": s.train_text_encoder, "num_processes": s.processes.world_size,
         }), encoding="utf-8")
         old = folder.with_name(folder.name + ".old.tmp")  # never a half-deleted state under the real name
         shutil.rmtree(old, ignore_errors=True)
@@ -321,7 +335,9 @@ class Saver:
         self.events.emit("checkpoint", step=step, epoch=epoch, path=str(folder), kind="state")
 
     def load_state(self, folder: Path) -> None:
-        """Continue from a state folder: weights, optimizer, schedule, generators and the position in the data."""
+        """Continue from a state folder: weights, optimizer, schedule, grad scaler, each process's generators
+        and the position in the data. Exact with the process count that saved it; with another, the step, the
+        LR and the weights carry on, but the data position is converted and the noise differs (a warning)."""
         s = self.session
         info_path = folder / STATE_FILE
         if not info_path.exists():
@@ -332,14 +348,28 @@ class Saver:
         state = torch.load(folder / "state.pt", weights_only=True)
         s.optimizer.load_state_dict(state["optimizer"])
         s.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        s.noise_generator.set_state(state["noise_generator"])
-        torch.set_rng_state(state["torch_rng"])
+        if s.scaler is not None and state.get("grad_scaler"):
+            s.scaler.load_state_dict(state["grad_scaler"])
+        rank, saved_processes = s.processes.rank, int(info.get("num_processes", 1))
+        rngs = [{"noise_generator": state["noise_generator"], "torch_rng": state["torch_rng"]}, *state.get("process_rngs", [])]
+        if rank < len(rngs):
+            s.noise_generator.set_state(rngs[rank]["noise_generator"])
+            torch.set_rng_state(rngs[rank]["torch_rng"])
+        else:
+            s.noise_generator.manual_seed(process_seed(s.seed, rank))
         if not info.get("train_text_encoder", True) and s.train_text_encoder:
             s.stop_text_encoder()
         self.start_step = info["step"]
-        per_epoch = s.schedule.batches_per_epoch
-        if info["batches_done_in_epoch"] >= per_epoch:
+        per_epoch = s.processes.local_batches(s.schedule.batches_per_epoch)
+        done = info["batches_done_in_epoch"]
+        if saved_processes != s.processes.world_size:
+            done = done * saved_processes // s.processes.world_size  # the same share of the epoch
+            self.events.warning(f"the state was saved by {saved_processes} process(es) and this run has "
+                                f"{s.processes.world_size}: training goes on from step {self.start_step} with the "
+                                "same weights, optimizer and learning rate, but not exactly as it would have "
+                                "(other noise, the epoch's batches shared out differently)", "num_processes")
+        if done >= per_epoch:
             self.start_epoch, self.skip_batches = info["epoch"] + 1, 0
         else:
-            self.start_epoch, self.skip_batches = info["epoch"], info["batches_done_in_epoch"]
+            self.start_epoch, self.skip_batches = info["epoch"], done
         self.events.status("training", note=f"resumed from {folder} at step {self.start_step}")

@@ -17,6 +17,7 @@ import torch
 from trainer.data.dataset_plan import data_options_from_job
 from trainer.data.folders import scan_dataset
 from trainer.data.training_data import TrainingData
+from trainer.distributed import SingleProcess, process_seed
 from trainer.events import EventWriter
 from trainer.loss import sd_alphas_cumprod
 from trainer.models.loading import BaseModel, load_base_model
@@ -26,8 +27,8 @@ from trainer.optim.optimizers import build_optimizer, optimizer_warnings, parse_
 from trainer.optim.loraplus import loraplus_groups, loraplus_ratios, up_parameter_ids
 from trainer.optim.scheduler_type import build_typed_scheduler
 from trainer.optim.schedulers import build_lr_scheduler
-from trainer.plan import Schedule, lr_preview, schedule_for_job
-from trainer.precision import choose_precision
+from trainer.plan import Schedule, global_batch_size, lr_preview, schedule_for_job
+from trainer.precision import choose_precision, grad_scaler
 from trainer.text_encoding import TextEmbeddingCache, encode_captions, encode_captions_sdxl
 from trainer.spec.rules import effective_lrs
 from trainer.spec.setting import SettingError
@@ -64,6 +65,8 @@ class Session:
     text_cache: TextEmbeddingCache | None
     alphas_cumprod: torch.Tensor
     noise_generator: torch.Generator
+    processes: SingleProcess = field(default_factory=SingleProcess)  # this process's place in a multi-process run
+    scaler: Any = None  # torch.amp.GradScaler for fp16 gradients
     started_at: float = field(default_factory=time.time)
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -100,10 +103,11 @@ def text_embedding_cache(base: BaseModel) -> TextEmbeddingCache:
                               text_encoder_2=base.text_encoder_2)
 
 
-def resolve_precision(job: Job, events: EventWriter) -> Precision:
+def resolve_precision(job: Job, events: EventWriter, device: torch.device | None = None) -> Precision:
     """Mixed precision (and full_fp16) where the device has it; otherwise fall back with a warning naming the
-    setting (no fp16 on CPU). The rules are :func:`trainer.precision.choose_precision`."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    setting (no fp16 on CPU). The rules are :func:`trainer.precision.choose_precision`. ``device``: accelerate's
+    choice for this process in a multi-process run."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16_supported = device.type != "cuda" or torch.cuda.is_bf16_supported()
     try:
         choice = choose_precision(job.launch.mixed_precision, job.launch.full_fp16, device.type, bf16_supported,
@@ -163,6 +167,18 @@ def configure_attention(job: Job, base: BaseModel, device: torch.device, events:
         base.unet.train()
 
 
+def compile_unet(job: Job, base: BaseModel) -> None:
+    """TorchDynamo on the UNet with the job's backend, mode, fullgraph and dynamic (accelerate's plugin)."""
+    launch = job.launch
+    if launch.dynamo_backend == "no":
+        return
+    from accelerate.utils import TorchDynamoPlugin
+
+    plugin = TorchDynamoPlugin(backend=launch.dynamo_backend.upper(), mode=launch.dynamo_mode,
+                               fullgraph=launch.dynamo_use_fullgraph, dynamic=launch.dynamo_use_dynamic)
+    base.unet = torch.compile(base.unet, **plugin.to_kwargs())
+
+
 def build_data(job: Job, seed: int, events: EventWriter) -> TrainingData:
     scan = scan_dataset(job.data.train_data_dir, job.data.reg_data_dir or None, job.data.caption_extension or ".caption")
     data = TrainingData(scan, data_options_from_job(job), seed)
@@ -173,17 +189,22 @@ def build_data(job: Job, seed: int, events: EventWriter) -> TrainingData:
     return data
 
 
-def build_session(job: Job, run_dir: Path, events: EventWriter) -> Session:
+def build_session(job: Job, run_dir: Path, events: EventWriter, processes: SingleProcess | None = None) -> Session:
+    processes = processes or SingleProcess()
     torch.set_num_threads(job.launch.num_cpu_threads_per_process)
     seed = job.optimisation.seed if job.optimisation.seed is not None else random.SystemRandom().randrange(2**31)
+    seed = int(processes.gather(seed)[0])  # a seed chosen at start: the main process's, for all
     random.seed(seed)
     torch.manual_seed(seed)
-    precision = resolve_precision(job, events)
+    precision = resolve_precision(job, events, processes.device)
+    if processes.world_size != job.launch.num_processes:
+        events.warning(f"the job asks for {job.launch.num_processes} process(es) but {processes.world_size} "
+                       "were started; the plan follows the processes that run", "num_processes")
     events.status("scanning data")
     data = build_data(job, seed, events)
-    sched = schedule_for_job(job, data.steps_per_epoch)
+    sched = schedule_for_job(job, data.steps_per_epoch, processes.world_size)
     plan = {"dataset": data.plan.summary(), **sched.__dict__, "seed": seed,
-            "lr_curve": lr_preview(job, sched)}
+            "global_batch_size": global_batch_size(job, processes.world_size), "lr_curve": lr_preview(job, sched)}
     events.emit("started", plan=plan)
 
     events.status("loading model")
@@ -195,6 +216,7 @@ def build_session(job: Job, run_dir: Path, events: EventWriter) -> Session:
         events.warning("clip_skip is ignored for SDXL: it always conditions on the penultimate layer of both "
                        "text encoders (as sd-scripts does)", "clip_skip")
     configure_attention(job, base, precision.device, events)
+    compile_unet(job, base)
     unet_lr, text_lr = effective_lrs(job.optimisation)
     tensors = read_lora_file(job.network.network_weights)[0] if job.network.network_weights else None
     try:
@@ -223,6 +245,7 @@ def build_session(job: Job, run_dir: Path, events: EventWriter) -> Session:
         except ValueError as error:
             raise TrainingError(f"{job.network.network_weights} does not fit this network: {error}", "network_weights") from None
 
+    processes.share_parameters([p for adapter in network.adapters for p in adapter.parameters()])
     groups = network.param_groups(unet_lr, text_lr)
     unet_ratio, text_ratio = loraplus_ratios(job.optimisation.loraplus_lr_ratio, job.optimisation.loraplus_unet_lr_ratio,
                                              job.optimisation.loraplus_text_encoder_lr_ratio)
@@ -247,7 +270,17 @@ def build_session(job: Job, run_dir: Path, events: EventWriter) -> Session:
     return Session(job=job, run_dir=run_dir, seed=seed, precision=precision, data=data, schedule=sched,
                    base=base, network=network, optimizer=optimizer, lr_scheduler=lr_scheduler,
                    group_names=[g["name"] for g in groups], train_text_encoder=train_te, text_cache=text_cache,
-                   alphas_cumprod=sd_alphas_cumprod().to(precision.device), noise_generator=noise_generator)
+                   alphas_cumprod=sd_alphas_cumprod().to(precision.device), noise_generator=noise_generator,
+                   processes=processes,
+                   scaler=grad_scaler(precision.device.type, precision.adapter_dtype) if precision.use_grad_scaler else None)
+
+
+def start_process_noise(session: Session) -> None:
+    """From here each process draws its own noise: the main one goes on with the run's generator (what one
+    process would draw), the others restart theirs from their own seed. Called after the latent cache, which
+    every process encodes alike."""
+    if session.processes.rank:
+        session.noise_generator.manual_seed(process_seed(session.seed, session.processes.rank))
 
 
 def _report_progress(events: EventWriter, done: int, total: int) -> None:
@@ -259,6 +292,10 @@ def cache_latents(session: Session, events: EventWriter) -> None:
     job, base, device = session.job, session.base, session.precision.device
     if not (job.data.cache_latents or job.data.cache_latents_to_disk):
         return
+    processes = session.processes
+    disk_first = job.data.cache_latents_to_disk and processes.world_size > 1
+    if disk_first and not processes.is_main:
+        processes.barrier()  # the main process writes the disk cache first; the others then read it
     events.status("caching latents")
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
@@ -272,3 +309,5 @@ def cache_latents(session: Session, events: EventWriter) -> None:
         progress=lambda done, total: _report_progress(events, done, total))
     events.status("caching latents", encoded=encoded, reused=reused,
                   note=f"{encoded} image(s) encoded by the VAE, {reused} reused from the disk cache")
+    if disk_first and processes.is_main:
+        processes.barrier()

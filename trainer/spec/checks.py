@@ -146,6 +146,23 @@ def check_settings(job: Job, settings) -> list[Problem]:
     problems += check_scheduler_type(job.optimisation.lr_scheduler_type, job.optimisation.lr_scheduler_args)
     problems += check_one_lr_optimizer(job)
     problems += _check_sample_prompts(job.sampling.sample_prompts)
+    problems += check_launch(job)
+    return problems
+
+
+def check_launch(job: Job) -> list[Problem]:
+    """Processes, machines and GPU ids must fit together (accelerate refuses the rest at start)."""
+    launch, problems = job.launch, []
+    if launch.num_processes < launch.num_machines:
+        problems.append(Problem("num_processes", f"{launch.num_processes} process(es) cannot span "
+                                                 f"{launch.num_machines} machines: it counts the processes of all machines"))
+    per_machine = -(-launch.num_processes // max(1, launch.num_machines))
+    ids = [part for part in launch.gpu_ids.split(",") if part.strip()]
+    if ids and len(ids) < per_machine:
+        problems.append(Problem("gpu_ids", f"lists {len(ids)} GPU(s) for {per_machine} process(es) per machine: "
+                                           "one GPU each"))
+    if launch.main_process_port and launch.num_processes == 1 and launch.num_machines == 1 and not launch.multi_gpu:
+        problems.append(Problem("main_process_port", "has no effect with one process", "warning"))
     return problems
 
 

@@ -192,6 +192,16 @@ class LaunchSection:
     gradient_checkpointing: bool
     mem_eff_attn: bool
     xformers: bool
+    num_processes: int
+    num_machines: int
+    multi_gpu: bool
+    gpu_ids: str
+    main_process_port: int
+    dynamo_backend: Literal['no', 'eager', 'aot_eager', 'inductor', 'aot_ts_nvfuser', 'nvprims_nvfuser', 'cudagraphs', 'ofi', 'fx2trt', 'onnxrt', 'tensorrt', 'ipex', 'tvm']
+    dynamo_mode: Literal['default', 'reduce-overhead', 'max-autotune']
+    dynamo_use_fullgraph: bool
+    dynamo_use_dynamic: bool
+    extra_accelerate_launch_args: str
 
 
 SECTION_CLASSES: dict[str, Any] = {
@@ -328,6 +338,16 @@ SECTION_OF_KEY: dict[str, str] = {
     'log_tracker_config': 'logging',
     'log_config': 'logging',
     'max_grad_norm': 'optimisation',
+    'num_processes': 'launch',
+    'num_machines': 'launch',
+    'multi_gpu': 'launch',
+    'gpu_ids': 'launch',
+    'main_process_port': 'launch',
+    'dynamo_backend': 'launch',
+    'dynamo_mode': 'launch',
+    'dynamo_use_fullgraph': 'launch',
+    'dynamo_use_dynamic': 'launch',
+    'extra_accelerate_launch_args': 'launch',
     'sample_every_n_steps': 'sampling',
     'sample_every_n_epochs': 'sampling',
     'sample_sampler': 'sampling',
