@@ -109,6 +109,15 @@ def optimizer_step(session: Session, scaler) -> dict[str, float]:
     return lrs
 
 
+def max_norm_statistics(session: Session) -> dict:
+    """scale_weight_norms after the step (sd-scripts' max-norm regularisation), and what it logs."""
+    max_norm = session.job.network.scale_weight_norms
+    if not max_norm:
+        return {}
+    scaled, average, largest = session.network.apply_max_norm(max_norm)
+    return {"keys_scaled": scaled, "average_key_norm": average, "max_key_norm": largest}
+
+
 class Progress:
     """Moving-average loss, speed and ETA for the step events."""
 
@@ -149,6 +158,7 @@ def train(session: Session, events: EventWriter, requests: RunRequests, saver: S
     scaler = grad_scaler(precision.device.type, precision.adapter_dtype) if precision.use_grad_scaler else None
     progress = Progress(plan.total_steps, window=plan.batches_per_epoch, start_step=saver.start_step)
     step, epoch = saver.start_step, saver.start_epoch
+    session.network.set_training(True)  # as sd-scripts: the adapters train (dropouts on), the base stays as it is
     events.status("training")
     for epoch in range(saver.start_epoch, plan.epochs + 1):
         batches = session.data.epoch(epoch)
@@ -166,7 +176,8 @@ def train(session: Session, events: EventWriter, requests: RunRequests, saver: S
                 continue
             lrs = optimizer_step(session, scaler)
             step += 1
-            events.emit("step", step=step, epoch=epoch, loss=loss.item(), lr=lrs, **progress.update(step, loss.item()))
+            events.emit("step", step=step, epoch=epoch, loss=loss.item(), lr=lrs, **progress.update(step, loss.item()),
+                        **max_norm_statistics(session))
             if plan.text_encoder_stop_step is not None and step == plan.text_encoder_stop_step and session.train_text_encoder:
                 session.stop_text_encoder()
                 events.status("training", note=f"text encoder training stopped after step {step}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .fields import parse_block_alphas, parse_block_dims, parse_half_lr_weights, parse_mid_lr_weight
 from .setting import Setting
+from .tables import RANK_DROPOUT_TYPES, REGULARIZED_TYPES
 
 SAMPLERS = (
     "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
@@ -35,6 +36,23 @@ WEIGHTS_BLOCKS_CONV = (
     Setting("conv_block_alphas", "str", "", "Conv alphas", tab="conv", group="network", parser=parse_block_alphas,
             help="Alpha of the 3×3 convolution adapters of each of the 25 blocks (SDXL: 23). "
                  "Blank: the convolution alpha."),
+)
+
+REGULARIZERS = (
+    Setting("scale_weight_norms", "float", 0.0, "Scale weight norms", tab="advanced", group="network",
+            section="Regularizers", minimum=0, maximum=10, visible_when=("LoRA_type", REGULARIZED_TYPES),
+            help="Max-norm regularisation: after each step every module whose weight change ΔW has a norm above "
+                 "this is scaled back to it (the run shows how many were scaled and the average and largest "
+                 "norm). 0: off; 1 is common."),
+    Setting("network_dropout", "float", 0.0, "Network dropout", tab="advanced", group="network",
+            section="Regularizers", minimum=0, maximum=1, visible_when=("LoRA_type", REGULARIZED_TYPES),
+            help="Dropout on the adapters' output while training (0: off; 0.1–0.5 typical)."),
+    Setting("rank_dropout", "float", 0.0, "Rank dropout", tab="advanced", group="network", section="Regularizers",
+            minimum=0, maximum=1, visible_when=("LoRA_type", RANK_DROPOUT_TYPES),
+            help="Drop each rank of an adapter with this probability at every step (0: off)."),
+    Setting("module_dropout", "float", 0.0, "Module dropout", tab="advanced", group="network",
+            section="Regularizers", minimum=0, maximum=1, visible_when=("LoRA_type", RANK_DROPOUT_TYPES),
+            help="Skip a whole adapter with this probability at every step (0: off)."),
 )
 
 ADVANCED = (

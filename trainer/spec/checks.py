@@ -14,6 +14,7 @@ from typing import Any
 
 from .setting import Problem
 from .sections import Job
+from .network_checks import check_network_options
 from .rules import dylora_rank_faults, effective_lrs, network_adapts_conv, unread_scheduler_settings
 
 
@@ -132,6 +133,7 @@ def check_settings(job: Job, settings) -> list[Problem]:
                                              "steps; use AdamW8bit (or another 8-bit optimizer) with full fp16",
                                 "warning"))
     problems += check_network_weights_kept(job)
+    problems += check_network_options(job)
     if job.saving.save_last_n_steps and not job.saving.save_every_n_steps:
         problems.append(Problem("save_last_n_steps", "has no effect while 'Save every N steps' is 0", "warning"))
     if job.noise_loss.adaptive_noise_scale and not job.noise_loss.noise_offset:
