@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from .fields import parse_block_alphas, parse_block_dims, parse_half_lr_weights, parse_mid_lr_weight
 from .setting import Setting
-from .tables import RANK_DROPOUT_TYPES, REGULARIZED_TYPES
+from .tables import LYCORIS_TYPES, LORA_TYPES, RANK_DROPOUT_TYPES, REGULARIZED_TYPES
+
+# Block settings: the types sd-scripts applies them to (networks.lora, networks.dylora; ours also LoHa).
+_BLOCK_TYPES = tuple(t for t in LORA_TYPES if t not in LYCORIS_TYPES)
 
 SAMPLERS = (
     "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
@@ -11,31 +14,31 @@ SAMPLERS = (
 )
 
 WEIGHTS_BLOCKS_CONV = (
-    Setting("down_lr_weight", "str", "", "Down LR weights", tab="weights", group="network", parser=parse_half_lr_weights,
+    Setting("down_lr_weight", "str", "", "Down LR weights", tab="weights", group="network", visible_when=("LoRA_type", _BLOCK_TYPES), parser=parse_half_lr_weights,
             help="Learning-rate weight (0–1) of each of the 12 down blocks IN0–IN11, as 12 numbers (SDXL: 9, "
                  "IN00–IN08), or a curve: sine, cosine, linear, reverse_linear or zeros, optionally +base "
-                 "(e.g. sine+0.2). Blank: 1 everywhere."),
-    Setting("mid_lr_weight", "str", "", "Mid LR weights", tab="weights", group="network", parser=parse_mid_lr_weight,
+                 "(e.g. sine+0.2). Blank: 1 everywhere. Not for the LyCORIS/… types (LyCORIS takes no block settings, as in sd-scripts)."),
+    Setting("mid_lr_weight", "str", "", "Mid LR weights", tab="weights", group="network", visible_when=("LoRA_type", _BLOCK_TYPES), parser=parse_mid_lr_weight,
             help="Learning-rate weight (0–1) of the middle block (SDXL: 3 numbers, one per middle block). "
-                 "Blank: 1."),
-    Setting("up_lr_weight", "str", "", "Up LR weights", tab="weights", group="network", parser=parse_half_lr_weights,
+                 "Blank: 1. Not for the LyCORIS/… types (LyCORIS takes no block settings, as in sd-scripts)."),
+    Setting("up_lr_weight", "str", "", "Up LR weights", tab="weights", group="network", visible_when=("LoRA_type", _BLOCK_TYPES), parser=parse_half_lr_weights,
             help="Learning-rate weight (0–1) of each of the 12 up blocks OUT0–OUT11, as 12 numbers (SDXL: 9) "
-                 "or a curve."),
-    Setting("block_lr_zero_threshold", "float", None, "Blocks LR zero threshold", tab="weights", group="network",
+                 "or a curve. Not for the LyCORIS/… types (LyCORIS takes no block settings, as in sd-scripts)."),
+    Setting("block_lr_zero_threshold", "float", None, "Blocks LR zero threshold", tab="weights", group="network", visible_when=("LoRA_type", _BLOCK_TYPES),
             minimum=0, maximum=1, optional=True,
-            help="Blocks whose LR weight is at or below this get no LoRA module at all. Blank: 0."),
-    Setting("block_dims", "str", "", "Block dims", tab="blocks", group="network", parser=parse_block_dims,
+            help="Blocks whose LR weight is at or below this get no LoRA module at all. Blank: 0. Not for the LyCORIS/… types (LyCORIS takes no block settings, as in sd-scripts)."),
+    Setting("block_dims", "str", "", "Block dims", tab="blocks", group="network", visible_when=("LoRA_type", _BLOCK_TYPES), parser=parse_block_dims,
             help="Rank of each of the 25 blocks IN0–IN11, MID, OUT0–OUT11 (whole numbers; 0 = no module); "
                  "SDXL: 23 blocks EMB, IN00–IN08, MID00–MID02, OUT00–OUT08, END. Blocks without attention "
-                 "ignore it. Blank: the network rank everywhere."),
-    Setting("block_alphas", "str", "", "Block alphas", tab="blocks", group="network", parser=parse_block_alphas,
-            help="Alpha of each of the 25 blocks (SDXL: 23). Blank: the network alpha everywhere."),
-    Setting("conv_block_dims", "str", "", "Conv dims", tab="conv", group="network", parser=parse_block_dims,
+                 "ignore it. Blank: the network rank everywhere. Not for the LyCORIS/… types (LyCORIS takes no block settings, as in sd-scripts)."),
+    Setting("block_alphas", "str", "", "Block alphas", tab="blocks", group="network", visible_when=("LoRA_type", _BLOCK_TYPES), parser=parse_block_alphas,
+            help="Alpha of each of the 25 blocks (SDXL: 23). Blank: the network alpha everywhere. Not for the LyCORIS/… types (LyCORIS takes no block settings, as in sd-scripts)."),
+    Setting("conv_block_dims", "str", "", "Conv dims", tab="conv", group="network", visible_when=("LoRA_type", _BLOCK_TYPES), parser=parse_block_dims,
             help="Rank of the 3×3 convolution adapters of each of the 25 blocks (SDXL: 23; LoCon-style types). "
-                 "Blank: the convolution rank everywhere."),
-    Setting("conv_block_alphas", "str", "", "Conv alphas", tab="conv", group="network", parser=parse_block_alphas,
+                 "Blank: the convolution rank everywhere. Not for the LyCORIS/… types (LyCORIS takes no block settings, as in sd-scripts)."),
+    Setting("conv_block_alphas", "str", "", "Conv alphas", tab="conv", group="network", visible_when=("LoRA_type", _BLOCK_TYPES), parser=parse_block_alphas,
             help="Alpha of the 3×3 convolution adapters of each of the 25 blocks (SDXL: 23). "
-                 "Blank: the convolution alpha."),
+                 "Blank: the convolution alpha. Not for the LyCORIS/… types (LyCORIS takes no block settings, as in sd-scripts)."),
 )
 
 REGULARIZERS = (
