@@ -52,6 +52,9 @@ ZERO_MEANS_BLANK = frozenset({"seed", "max_train_epochs", "lr_scheduler_num_cycl
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
+REJECTED = "not accepted by LoRA Loom"  # how the report of a value the schema refuses begins
+
+
 class KohyaImportError(ValueError):
     """A kohya_ss config that cannot be imported at all (unreadable, not a config, unsupported model family)."""
 
@@ -246,7 +249,7 @@ def import_kohya_config(source: str | Path | dict) -> ImportResult:
 def refuse_lost_network_values(label: str, unmapped: list[Unmapped], values: dict[str, Any]) -> None:
     """The network (its type, ranks, LyCORIS options, regularizers) is what the file is about: a value of it
     that cannot be honoured refuses the whole import (KohyaImportError, nothing written), never a default."""
-    lost = [u for u in unmapped if RENAMED_KEYS.get(u.key, u.key) in SETTINGS_BY_KEY
+    lost = [u for u in unmapped if u.reason.startswith(REJECTED) and RENAMED_KEYS.get(u.key, u.key) in SETTINGS_BY_KEY
             and SETTINGS_BY_KEY[RENAMED_KEYS.get(u.key, u.key)].group == "network"]
     problems = [f"{u.key} = {u.value!r}: {u.reason.split('; left at the default')[0]}" for u in lost]
     problems += [f"{p.setting}: {p.message}" for p in check_network_options(job_from_values(values))
@@ -278,7 +281,7 @@ def _convert_implemented(key: str, raw: Any) -> Any:
 def _rejected(file_key: str, raw: Any, key: str, problem: str) -> Unmapped:
     default = SETTINGS_BY_KEY[key].default
     name = key if key == file_key else f"{key}, kohya_ss's {file_key}"
-    return Unmapped(file_key, raw, f"not accepted by LoRA Loom, {name}: {problem}; left at the default "
+    return Unmapped(file_key, raw, f"{REJECTED}, {name}: {problem}; left at the default "
                                    f"({default!r})")
 
 

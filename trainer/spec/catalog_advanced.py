@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .fields import parse_block_alphas, parse_block_dims, parse_half_lr_weights, parse_mid_lr_weight
 from .setting import Setting
-from .tables import LYCORIS_TYPES, LORA_TYPES, RANK_DROPOUT_TYPES, REGULARIZED_TYPES
+from .tables import LYCORIS_TYPES, LORA_TYPES, MAX_NORM_TYPES, RANK_DROPOUT_TYPES, REGULARIZED_TYPES
 
 # Block settings: the types sd-scripts applies them to (networks.lora, networks.dylora; ours also LoHa).
 _BLOCK_TYPES = tuple(t for t in LORA_TYPES if t not in LYCORIS_TYPES)
@@ -43,7 +43,7 @@ WEIGHTS_BLOCKS_CONV = (
 
 REGULARIZERS = (
     Setting("scale_weight_norms", "float", 0.0, "Scale weight norms", tab="advanced", group="network",
-            section="Regularizers", minimum=0, maximum=10, visible_when=("LoRA_type", REGULARIZED_TYPES),
+            section="Regularizers", minimum=0, maximum=10, visible_when=("LoRA_type", MAX_NORM_TYPES),
             help="Max-norm regularisation: after each step every module whose weight change ΔW has a norm above "
                  "this is scaled back to it (the run shows how many were scaled and the average and largest "
                  "norm). 0: off; 1 is common."),

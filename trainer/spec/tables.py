@@ -32,10 +32,12 @@ OFT_TYPES = ("LyCORIS/BOFT", "LyCORIS/Diag-OFT")
 # Types whose ranks may go to 100000, LyCORIS's "full rank / full matrix" convention.
 FULL_RANK_TYPES = ("LyCORIS/LoKr", "LyCORIS/BOFT", "LyCORIS/Diag-OFT")
 FULL_RANK = 100000
-# The regularizers work on every type but DyLoRA (sd-scripts' dylora.py takes none of them).
-REGULARIZED_TYPES = tuple(t for t in LORA_TYPES if t != "DyLoRA")
-# rank/module dropout: kohya_ss does not send them for iA3 (it has no rank).
-RANK_DROPOUT_TYPES = tuple(t for t in REGULARIZED_TYPES if t != "LyCORIS/iA3")
+# The dropouts work on every type but DyLoRA (sd-scripts' dylora.py takes none), iA3 and native fine-tuning
+# (LyCORIS's modules for them have no dropout; kohya_ss sends none for iA3).
+REGULARIZED_TYPES = tuple(t for t in LORA_TYPES if t not in ("DyLoRA", "LyCORIS/iA3", "LyCORIS/Native Fine-Tuning"))
+RANK_DROPOUT_TYPES = REGULARIZED_TYPES
+# scale_weight_norms: the types whose LyCORIS module can scale itself back (GLoRA's cannot).
+MAX_NORM_TYPES = tuple(t for t in REGULARIZED_TYPES if t != "LyCORIS/GLoRA")
 # LyCORIS presets (which layers get an adapter); a path to a preset .toml is also accepted.
 LYCORIS_PRESETS = ("full", "full-lin", "attn-mlp", "attn-only", "unet-transformer-only", "unet-convblock-only")
 
