@@ -1,6 +1,7 @@
 """Time per step and peak memory of each LoRA type against Standard at the same rank, on the demo.
 
-Each type trains in its own process (so its peak RSS is its own): the demo job at rank 8 / alpha 8 (conv rank
+Each type trains in its own process (so its peak RSS is its own; ``--one-process`` runs them one after the
+other in one process instead): the demo job at rank 8 / alpha 8 (conv rank
 4 where the type adapts convolutions), batch 2, UNet and text encoder trained, one torch thread; ``--warmup``
 steps, then ``--steps`` timed ones. Reported: median seconds per step, CPU seconds per step, the peak RSS
 while training (the kernel's high-water mark, reset after loading), trainable parameters and the saved
@@ -60,6 +61,7 @@ def run_one(demo_dir: Path, index: int, warmup: int, timed: int) -> dict:
         session = build_session(job, work / "run", events)
         cache_latents(session, events)
         reset_ok = reset_peak_rss()
+        start_rss = rss_high_water_bytes() or 0  # right after the reset: the RSS training starts from
         requests, step_times, cpu_times = RunRequests(), {}, {}
 
         def on_event(event: dict) -> None:
@@ -80,6 +82,7 @@ def run_one(demo_dir: Path, index: int, warmup: int, timed: int) -> dict:
                 "median_step_s": statistics.median(durations),
                 "cpu_s_per_step": (cpu_times[last] - cpu_times[warmup]) / timed,
                 "train_peak_rss": rss_high_water_bytes() if reset_ok else None,
+                "train_rss_growth": (rss_high_water_bytes() or 0) - start_rss if reset_ok else None,
                 "parameters": sum(p.numel() for p in session.network.trainable_parameters()),
                 "modules": len(session.network), "file_bytes": final.stat().st_size}
 
@@ -97,13 +100,13 @@ def run_child(args: list[str]) -> dict:
 def table(results: list[dict]) -> str:
     base = results[0]
     lines = ["| type | modules | trainable params | file (fp16) | s/step | × Standard | CPU s/step | peak RSS training"
-             " | × Standard |", "|---|---|---|---|---|---|---|---|---|"]
+             " | RSS growth in training |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rss = r["train_peak_rss"] or 0
         lines.append(f"| {r['type']} | {r['modules']} | {r['parameters']:,} | {r['file_bytes'] / 1024:,.0f} KiB | "
                      f"{r['median_step_s']:.3f} | {r['median_step_s'] / base['median_step_s']:.2f} | "
                      f"{r['cpu_s_per_step']:.3f} | {rss / 2**20:,.0f} MiB | "
-                     f"{rss / max(base['train_peak_rss'] or 1, 1):.2f} |")
+                     f"{(r.get('train_rss_growth') or 0) / 2**20:,.1f} MiB |")
     return "\n".join(lines)
 
 
@@ -114,8 +117,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "lora_types"))
     parser.add_argument("--child", nargs=2, metavar=("DEMO_DIR", "INDEX"))
+    parser.add_argument("--one-process", action="store_true",
+                        help="all types in one process (faster; peak RSS is then the process's high-water "
+                             "mark since each type's training began, which includes what earlier types left)")
     args = parser.parse_args()
     if args.child:
+        if args.child[1] == "all":  # every type in this one process, one after the other (a busy machine)
+            import gc
+
+            results = []
+            for index in range(len(TYPES)):
+                results.append(run_one(Path(args.child[0]), index, args.warmup, args.steps))
+                gc.collect()
+            print(RESULT_PREFIX + json.dumps(results))
+            return
         result = run_one(Path(args.child[0]), int(args.child[1]), args.warmup, args.steps)
         print(RESULT_PREFIX + json.dumps(result))
         return
@@ -123,15 +138,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_demo_") as temp:
         build_demo(Path(temp))
-        rounds = [[run_child(["--child", temp, str(i), "--steps", str(args.steps), "--warmup", str(args.warmup)])
-                   for i in range(len(TYPES))] for _ in range(args.rounds)]
+        timing = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+        if args.one_process:
+            rounds = [run_child(["--child", temp, "all", *timing]) for _ in range(args.rounds)]
+        else:
+            rounds = [[run_child(["--child", temp, str(i), *timing]) for i in range(len(TYPES))]
+                      for _ in range(args.rounds)]
     results = []
     for i in range(len(TYPES)):
-        runs = [r[i] for r in rounds]
+        runs = [r[i] for r in rounds]  # a round is one result per type (a list from the one process, too)
         best = dict(runs[0])
         best["median_step_s"] = min(r["median_step_s"] for r in runs)
         best["cpu_s_per_step"] = min(r["cpu_s_per_step"] for r in runs)
         best["train_peak_rss"] = max((r["train_peak_rss"] or 0) for r in runs)
+        best["train_rss_growth"] = max((r.get("train_rss_growth") or 0) for r in runs)
         results.append(best)
     text = table(results)
     print(text)

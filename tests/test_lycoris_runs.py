@@ -40,7 +40,9 @@ def test_each_lycoris_type_trains_five_steps_and_reloads_through_lycoris(lora_ty
                                                                          sdxl_demo_dir, tmp_path):
     demo = demo_dir if family == "sd1" else sdxl_demo_dir
     data = small_dataset(demo, tmp_path / "data", images=5)
-    run = run_in_session(demo, tmp_path, train_data_dir=str(data), LoRA_type=lora_type, **FIVE_STEPS)
+    # the UNet alone (what is compared; the text encoders' modules are covered in process and by the CLI runs)
+    run = run_in_session(demo, tmp_path, train_data_dir=str(data), LoRA_type=lora_type, text_encoder_lr=0.0,
+                         **FIVE_STEPS)
     assert run.status == "completed" and len(run.losses) == 5
     assert all(math.isfinite(loss) for loss in run.losses)
     tensors, metadata = read_lora_file(run.final_file)
