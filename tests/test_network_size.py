@@ -32,3 +32,11 @@ def test_the_plan_shows_the_types_size(demo_dir, tmp_path):
     assert plans["Standard"]["type"] == "Standard" and plans["LyCORIS/iA3"]["type"] == "LyCORIS/iA3"
     assert plans["LyCORIS/iA3"]["modules"] > plans["Standard"]["modules"]  # iA3's preset also takes the ResNets
     assert 0 < plans["LyCORIS/iA3"]["parameters"] < plans["Standard"]["parameters"]
+
+
+def test_the_plan_panel_shows_the_network_row():
+    from gui.plan_panel import plan_markdown
+
+    text = plan_markdown({"network": {"type": "LyCORIS/LoKr", "modules": 129, "parameters": 27776}})
+    assert "| UNet network | LyCORIS/LoKr: 129 modules, 27,776 trainable parameters |" in text
+    assert "UNet network" not in plan_markdown({})
