@@ -25,7 +25,7 @@ from gui.run_view import (
     progress_html,
     read_new_events,
 )
-from gui.runs import LOG_FILE, RunError, pid_alive, read_pid, run_status, stop_requests, tail_text
+from gui.runs import LOG_FILE, RunError, run_status, stop_requests, tail_text, trainer_alive
 from gui.values import has_errors, problem_messages, split_secrets
 
 PLAN_SETTLE_S = 1.0  # the plan is made again once edits have paused this long (it costs a subprocess)
@@ -55,7 +55,7 @@ def view_state(view: RunView) -> str:
     if view.finished is not None:
         return str(view.finished.get("status", "completed"))
     run_dir = Path(view.run_dir or ".")
-    if pid_alive(read_pid(run_dir), run_dir):
+    if trainer_alive(run_dir):
         return "running"
     read_new_events(view)  # the trainer may have written its last lines just before exiting
     if view.finished is not None:
@@ -291,7 +291,7 @@ class Handlers:
             return image.copy()
 
     def _runs_update(self, selected: str | None):
-        choices = [(f"{p.name} — {run_status(p).state}", p.name) for p in self.manager.list_runs()[:50]]
+        choices = [(f"{p.name} — {run_status(p).outcome}", p.name) for p in self.manager.list_runs()[:50]]
         return gr.update(choices=choices, value=selected)
 
     # ----- plan and dataset -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from gui.blocks_table import blocks_markdown
 from gui.form import Form, build_tab_fields
 from gui.handlers import Handlers, SessionState
 from gui.model_note import MODEL_KEY, model_note
+from gui.queue_panel import QueuePanel, build_queue_panel
 from gui.run_view import MOVING_AVERAGE_LABEL, RunView, messages_markdown, progress_html
 from gui.values import problem_messages
 from gui.runs import RunManager
@@ -28,6 +29,8 @@ CSS = """
 .loom-field-error, .loom-field-error * { color: var(--error-text-color, #b91c1c) !important; }
 .loom-field-error { font-size: 0.9em; padding: 0 8px 6px; }
 .loom-section { margin-top: 10px; }
+.loom-queue td, .loom-history td { padding: 2px 8px; vertical-align: top; }
+.loom-log-tail { font-size: 0.8em; max-height: 12em; overflow: auto; }
 """
 
 
@@ -46,6 +49,7 @@ class RunArea:
     """The run area's components (handlers update them by name)."""
 
     start: Any = None
+    add_to_queue: Any = None
     stop: Any = None
     sample_now: Any = None
     save_now: Any = None
@@ -131,6 +135,7 @@ def _plan_panel(area: RunArea) -> None:
 def _run_area(area: RunArea, opening_messages: str) -> None:
     with gr.Row(equal_height=True):
         area.start = gr.Button("Start training", variant="primary", elem_id="start-button", scale=2)
+        area.add_to_queue = gr.Button("Add to queue", elem_id="add-queue-button", scale=1)
         area.stop = gr.Button("Stop training", variant="stop", elem_id="stop-button", scale=1)
         area.sample_now = gr.Button("Sample now", elem_id="sample-now-button", scale=1, interactive=False)
         area.save_now = gr.Button("Save now", elem_id="save-now-button", scale=1, interactive=False)
@@ -167,8 +172,11 @@ def build_app(config: AppConfig) -> gr.Blocks:
         _settings_tabs(form, values, area, problems)
         _plan_panel(area)
         _run_area(area, messages_markdown(opening_notes))
+        queue_widgets = build_queue_panel(area.add_to_queue)
         area.state = gr.State(SessionState(notes=opening_notes))
         area.timer = gr.Timer(1.0)
         area.plan_timer = gr.Timer(1.0)
-        Handlers(form, area, manager, config).wire(app)
+        handlers = Handlers(form, area, manager, config)
+        handlers.wire(app)
+        QueuePanel(queue_widgets, handlers).wire(app)
     return app

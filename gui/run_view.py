@@ -147,8 +147,8 @@ def headline(view: RunView, state: str) -> str:
         "completed": f"Completed: {where}.",
         "stopped": f"Stopped by you at {where}.",
         "failed": f"Failed at {where}.",
-        "killed": f"Killed at {where} (second Stop): the last step was not saved.",
-        "died": f"The trainer died at {where} without finishing; its log is below.",
+        "killed": f"Failed: killed at {where} (second Stop); the last step was not saved.",
+        "died": f"Failed: the trainer died at {where} without finishing; its log is below.",
     }
     return words.get(state, f"{state}: {where}.")
 

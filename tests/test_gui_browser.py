@@ -72,7 +72,7 @@ def app_env(tmp_path_factory, demo_dir):
     finally:
         for run_pid in runs.glob("*/pid"):  # never leave a trainer behind
             try:
-                os.killpg(int(run_pid.read_text()), signal.SIGKILL)
+                os.killpg(int(run_pid.read_text().split()[0]), signal.SIGKILL)
             except (OSError, ValueError):
                 pass
         os.killpg(process.pid, signal.SIGTERM)
@@ -105,7 +105,7 @@ def each_test_leaves_nothing_behind(request):
             if events.exists() and '"finished"' in events.read_text(encoding="utf-8"):
                 continue
             try:
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+                os.killpg(int(pid_file.read_text().split()[0]), signal.SIGKILL)
             except (OSError, ValueError):
                 pass
 

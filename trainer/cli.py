@@ -1,4 +1,4 @@
-"""``python -m trainer`` — train, validate, plan, import-kohya, demo.
+"""``python -m trainer`` — train, validate, plan, import-kohya, demo, queue (see trainer/queue_cli.py).
 
 Exit codes: 0 success (a run that was stopped by the user also counts), 1 the run failed, 2 the job or the
 command line was refused before anything ran.
@@ -14,13 +14,14 @@ from pathlib import Path
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 
 
-def _print_problems(problems, stream=sys.stdout) -> None:
+def _print_problems(problems, stream=None) -> None:
     for problem in problems:
-        print(str(problem), file=stream)
+        print(str(problem), file=stream or sys.stdout)  # looked up now: stdout may be redirected
 
 
 def _load(path: str):
-    """(job or None, problems) for a job file: field errors, then cross-setting checks."""
+    """(job or None, problems) for a job file: field errors, then the checks before training (the page's
+    Start button makes the same, through ``trainer.spec.validate_values``)."""
     from trainer.spec import JobError, check_job, load_job
 
     try:
@@ -31,11 +32,7 @@ def _load(path: str):
 
 
 def cmd_validate(args) -> int:
-    from trainer.preflight import deep_checks
-
     job, problems = _load(args.job)
-    if job is not None:
-        problems += deep_checks(job)
     _print_problems(problems)
     errors = [p for p in problems if p.level == "error"]
     if not errors:
@@ -73,6 +70,19 @@ def default_run_dir(job_path: str) -> Path:
 
 
 def cmd_train(args) -> int:
+    import signal
+
+    from trainer.run import catch_early_stop
+
+    previous = signal.getsignal(signal.SIGINT)
+    requests = catch_early_stop()  # first: a stop while the rest is imported is kept, not lost
+    try:
+        return _train(args, requests)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _train(args, requests) -> int:
     from trainer.events import EVENTS_FILE, EventWriter
     from trainer.spec import job_to_values, toml_text
 
@@ -80,19 +90,20 @@ def cmd_train(args) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     with EventWriter(run_dir / EVENTS_FILE, echo=sys.stdout) as events:
         job, problems = _load(args.job)
-        if job is not None:
-            from trainer.preflight import deep_checks
-
-            problems += deep_checks(job)
         for problem in problems:
             events.emit(problem.level, message=problem.message, setting=problem.setting)
         if job is None or any(p.level == "error" for p in problems):
-            events.emit("finished", status="failed", outputs=[], reason="invalid job")
+            first = next((p for p in problems if p.level == "error"), None)
+            events.emit("finished", status="failed", outputs=[], reason="invalid job",
+                        setting=first.setting if first else None)
             return EXIT_REFUSED
         (run_dir / "job.toml").write_text(toml_text(job_to_values(job)), encoding="utf-8")
+        if requests.stop:
+            events.emit("finished", status="stopped", outputs=[], reason="stopped before training started")
+            return EXIT_OK
         from trainer.run import run_training
 
-        status = run_training(job, run_dir, events)
+        status = run_training(job, run_dir, events, requests)
     return EXIT_OK if status in ("completed", "stopped") else EXIT_FAILED
 
 
@@ -145,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--family", default="sd1", choices=("sd1", "sd2", "sdxl"),
                       help="model family of the tiny demo model (default sd1)")
     demo.set_defaults(func=cmd_demo)
+    from trainer.queue_cli import add_queue_parser
+
+    add_queue_parser(sub)
     return parser
 
 

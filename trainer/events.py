@@ -42,7 +42,7 @@ EVENT_TYPES: dict[str, EventType] = {
     "warning": EventType(("message", "setting")),
     "error": EventType(("message", "setting")),
     # the last event of every run
-    "finished": EventType(("status", "outputs"), ("reason",)),
+    "finished": EventType(("status", "outputs"), ("reason", "setting")),
 }
 STATUS_PHASES = ("scanning data", "loading model", "caching latents", "training", "sampling", "saving", "stopping")
 CHECKPOINT_KINDS = ("epoch", "step", "final", "state")

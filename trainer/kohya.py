@@ -9,6 +9,7 @@ so one odd value never sinks the whole import. Facts: ../shared/reference/kohya-
 from __future__ import annotations
 
 import json
+import tomllib
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -76,16 +77,23 @@ def read_kohya_config(source: str | Path | dict) -> tuple[dict[str, Any], str]:
     if isinstance(source, dict):
         return dict(source), "the kohya_ss config"
     path = Path(source)
+    is_toml = path.suffix.lower() == ".toml"
+    kind = "TOML" if is_toml else "JSON"
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        config = tomllib.loads(text) if is_toml else json.loads(text)
     except FileNotFoundError:
         raise KohyaImportError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise KohyaImportError(f"{path}: cannot be read ({error})") from None
-    except json.JSONDecodeError as error:
-        raise KohyaImportError(f"{path} is not valid JSON: {error}") from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        raise KohyaImportError(f"{path} is not valid {kind}: {error}") from None
+    except RecursionError:
+        raise KohyaImportError(f"{path} is not a kohya_ss config: its {kind} is nested too deeply") from None
     if not isinstance(config, dict):
-        raise KohyaImportError(f"{path} is not a kohya_ss config: expected a JSON object of settings")
+        raise KohyaImportError(f"{path} is not a kohya_ss config: expected a {kind} object of settings")
+    if is_toml:
+        config.pop("spec_version", None)  # a LoRA Loom job file: its keys are kohya_ss's
     return config, str(path)
 
 
@@ -110,17 +118,17 @@ def _is_blank(raw: Any) -> bool:
 
 def _to_float(raw: Any) -> float:
     if isinstance(raw, bool):
-        raise ValueError(f"expected a number, got {raw!r}")
+        raise ValueError(f"expected a number, got {short_repr(raw)}")
     try:
         return float(raw.strip() if isinstance(raw, str) else raw)
     except (TypeError, ValueError):
-        raise ValueError(f"expected a number, got {raw!r}") from None
+        raise ValueError(f"expected a number, got {short_repr(raw)}") from None
 
 
 def _to_int(raw: Any) -> int:
     number = _to_float(raw)
     if not number.is_integer():
-        raise ValueError(f"expected a whole number, got {raw!r}")
+        raise ValueError(f"expected a whole number, got {short_repr(raw)}")
     return int(number)
 
 
@@ -132,7 +140,7 @@ def _to_bool(raw: Any) -> bool:
         return True
     if text in ("false", "0", "0.0", "no", "off", ""):
         return False
-    raise ValueError(f"expected true or false, got {raw!r}")
+    raise ValueError(f"expected true or false, got {short_repr(raw)}")
 
 
 def _to_choice(setting, raw: Any):
@@ -143,7 +151,7 @@ def _to_choice(setting, raw: Any):
         text = str(raw).strip()
         value = {str(c).lower(): c for c in setting.choices}.get(text.lower(), text)
     if value not in setting.choices:
-        raise ValueError(f"{raw!r} is not {setting.describe_range()}")
+        raise ValueError(f"{short_repr(raw)} is not {setting.describe_range()}")
     return value
 
 
@@ -204,7 +212,7 @@ def convert_value(key: str, raw: Any) -> Any:
     if setting.kind == "choice":
         return _to_choice(setting, raw)
     if isinstance(raw, (dict, list)):
-        raise ValueError(f"expected text, got {raw!r}")
+        raise ValueError(f"expected text, got {short_repr(raw)}")
     return "" if raw is None else str(raw)
 
 
@@ -355,9 +363,15 @@ def import_kohya_to_toml(source: str | Path, destination: str | Path) -> ImportR
     return result
 
 
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a report line, not a copy of a 50 MB value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text):,} characters)"
+
+
 def report_lines(result: ImportResult) -> list[str]:
     """The import report for people: what was not imported (neutral keys in one line at the end), notes."""
-    lines = [f"not imported: {u.key} = {u.value!r}: {u.reason}" for u in result.unmapped if not u.neutral]
+    lines = [f"not imported: {u.key} = {short_repr(u.value)}: {u.reason}" for u in result.unmapped if not u.neutral]
     neutral = [u.key for u in result.unmapped if u.neutral]
     if neutral:
         lines.append(f"not imported, kohya_ss's off/default values (nothing lost): {', '.join(neutral)}")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from trainer.data.captions import process_caption
+from trainer.divergence import NonFiniteLoss
 from trainer.events import EventWriter
 from trainer.loss import add_noise, prediction_target, training_loss
 from trainer.noise import sample_timesteps, training_noise
@@ -159,6 +160,7 @@ def train(session: Session, events: EventWriter, requests: RunRequests, saver: S
     progress = Progress(plan.total_steps, window=plan.batches_per_epoch, start_step=saver.start_step)
     step, epoch = saver.start_step, saver.start_epoch
     session.network.set_training(True)  # as sd-scripts: the adapters train (dropouts on), the base stays as it is
+    non_finite = NonFiniteLoss(job)
     events.status("training")
     for epoch in range(saver.start_epoch, plan.epochs + 1):
         batches = session.data.epoch(epoch)
@@ -168,9 +170,10 @@ def train(session: Session, events: EventWriter, requests: RunRequests, saver: S
                 continue
             loss = batch_loss(session, batch, epoch, step)
             if not math.isfinite(loss.item()):
-                events.warning(f"loss is {loss.item()} at step {step + 1}; this batch is skipped", "learning_rate")
                 session.optimizer.zero_grad(set_to_none=True)
+                non_finite.skipped(loss.item(), step, events)  # ends the run after several in a row
                 continue
+            non_finite.finite()
             (scaler.scale(loss / accumulation) if scaler else loss / accumulation).backward()
             if (index + 1) % accumulation and index != last_index:
                 continue
@@ -195,5 +198,6 @@ def train(session: Session, events: EventWriter, requests: RunRequests, saver: S
             saver.save_epoch(step, epoch)
         if epoch in plan.sample_epochs:
             sample(session, events, step, epoch)
+    non_finite.check_end()
     saver.save_final(step, plan.epochs, stopped=False)
     return "completed"

@@ -30,6 +30,19 @@ class RunRequests:
         self.save = False
 
 
+def catch_early_stop() -> RunRequests:
+    """Remember a stop (SIGINT) that comes before :func:`run_training` puts its own handlers in place: while
+    Python imports the trainer, a stop would otherwise raise KeyboardInterrupt and end the process without a
+    ``finished`` event. ``train`` installs this first thing and hands the requests on."""
+    requests = RunRequests()
+
+    def on_sigint(signum, frame):
+        requests.stop = True
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return requests
+
+
 def _error_setting(error: Exception) -> tuple[str, str | None]:
     """(message, setting) for the errors that setup and the loop raise on purpose."""
     from trainer.data.folders import DataError
@@ -45,9 +58,10 @@ def _error_setting(error: Exception) -> tuple[str, str | None]:
     return "", None
 
 
-def run_training(job: Job, run_dir: Path, events: EventWriter) -> str:
-    """Train ``job``; returns "completed", "stopped" or "failed" after emitting ``finished``."""
-    requests = RunRequests()
+def run_training(job: Job, run_dir: Path, events: EventWriter, requests: RunRequests | None = None) -> str:
+    """Train ``job``; returns "completed", "stopped" or "failed" after emitting ``finished``. ``requests``: what
+    was asked before this was called (:func:`catch_early_stop`)."""
+    requests = requests or RunRequests()
 
     def on_sigint(signum, frame):
         if requests.stop:

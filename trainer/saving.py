@@ -17,9 +17,10 @@ from trainer.network import read_lora_file, save_lora_file
 from trainer.precision import mixed_precision_name
 from trainer.session import Session, TrainingError
 from trainer.spec import SETTINGS, job_to_values
+from trainer.spec.checks import check_network_weights_kept, output_files_pattern
+from trainer.spec.names import parse_output_name
 from trainer.spec.rules import effective_lrs
 from trainer.spec.sections import Job
-from trainer.spec.checks import check_network_weights_kept
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STATE_FILE = "train_state.json"
@@ -42,6 +43,39 @@ def step_to_prune(step: int, keep_last: int, every: int) -> int | None:
         return None
     remove = (step - keep_last - 1) - ((step - keep_last - 1) % every)
     return remove if remove > 0 else None
+
+
+def stale_temporaries(output_dir: Path, output_name: str) -> list[Path]:
+    """What a killed run of ``output_name`` can leave in its output folder: a LoRA file's temporary
+    (``.<file>.<random>.tmp``, see ``save_lora_file``), a half-written state folder (``…-state.tmp``) and a
+    replaced one (``…-state.old.tmp``).
+    Other names' files are left alone: another run may be writing them."""
+    if not output_dir.is_dir():
+        return []
+    pattern = output_files_pattern(output_name)
+    found = []
+    for path in output_dir.iterdir():
+        name = path.name
+        if name.endswith(".tmp") and name.startswith("."):
+            name = name[1:].rsplit(".", 2)[0]  # ".x.safetensors.abc123.tmp" → "x.safetensors"
+        elif name.endswith("-state.old.tmp"):  # a replaced state not yet deleted (Saver.save_state)
+            name = name.removesuffix(".old.tmp")
+        elif not name.endswith("-state.tmp"):
+            continue
+        if pattern.fullmatch(name):
+            found.append(path)
+    return sorted(found)
+
+
+def remove_stale_temporaries(output_dir: Path, output_name: str) -> list[Path]:
+    """Delete what :func:`stale_temporaries` finds; returns what was removed."""
+    removed = stale_temporaries(output_dir, output_name)
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
 
 
 def dataset_metadata(data) -> dict:
@@ -191,8 +225,20 @@ class Saver:
         self.job = session.job
         for problem in check_network_weights_kept(self.job):  # validation refuses this too; never write over it
             raise TrainingError(problem.message, problem.setting)
+        try:  # validation refuses such names; never let one reach a path
+            parse_output_name(self.job.saving.output_name)
+        except ValueError as error:
+            raise TrainingError(str(error), "output_name") from None
         self.output_dir = Path(self.job.saving.output_dir).expanduser()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        try:  # validation checks this before the model loads; a job that skipped it still gets the setting
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TrainingError(f"{self.output_dir} cannot be created ({error.strerror or error})",
+                                "output_dir") from None
+        removed = remove_stale_temporaries(self.output_dir, self.job.saving.output_name)
+        if removed:
+            events.status("saving", note=f"removed {len(removed)} temporary file(s) left by an interrupted run: "
+                                         + ", ".join(p.name for p in removed))
         self.base_metadata = {**training_metadata(session), **session.network.metadata()}
         self.outputs: list[str] = []
         self.kept_steps: set[int] = set()  # step files asked for from the page: save_last_n_steps leaves them
@@ -213,8 +259,9 @@ class Saver:
 
     def save_epoch(self, step: int, epoch: int) -> None:
         self._write(self.output_dir / epoch_file_name(self.job.saving.output_name, epoch), step, epoch, "epoch")
-        if self.job.saving.save_state:
-            self.save_state(self.output_dir / f"{self.job.saving.output_name}-{epoch:06d}-state", step, epoch, 0)
+        if self.job.saving.save_state:  # the epoch is done: a resume from here starts the next one
+            self.save_state(self.output_dir / f"{self.job.saving.output_name}-{epoch:06d}-state", step, epoch,
+                            self.session.schedule.batches_per_epoch)
 
     def save_step(self, step: int, epoch: int, batches_done: int, requested: bool = False) -> None:
         """A step file (and state), then save_last_n_steps' pruning of an older one. A file ``requested``
@@ -253,8 +300,12 @@ class Saver:
             "step": step, "epoch": epoch, "batches_done_in_epoch": batches_done, "seed": s.seed,
             "train_text_encoder": s.train_text_encoder,
         }), encoding="utf-8")
-        shutil.rmtree(folder, ignore_errors=True)
+        old = folder.with_name(folder.name + ".old.tmp")  # never a half-deleted state under the real name
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            os.replace(folder, old)
         os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
         self.events.emit("checkpoint", step=step, epoch=epoch, path=str(folder), kind="state")
 
     def load_state(self, folder: Path) -> None:

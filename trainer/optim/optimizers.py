@@ -23,7 +23,8 @@ class OptimizerSettingError(SettingError):
     """A bad optimizer setting; ``setting`` names the job key to blame."""
 
     def __init__(self, message: str, setting: str = "optimizer") -> None:
-        super().__init__(message, setting)
+        # the setting is named where the problem is shown ("optimizer_args: …"), so not twice
+        super().__init__(message.removeprefix(f"{setting}: "), setting)
 
 
 class OptimizerArgsError(OptimizerSettingError):

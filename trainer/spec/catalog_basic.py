@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .fields import parse_resolution
+from .names import parse_caption_extension, parse_output_name
 from .setting import Setting
 from .tables import (
     DORA_TYPES, FULL_RANK, LORA_TYPES, LR_SCHEDULERS, LYCORIS_CAPABLE_TYPES, LYCORIS_TYPES, OFT_TYPES, OPTIMIZERS,
@@ -25,7 +26,7 @@ MODEL_AND_FOLDERS = (
     Setting("vae", "path", "", "VAE", tab="model", group="model",
             help="Optional separate VAE to use instead of the model's own: a .safetensors/.ckpt file (original "
                  "or diffusers layout) or a diffusers folder."),
-    Setting("output_name", "str", "last", "Output name", tab="model", group="saving",
+    Setting("output_name", "str", "last", "Output name", tab="model", group="saving", parser=parse_output_name,
             help="File name (without extension) of the trained LoRA. Intermediate saves add -000002 "
                  "(epoch) or -step00000200 (step) to it."),
     Setting("train_data_dir", "path", "", "Image folder", tab="folders", group="data",
@@ -135,6 +136,7 @@ BASIC = (
             help="Also save an intermediate LoRA after every N epochs (0: only the final file). The last "
                  "epoch is always saved as the final file."),
     Setting("caption_extension", "str", ".caption", "Caption Extension", tab="basic", group="data", section="Data",
+            parser=parse_caption_extension,
             help="Extension of the caption file next to each image (.caption, .txt …). Blank means .caption."),
     Setting("mixed_precision", "choice", "fp16", "Mixed precision", tab="basic", group="launch", section="Precision",
             choices=("no", "fp16", "bf16"),

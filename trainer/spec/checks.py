@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from .disk_checks import dataset_problems, network_weights_problems, resume_problems, writable_folder_problem
 from .setting import Problem
 from .sections import Job
 from .network_checks import check_network_options
@@ -22,6 +23,7 @@ from .rules import dylora_rank_faults, effective_lrs, network_adapts_conv, unrea
 # the moment and epsilon (1e-8, below fp16's smallest number) underflow to 0. Found by training the demo
 # with fp16 LoRA weights: AdamW and Prodigy give NaN losses from the first steps, DAdaptSGD divides by zero.
 FP16_STATE_UNSTABLE = ("AdamW", "Prodigy", "DAdaptSGD")
+MAX_ADDITIONAL_PARAMETERS = 4096
 
 
 def parse_additional_parameters(text: str, settings_by_key: dict) -> tuple[dict[str, Any], list[Problem]]:
@@ -31,6 +33,9 @@ def parse_additional_parameters(text: str, settings_by_key: dict) -> tuple[dict[
     """
     overrides: dict[str, Any] = {}
     problems: list[Problem] = []
+    if len(text or "") > MAX_ADDITIONAL_PARAMETERS:  # shlex takes seconds per pasted megabyte
+        return {}, [Problem("additional_parameters", f"is {len(text):,} characters long; at most "
+                                                     f"{MAX_ADDITIONAL_PARAMETERS:,} are allowed here")]
     try:
         tokens = shlex.split(text or "")
     except ValueError as error:
@@ -254,8 +259,16 @@ def check_paths(job: Job) -> list[Problem]:
         problems += check_model_files(job)
     if not job.saving.output_dir:
         problems.append(Problem("output_dir", "is required"))
-    elif Path(job.saving.output_dir).exists() and not Path(job.saving.output_dir).is_dir():
-        problems.append(Problem("output_dir", f"{job.saving.output_dir} exists and is not a folder"))
+    else:
+        problems += writable_folder_problem("output_dir", job.saving.output_dir)
+    if job.logging.logging_dir:
+        problems += writable_folder_problem("logging_dir", job.logging.logging_dir)
+    if not any(p.setting in ("train_data_dir", "reg_data_dir") for p in problems):
+        problems += dataset_problems(job)
+    if job.saving.resume:
+        problems += resume_problems(job)
+    if job.network.network_weights and Path(job.network.network_weights).expanduser().is_file():
+        problems += network_weights_problems(job)
     return problems
 
 
