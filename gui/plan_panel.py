@@ -85,6 +85,10 @@ def plan_markdown(plan: dict) -> str:
         ("Intermediate saves (steps)", _points(plan.get("save_steps") or [])),
         ("Samples at steps", _points(plan.get("sample_steps") or [])),
     ]
+    network = plan.get("network")
+    if network:  # the chosen type's size on this model's UNet
+        rows.insert(0, ("UNet network", f"{network['type']}: {network['modules']} modules, "
+                                        f"{network['parameters']:,} trainable parameters"))
     dataset_rows = [(label, dataset[key]) for key, label in DATASET_LABELS if key in dataset]
     rows = dataset_rows + rows
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.events import EVENTS_FILE, read_events
+from trainer.events import EVENTS_FILE, max_norm_words, read_events
 
 MAX_PLOT_POINTS = 600
 MOVING_AVERAGE_LABEL = "moving average"
@@ -169,6 +169,8 @@ def progress_html(view: RunView, state: str) -> str:
         details.append(f"{speed:.2f} it/s")
     if state == "running":
         details.append(f"ETA {format_duration(eta)}")
+    if view.last_step.get("keys_scaled") is not None:  # scale_weight_norms: what the max-norm step did
+        details.append(max_norm_words(view.last_step).strip())
     text = html.escape(headline(view, state))
     return (
         f"<div class='loom-progress {html.escape(state)}' data-state='{html.escape(state)}'>"

@@ -258,8 +258,9 @@ def test_kohya_import_fills_the_form_reports_unmapped_keys_and_refuses_flux(app_
     upload = page.locator("#kohya-import input[type=file]")
     upload.set_input_files(str(KOHYA_FIXTURES / "loha-sd15.json"))
     report = page.locator("#preset-report")
-    report.get_by_text("Imported 76 settings from loha-sd15.json").wait_for(timeout=30_000)
-    assert "use_cp" in report.inner_text() and "scale_weight_norms" in report.inner_text()
+    report.get_by_text("Imported 84 settings from loha-sd15.json").wait_for(timeout=30_000)
+    # its LyCORIS options and regularizers are settings now: imported, not reported as lost
+    assert "use_cp" not in report.inner_text() and "imported as 'LoHa'" in report.inner_text()
     page.wait_for_function("document.querySelector('#setting-network_dim input').value === '32'", timeout=20_000)
     assert field(page, "LoRA_type").input_value() == "LoHa"
 

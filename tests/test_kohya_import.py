@@ -473,9 +473,8 @@ def test_sdxl_configs_import_with_a_note_and_sdxl_reported(name):
     by_key = {u.key: u for u in result.unmapped}
     assert by_key["sdxl"].neutral and "reads the model family from the checkpoint's weights" in by_key["sdxl"].reason
     assert by_key["sdxl_no_half_vae"].neutral and "fp32" in by_key["sdxl_no_half_vae"].reason
-    assert "does not support yet" in by_key["scale_weight_norms"].reason
-    assert not by_key["scale_weight_norms"].neutral  # a real choice (1.5, 2.5) that is lost
-    assert by_key["factor"].neutral  # kohya's -1
+    assert result.values["scale_weight_norms"] in (1.5, 2.5)  # a real choice, imported (LyCORIS max-norm)
+    assert result.values["factor"] == -1  # kohya's -1 (automatic)
     assert import_kohya_config(kohya_file(name)).values["full_bf16"] is False  # a setting now
     assert any(note.startswith("this is an SDXL config") for note in result.notes)
     assert any("'LyCORIS/LoHa' was imported as 'LoHa'" in note for note in result.notes)
@@ -507,7 +506,7 @@ def test_report_groups_the_neutral_keys_on_one_line(name, neutral):
 def test_report_names_what_is_lost_first_then_the_neutral_keys():
     lines = report_lines(import_kohya_config(kohya_file(SD15)))
     assert lines[0].startswith("not imported: use_8bit_adam = True: an old kohya_ss flag")
-    assert lines[1].startswith("not imported, kohya_ss's off/default values (nothing lost): LyCORIS_preset, ")
+    assert lines[1].startswith("not imported, kohya_ss's off/default values (nothing lost): async_upload, ")
     assert len(lines) == 2
 
 
@@ -525,14 +524,13 @@ def test_a_value_the_trainer_cannot_honour_yet_is_reported_not_imported(monkeypa
 
 
 def test_a_refused_value_is_reported_and_left_at_the_default():
-    result = import_kohya_config({"conv_dim": 0, "network_dim": "16", "mixed_precision": "fp8",
-                                  "LoRA_type": "LyCORIS/LoKr", "unet_lr": "fast",
+    # (a refused value of the network's settings refuses the whole import: test_kohya_lycoris_import.py)
+    result = import_kohya_config({"network_dim": "16", "mixed_precision": "fp8", "unet_lr": "fast",
                                   "additional_parameters": "--max_grad_norm 5000"})
     assert result.values == {"network_dim": 16}
     reasons = {u.key: u.reason for u in result.unmapped}
-    assert "from 1 to 512 (got 0)" in reasons["conv_dim"] and "left at the default (1)" in reasons["conv_dim"]
     assert "'fp8' is not one of no, fp16, bf16" in reasons["mixed_precision"]
-    assert "'LyCORIS/LoKr'" in reasons["LoRA_type"] and "left at the default ('Standard')" in reasons["LoRA_type"]
+    assert "left at the default ('fp16')" in reasons["mixed_precision"]
     assert "expected a number, got 'fast'" in reasons["unet_lr"]
     assert "--max_grad_norm must be a number from 0 to 1000" in reasons["additional_parameters"]
 

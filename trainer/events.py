@@ -31,7 +31,9 @@ EVENT_TYPES: dict[str, EventType] = {
     # what the trainer is doing now; notes and progress counters ride along
     "status": EventType(("phase",), ("step", "note", "done", "total", "encoded", "reused")),
     # one optimizer step: its loss, one learning rate per parameter group, the running average and speed
-    "step": EventType(("step", "epoch", "loss", "lr"), ("loss_avg", "it_per_s", "eta_s")),
+    # with scale_weight_norms also sd-scripts' max-norm statistics: keys scaled, average and largest norm
+    "step": EventType(("step", "epoch", "loss", "lr"),
+                      ("loss_avg", "it_per_s", "eta_s", "keys_scaled", "average_key_norm", "max_key_norm")),
     # sample images drawn at a step; ``requested`` when the page asked for them (Sample now)
     "sample": EventType(("step", "epoch", "images"), ("requested",)),
     # a file or state folder written; ``requested`` when the page asked for it (Save now)
@@ -126,6 +128,14 @@ class EventWriter:
         self.close()
 
 
+def max_norm_words(event: dict) -> str:
+    """" max-norm: 3 keys scaled, avg norm 0.41, max 1" for a step event that has the statistics, else ""."""
+    if event.get("keys_scaled") is None:
+        return ""
+    return (f" max-norm: {event['keys_scaled']} keys scaled, avg norm {event.get('average_key_norm', 0):.3g},"
+            f" max {event.get('max_key_norm', 0):.3g}")
+
+
 def describe(event: dict) -> str:
     """One human line per event, for the trainer's log."""
     kind = event.get("type")
@@ -133,7 +143,7 @@ def describe(event: dict) -> str:
         lrs = " ".join(f"lr/{k}={v:.3g}" for k, v in (event.get("lr") or {}).items())
         loss = event.get("loss")
         return (f"step {event.get('step')} epoch {event.get('epoch')} loss={loss if loss is None else round(loss, 5)}"
-                f" avg={event.get('loss_avg') and round(event['loss_avg'], 5)} {lrs}")
+                f" avg={event.get('loss_avg') and round(event['loss_avg'], 5)} {lrs}" + max_norm_words(event))
     if kind in ("warning", "error"):
         where = f"{event['setting']}: " if event.get("setting") else ""
         return f"{kind.upper()}: {where}{event.get('message')}"

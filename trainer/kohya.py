@@ -18,6 +18,9 @@ from typing import Any
 from trainer.kohya_unmapped import Unmapped, explain_unmapped, is_neutral
 from trainer.spec import SETTINGS, SETTINGS_BY_KEY, JobError, job_from_values, job_to_values, write_job_toml
 from trainer.spec.checks import parse_additional_parameters
+from trainer.spec.network_checks import check_network_options
+from trainer.spec.rules import lycoris_algo
+from trainer.spec.tables import LYCORIS_TYPES
 
 # Old kohya_ss key names → today's (kohya's own `update_my_data` migration, plus renamed block fields).
 RENAMED_KEYS = {"lora_network_weights": "network_weights", "conv_dims": "conv_block_dims",
@@ -27,11 +30,17 @@ LORA_TYPE_FROM_KOHYA = {  # "LoCon" is the legacy name kohya_ss migrates to LyCO
     "Standard": "Standard", "LoCon": "LoCon", "Kohya LoCon": "LoCon", "LyCORIS/LoCon": "LoCon",
     "LoHa": "LoHa", "Kohya LoHa": "LoHa", "LyCORIS/LoHa": "LoHa",
     "DyLoRA": "DyLoRA", "Kohya DyLoRA": "DyLoRA", "LyCORIS/DyLoRA": "DyLoRA",
+    **{name: name for name in LYCORIS_TYPES},
+}
+# SD-family types kohya_ss offers that LoRA Loom does not train: an import of one is refused as a whole.
+REFUSED_LORA_TYPES = {
+    "Kohya LoKr": "sd-scripts' own networks.lokr (kohya_ss offers it for SDXL only); LyCORIS/LoKr is supported",
+    "LoRA-FA": "sd-scripts' networks.lora_fa (a LoRA with a frozen down projection) is not supported yet",
 }
 # networks.lora with conv_dim (Kohya LoCon) and networks.dylora take block-wise dims, as ours do; kohya_ss
 # allows its own "Kohya LoHa" only for SDXL, so LoHa goes out as the LyCORIS one.
 LORA_TYPE_TO_KOHYA = {"Standard": "Standard", "LoCon": "Kohya LoCon", "LoHa": "LyCORIS/LoHa",
-                      "DyLoRA": "Kohya DyLoRA"}
+                      "DyLoRA": "Kohya DyLoRA", **{name: name for name in LYCORIS_TYPES}}
 
 REFUSED_FAMILY_CHECKBOXES = {"flux1_checkbox": "Flux.1", "sd3_checkbox": "SD3",
                              "hunyuan_image_checkbox": "HunyuanImage-2.1", "anima_checkbox": "Anima",
@@ -41,6 +50,9 @@ REFUSED_FAMILY_LORA_TYPES = {"Flux1": "Flux.1", "Flux1 OFT": "Flux.1", "Anima": 
 # Settings where kohya_ss writes 0 (or "") for "unset" and we write a blank (None) or, for clip_skip, 1.
 ZERO_MEANS_BLANK = frozenset({"seed", "max_train_epochs", "lr_scheduler_num_cycles"})
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+REJECTED = "not accepted by LoRA Loom"  # how the report of a value the schema refuses begins
 
 
 class KohyaImportError(ValueError):
@@ -145,7 +157,8 @@ def _to_choice(setting, raw: Any):
 def _lora_type(raw: Any) -> str:
     name = str(raw).strip()
     if name not in LORA_TYPE_FROM_KOHYA:
-        raise ValueError(f"{name!r} is a kohya_ss LoRA type LoRA Loom does not support yet (it has "
+        why = REFUSED_LORA_TYPES.get(name, "not a type LoRA Loom trains")
+        raise ValueError(f"{name!r} is a kohya_ss LoRA type LoRA Loom does not support ({why}; it has "
                          f"{', '.join(LORA_TYPE_TO_KOHYA)})")
     return LORA_TYPE_FROM_KOHYA[name]
 
@@ -228,11 +241,25 @@ def import_kohya_config(source: str | Path | dict) -> ImportResult:
                 unmapped.append(_rejected(key, raw, target, str(error)))
     notes = _apply_legacy_flags(config, values, origin, unmapped)
     unmapped += _drop_rejected_values(config, values, origin)
+    refuse_lost_network_values(label, unmapped, values)
     notes += _advice(config, values)
     for key in [k for k in ("unet_lr", "text_encoder_lr") if k in values and values[k] is None]:
         values[key] = explicit_blank_rates(values)[key]
         notes.append(f"blank {key} means 'use the learning rate': imported as {values[key]:g}")
     return ImportResult(values, unmapped, notes)
+
+
+def refuse_lost_network_values(label: str, unmapped: list[Unmapped], values: dict[str, Any]) -> None:
+    """The network (its type, ranks, LyCORIS options, regularizers) is what the file is about: a value of it
+    that cannot be honoured refuses the whole import (KohyaImportError, nothing written), never a default."""
+    lost = [u for u in unmapped if u.reason.startswith(REJECTED) and RENAMED_KEYS.get(u.key, u.key) in SETTINGS_BY_KEY
+            and SETTINGS_BY_KEY[RENAMED_KEYS.get(u.key, u.key)].group == "network"]
+    problems = [f"{u.key} = {u.value!r}: {u.reason.split('; left at the default')[0]}" for u in lost]
+    problems += [f"{p.setting}: {p.message}" for p in check_network_options(job_from_values(values))
+                 if p.level == "error"]
+    if problems:
+        raise KohyaImportError(f"{label}: cannot be trained as it asks, so nothing was imported: "
+                               + "; ".join(problems))
 
 
 def explicit_blank_rates(values: dict[str, Any]) -> dict[str, Any]:
@@ -257,7 +284,7 @@ def _convert_implemented(key: str, raw: Any) -> Any:
 def _rejected(file_key: str, raw: Any, key: str, problem: str) -> Unmapped:
     default = SETTINGS_BY_KEY[key].default
     name = key if key == file_key else f"{key}, kohya_ss's {file_key}"
-    return Unmapped(file_key, raw, f"not accepted by LoRA Loom, {name}: {problem}; left at the default "
+    return Unmapped(file_key, raw, f"{REJECTED}, {name}: {problem}; left at the default "
                                    f"({default!r})")
 
 
@@ -377,6 +404,8 @@ def export_kohya_config(values: dict[str, Any]) -> dict[str, Any]:
             value = blank_as.get(setting.key, "")
         config[setting.key] = value
     config["LoRA_type"] = LORA_TYPE_TO_KOHYA[job["LoRA_type"]]
+    if job["LoRA_type"] == "LoCon" and lycoris_algo("LoCon", job):  # kohya_ss sends LyCORIS options only then
+        config["LoRA_type"] = "LyCORIS/LoCon"
     config["xformers"] = "xformers" if job["xformers"] else "sdpa"
     config["sdxl"] = _is_sdxl_model(job["pretrained_model_name_or_path"])  # kohya_ss picks its SDXL trainer by it
     return dict(sorted(config.items()))

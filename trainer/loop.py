@@ -115,6 +115,15 @@ def optimizer_step(session: Session, scaler) -> dict[str, float]:
     return lrs
 
 
+def max_norm_statistics(session: Session) -> dict:
+    """scale_weight_norms after the step (sd-scripts' max-norm regularisation), and what it logs."""
+    max_norm = session.job.network.scale_weight_norms
+    if not max_norm:
+        return {}
+    scaled, average, largest = session.network.apply_max_norm(max_norm)
+    return {"keys_scaled": scaled, "average_key_norm": average, "max_key_norm": largest}
+
+
 class Progress:
     """Moving-average loss, speed and ETA for the step events."""
 
@@ -159,6 +168,7 @@ def train(session: Session, events: EventWriter, requests: RunRequests, saver: S
     scaler = session.scaler
     progress = Progress(plan.total_steps, window=plan.batches_per_epoch, start_step=saver.start_step)
     step, epoch = saver.start_step, saver.start_epoch
+    session.network.set_training(True)  # as sd-scripts: the adapters train (dropouts on), the base stays as it is
     non_finite = NonFiniteLoss(job)
     trace = batch_tracer(processes.rank)
     events.status("training")
@@ -183,7 +193,8 @@ def train(session: Session, events: EventWriter, requests: RunRequests, saver: S
             lrs = optimizer_step(session, scaler)
             step += 1
             loss_value = processes.mean(loss.item())
-            events.emit("step", step=step, epoch=epoch, loss=loss_value, lr=lrs, **progress.update(step, loss_value))
+            events.emit("step", step=step, epoch=epoch, loss=loss_value, lr=lrs, **progress.update(step, loss_value),
+                        **max_norm_statistics(session))
             if plan.text_encoder_stop_step is not None and step == plan.text_encoder_stop_step and session.train_text_encoder:
                 session.stop_text_encoder()
                 events.status("training", note=f"text encoder training stopped after step {step}")

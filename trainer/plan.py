@@ -179,6 +179,27 @@ def unet_block_groups(job: Job) -> dict[str, float] | None:
     return unet_block_lr_weights(unet, config) or None
 
 
+def network_size(job: Job) -> dict | None:
+    """{"type", "modules", "parameters"} of the network's UNet part on this job's model (its layout on the meta
+    device, nothing loaded); None without a readable model or when the network settings are at fault (the
+    checks name those)."""
+    if not job.model.pretrained_model_name_or_path:
+        return None
+    from trainer.models.skeleton import unet_skeleton
+    from trainer.network.from_job import network_config_from_job
+    from trainer.network.size import unet_network_size
+
+    found = unet_skeleton(job.model.pretrained_model_name_or_path)
+    if found is None:
+        return None
+    unet, family = found
+    try:
+        config = network_config_from_job(job, family=family)
+        return {"type": job.network.LoRA_type, **unet_network_size(unet, config)}
+    except ValueError:
+        return None
+
+
 def global_batch_size(job: Job, num_processes: int) -> int:
     """Images per optimizer step: batch × processes × gradient accumulation."""
     return job.data.train_batch_size * num_processes * job.optimisation.gradient_accumulation_steps
@@ -218,6 +239,7 @@ def make_plan(job: Job, dataset_plan=None) -> dict:
             "global_batch_size": global_batch_size(job, sched.num_processes)}
     plan["length_note"] = length_note(sched)
     plan["lr_curve"] = lr_preview(job, sched)
+    plan["network"] = network_size(job)
     plan["warnings"] = [{"setting": key, "message": message}
                         for key, message in unread_scheduler_settings(job.optimisation)]
     return plan

@@ -3,7 +3,15 @@ from __future__ import annotations
 
 from .fields import parse_block_alphas, parse_block_dims, parse_half_lr_weights, parse_mid_lr_weight
 from .setting import Setting
-from .tables import CONV_LORA_TYPES, SCHEDULERS_WITH_CYCLES, SCHEDULERS_WITH_POWER
+from .tables import (
+    CONV_LORA_TYPES, LORA_TYPES, LYCORIS_TYPES, MAX_NORM_TYPES, RANK_DROPOUT_TYPES, REGULARIZED_TYPES,
+    SCHEDULERS_WITH_CYCLES, SCHEDULERS_WITH_POWER,
+)
+
+# Block settings: the types sd-scripts applies them to (networks.lora, networks.dylora; ours also LoHa).
+_BLOCK_TYPES = tuple(t for t in LORA_TYPES if t not in LYCORIS_TYPES)
+_CONV_BLOCK_TYPES = tuple(t for t in CONV_LORA_TYPES if t in _BLOCK_TYPES)
+_NOT_LYCORIS = " Not for the LyCORIS/… types (LyCORIS takes no block settings, as in sd-scripts)."
 
 SAMPLERS = (
     "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
@@ -11,33 +19,52 @@ SAMPLERS = (
 )
 
 WEIGHTS_BLOCKS_CONV = (
-    Setting("down_lr_weight", "str", "", "Down LR weights", tab="weights", group="network", parser=parse_half_lr_weights,
+    Setting("down_lr_weight", "str", "", "Down LR weights", tab="weights", group="network", visible_when=("LoRA_type", _BLOCK_TYPES), parser=parse_half_lr_weights,
             help="Learning-rate weight (0–1) of each of the 12 down blocks IN0–IN11, as 12 numbers (SDXL: 9, "
                  "IN00–IN08), or a curve: sine, cosine, linear, reverse_linear or zeros, optionally +base "
-                 "(e.g. sine+0.2). Blank: 1 everywhere."),
-    Setting("mid_lr_weight", "str", "", "Mid LR weights", tab="weights", group="network", parser=parse_mid_lr_weight,
+                 "(e.g. sine+0.2). Blank: 1 everywhere." + _NOT_LYCORIS),
+    Setting("mid_lr_weight", "str", "", "Mid LR weights", tab="weights", group="network", visible_when=("LoRA_type", _BLOCK_TYPES), parser=parse_mid_lr_weight,
             help="Learning-rate weight (0–1) of the middle block (SDXL: 3 numbers, one per middle block). "
-                 "Blank: 1."),
-    Setting("up_lr_weight", "str", "", "Up LR weights", tab="weights", group="network", parser=parse_half_lr_weights,
+                 "Blank: 1." + _NOT_LYCORIS),
+    Setting("up_lr_weight", "str", "", "Up LR weights", tab="weights", group="network", visible_when=("LoRA_type", _BLOCK_TYPES), parser=parse_half_lr_weights,
             help="Learning-rate weight (0–1) of each of the 12 up blocks OUT0–OUT11, as 12 numbers (SDXL: 9) "
-                 "or a curve."),
-    Setting("block_lr_zero_threshold", "float", None, "Blocks LR zero threshold", tab="weights", group="network",
+                 "or a curve." + _NOT_LYCORIS),
+    Setting("block_lr_zero_threshold", "float", None, "Blocks LR zero threshold", tab="weights", group="network", visible_when=("LoRA_type", _BLOCK_TYPES),
             minimum=0, maximum=1, optional=True,
-            help="Blocks whose LR weight is at or below this get no LoRA module at all. Blank: 0."),
+            help="Blocks whose LR weight is at or below this get no LoRA module at all. Blank: 0." + _NOT_LYCORIS),
     Setting("block_dims", "str", "", "Block dims", tab="blocks", group="network", parser=parse_block_dims,
+            visible_when=("LoRA_type", _BLOCK_TYPES),
             help="Rank of each of the 25 blocks IN0–IN11, MID, OUT0–OUT11 (whole numbers; 0 = no module); "
                  "SDXL: 23 blocks EMB, IN00–IN08, MID00–MID02, OUT00–OUT08, END. Blocks without attention "
-                 "ignore it. Blank: the network rank everywhere."),
+                 "ignore it. Blank: the network rank everywhere." + _NOT_LYCORIS),
     Setting("block_alphas", "str", "", "Block alphas", tab="blocks", group="network", parser=parse_block_alphas,
-            help="Alpha of each of the 25 blocks (SDXL: 23). Blank: the network alpha everywhere."),
+            visible_when=("LoRA_type", _BLOCK_TYPES),
+            help="Alpha of each of the 25 blocks (SDXL: 23). Blank: the network alpha everywhere." + _NOT_LYCORIS),
     Setting("conv_block_dims", "str", "", "Conv dims", tab="conv", group="network", parser=parse_block_dims,
-            visible_when=("LoRA_type", CONV_LORA_TYPES),
+            visible_when=("LoRA_type", _CONV_BLOCK_TYPES),
             help="Rank of the 3×3 convolution adapters of each of the 25 blocks (SDXL: 23; LoCon-style types). "
-                 "Blank: the convolution rank everywhere."),
+                 "Blank: the convolution rank everywhere." + _NOT_LYCORIS),
     Setting("conv_block_alphas", "str", "", "Conv alphas", tab="conv", group="network", parser=parse_block_alphas,
-            visible_when=("LoRA_type", CONV_LORA_TYPES),
+            visible_when=("LoRA_type", _CONV_BLOCK_TYPES),
             help="Alpha of the 3×3 convolution adapters of each of the 25 blocks (SDXL: 23). "
-                 "Blank: the convolution alpha."),
+                 "Blank: the convolution alpha." + _NOT_LYCORIS),
+)
+
+REGULARIZERS = (
+    Setting("scale_weight_norms", "float", 0.0, "Scale weight norms", tab="advanced", group="network",
+            section="Regularizers", minimum=0, maximum=10, visible_when=("LoRA_type", MAX_NORM_TYPES),
+            help="Max-norm regularisation: after each step every module whose weight change ΔW has a norm above "
+                 "this is scaled back to it (the run shows how many were scaled and the average and largest "
+                 "norm). 0: off; 1 is common."),
+    Setting("network_dropout", "float", 0.0, "Network dropout", tab="advanced", group="network",
+            section="Regularizers", minimum=0, maximum=1, visible_when=("LoRA_type", REGULARIZED_TYPES),
+            help="Dropout on the adapters' output while training (0: off; 0.1–0.5 typical)."),
+    Setting("rank_dropout", "float", 0.0, "Rank dropout", tab="advanced", group="network", section="Regularizers",
+            minimum=0, maximum=1, visible_when=("LoRA_type", RANK_DROPOUT_TYPES),
+            help="Drop each rank of an adapter with this probability at every step (0: off)."),
+    Setting("module_dropout", "float", 0.0, "Module dropout", tab="advanced", group="network",
+            section="Regularizers", minimum=0, maximum=1, visible_when=("LoRA_type", RANK_DROPOUT_TYPES),
+            help="Skip a whole adapter with this probability at every step (0: off)."),
 )
 
 ADVANCED = (

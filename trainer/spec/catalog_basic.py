@@ -4,7 +4,13 @@ from __future__ import annotations
 from .fields import parse_resolution
 from .names import parse_caption_extension, parse_output_name
 from .setting import Setting
-from .tables import CONV_LORA_TYPES, LORA_TYPES, LR_SCHEDULERS, OPTIMIZERS, SCHEDULERS_WITHOUT_WARMUP
+from .tables import (
+    CONV_LORA_TYPES, DORA_TYPES, FULL_RANK, LORA_TYPES, LR_SCHEDULERS, LYCORIS_CAPABLE_TYPES, LYCORIS_TYPES, OFT_TYPES,
+    OPTIMIZERS, RANK_DROPOUT_SCALE_TYPES, RANK_DROPOUT_TYPES, REGULARIZED_TYPES, SCALAR_TYPES,
+    SCHEDULERS_WITHOUT_WARMUP, TUCKER_TYPES,
+)
+
+_LYCORIS_RUN = tuple(LYCORIS_CAPABLE_TYPES) + LYCORIS_TYPES
 
 
 MODEL_AND_FOLDERS = (
@@ -57,28 +63,85 @@ BASIC = (
             choices=LORA_TYPES,
             help="Standard: LoRA on the attention and feed-forward layers. LoCon: also the 3×3 convolutions "
                  "of the ResNet blocks. LoHa: a Hadamard-product adapter, more expressive for its size. "
-                 "DyLoRA: trains every rank up to the chosen one at once, so you can pick a rank afterwards."),
+                 "DyLoRA: trains every rank up to the chosen one at once, so you can pick a rank afterwards. "
+                 "LyCORIS/LoKr: a Kronecker-product adapter (tiny files; rank 100000 = full matrix). "
+                 "LyCORIS/iA3: learns one scale per channel (smallest of all). LyCORIS/GLoRA: generalised LoRA "
+                 "(scales the weight and adds a low-rank term). LyCORIS/BOFT and LyCORIS/Diag-OFT: orthogonal "
+                 "fine-tuning, rotates the weights (rank = block size). LyCORIS/Native Fine-Tuning: trains the "
+                 "layers' full weights and saves their difference (big files). The LyCORIS types run through "
+                 "the LyCORIS library and write files that LyCORIS, ComfyUI and A1111 load; block dims, alphas "
+                 "and LR weights do not apply to them (as in sd-scripts)."),
     Setting("network_weights", "path", "", "LoRA network weights", tab="basic", group="network", section="Network",
             help="Start from an existing LoRA file instead of from zero. That file is read, never overwritten."),
     Setting("dim_from_weights", "bool", False, "DIM from weights", tab="basic", group="network", section="Network",
             help="Take rank and alpha from the file in 'LoRA network weights' instead of the rank setting."),
     Setting("network_dim", "int", 8, "Network Rank (Dimension)", tab="basic", group="network", section="Network",
-            minimum=1, maximum=1024,
+            minimum=1, maximum=FULL_RANK,
             help="Width of the LoRA's hidden layer. Higher ranks store more detail but also more noise and "
-                 "make bigger files; 4–32 is typical, 8 is a good start."),
+                 "make bigger files; 4–32 is typical, 8 is a good start. At most 1024, except LyCORIS/LoKr, "
+                 "BOFT and Diag-OFT, where 100000 means full rank (LoKr: full matrix; OFT: the block size)."),
     Setting("network_alpha", "float", 1.0, "Network alpha", tab="basic", group="network", section="Network",
             minimum=0.0001, maximum=1024, step=0.0001,
             help="The LoRA's output is scaled by alpha ÷ rank during training, so alpha acts like a "
                  "learning-rate multiplier. Alpha = rank means no scaling; keep alpha ≤ rank."),
     Setting("conv_dim", "int", 1, "Convolution rank (LoCon)", tab="basic", group="network", section="Network",
-            minimum=1, maximum=512, visible_when=("LoRA_type", CONV_LORA_TYPES),
-            help="Rank of the adapters on the 3×3 convolutions (LoCon, LoHa and DyLoRA)."),
+            minimum=0, maximum=FULL_RANK, visible_when=("LoRA_type", CONV_LORA_TYPES + LYCORIS_TYPES),
+            help="Rank of the adapters on the 3×3 convolutions (LoCon, LoHa, DyLoRA and the LyCORIS types); "
+                 "0: no convolution adapters. At most 512, except 100000 (full rank) for LyCORIS/LoKr, BOFT "
+                 "and Diag-OFT."),
     Setting("conv_alpha", "float", 1.0, "Convolution alpha (LoCon)", tab="basic", group="network", section="Network",
             minimum=0.0001, maximum=512, visible_when=("LoRA_type", CONV_LORA_TYPES),
             help="Alpha of the convolution adapters; they are scaled by conv alpha ÷ conv rank."),
     Setting("unit", "int", 1, "DyLoRA unit", tab="basic", group="network", section="Network",
             minimum=1, maximum=64, visible_when=("LoRA_type", ("DyLoRA",)),
             help="DyLoRA trains ranks in steps of this size; the rank must be a multiple of it."),
+    Setting("LyCORIS_preset", "str", "full", "LyCORIS preset", tab="basic", group="network", section="LyCORIS",
+            visible_when=("LoRA_type", _LYCORIS_RUN),
+            help="Which layers get an adapter when the type runs through LyCORIS: full (attention, feed-forward "
+                 "and ResNet layers, and the text encoder), full-lin (no 3×3 convolutions), attn-mlp (the "
+                 "transformer blocks only), attn-only (attention only), unet-transformer-only, "
+                 "unet-convblock-only (ResNet blocks only; both without the text encoder), or the path of a "
+                 "LyCORIS preset .toml (its target_module, target_name, exclude_name and enable_conv are read; "
+                 "per-module algorithm maps are refused)."),
+    Setting("factor", "int", -1, "LoKr factor", tab="basic", group="network", section="LyCORIS",
+            minimum=-1, maximum=64, visible_when=("LoRA_type", ("LyCORIS/LoKr",)),
+            help="How LoKr splits each dimension for its Kronecker product: -1 picks the most balanced split; "
+                 "a positive number makes the small factor at most that big."),
+    Setting("decompose_both", "bool", False, "LoKr decompose both", tab="basic", group="network", section="LyCORIS",
+            visible_when=("LoRA_type", ("LyCORIS/LoKr",)),
+            help="Also low-rank decompose LoKr's smaller Kronecker factor (fewer parameters)."),
+    Setting("use_cp", "bool", False, "Use CP decomposition", tab="basic", group="network", section="LyCORIS",
+            visible_when=("LoRA_type", ("LyCORIS/LoKr",)),
+            help="CP-decompose LoKr's 3×3 convolution adapters (LyCORIS treats it as use_tucker)."),
+    Setting("use_tucker", "bool", False, "Use Tucker decomposition", tab="basic", group="network", section="LyCORIS",
+            visible_when=("LoRA_type", TUCKER_TYPES),
+            help="Tucker-decompose the 3×3 convolution adapters (LoCon, LoHa, LoKr): fewer parameters per kernel."),
+    Setting("use_scalar", "bool", False, "Use scalar", tab="basic", group="network", section="LyCORIS",
+            visible_when=("LoRA_type", SCALAR_TYPES),
+            help="Add one trainable scale per module (starting at 0) and initialise both factors randomly."),
+    Setting("dora_wd", "bool", False, "DoRA weight decompose", tab="basic", group="network", section="LyCORIS",
+            visible_when=("LoRA_type", DORA_TYPES),
+            help="DoRA: train the direction with the adapter and each output channel's magnitude separately; "
+                 "the magnitudes are saved as dora_scale."),
+    Setting("bypass_mode", "bool", False, "Bypass mode", tab="basic", group="network", section="LyCORIS",
+            visible_when=("LoRA_type", DORA_TYPES),
+            help="Compute the adapter's output beside the layer's (Wx + ΔWx) instead of merging ΔW into W "
+                 "for each step. Same result; meant for quantised base layers."),
+    Setting("rank_dropout_scale", "bool", False, "Rank dropout scale", tab="basic", group="network",
+            section="LyCORIS", visible_when=("LoRA_type", RANK_DROPOUT_SCALE_TYPES),
+            help="With rank dropout, scale the kept ranks up so the expected output stays the same."),
+    Setting("train_norm", "bool", False, "Train norm", tab="basic", group="network", section="LyCORIS",
+            visible_when=("LoRA_type", _LYCORIS_RUN),
+            help="Also train the normalisation layers (GroupNorm, LayerNorm) inside the targeted blocks."),
+    Setting("constrain", "float", 0.0, "Constrain OFT", tab="basic", group="network", section="LyCORIS",
+            minimum=0, visible_when=("LoRA_type", OFT_TYPES),
+            help="Limit the norm of the orthogonal blocks (0: no limit)."),
+    Setting("rescaled", "bool", False, "Rescaled OFT", tab="basic", group="network", section="LyCORIS",
+            visible_when=("LoRA_type", OFT_TYPES),
+            help="Add a trainable per-channel rescale after the rotation."),
+    Setting("train_on_input", "bool", True, "iA3 train on input", tab="basic", group="network", section="LyCORIS",
+            visible_when=("LoRA_type", ("LyCORIS/iA3",)),
+            help="iA3 scales each layer's input channels (on) or output channels (off)."),
     Setting("train_batch_size", "int", 1, "Train batch size", tab="basic", group="data", section="Steps",
             minimum=1, maximum=64,
             help="Images per step. Bigger batches are faster per image and smoother, but need more memory "

@@ -15,6 +15,7 @@ from .disk_checks import dataset_problems, network_weights_problems, resume_prob
 from .setting import Problem
 from .tables import ONE_LR_OPTIMIZERS
 from .sections import Job
+from .network_checks import check_network_options
 from .rules import both_rates_zero, dylora_rank_faults, effective_lrs, network_adapts_conv, unread_scheduler_settings
 
 
@@ -106,6 +107,7 @@ def check_settings(job: Job, settings) -> list[Problem]:
     if job.saving.save_last_n_steps_state and not (job.saving.save_state and job.saving.save_every_n_steps):
         problems.append(Problem("save_last_n_steps_state", "has no effect without 'Save training state' and step "
                                                            "saving", "warning"))
+    problems += check_network_options(job)
     if job.saving.save_last_n_steps and not job.saving.save_every_n_steps:
         problems.append(Problem("save_last_n_steps", "has no effect while 'Save every N steps' is 0", "warning"))
     loraplus = [k for k in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Mapping
 
-from .tables import CONV_LORA_TYPES, SCHEDULERS_WITH_CYCLES, SCHEDULERS_WITH_POWER, SCHEDULERS_WITHOUT_WARMUP
+from .tables import (
+    CONV_LORA_TYPES, FULL_RANK_TYPES, LYCORIS_CAPABLE_TYPES, LYCORIS_TYPE_ALGOS, SCHEDULERS_WITH_CYCLES,
+    SCHEDULERS_WITH_POWER, SCHEDULERS_WITHOUT_WARMUP,
+)
 
 if TYPE_CHECKING:
     from .sections import NetworkSection, OptimisationSection
@@ -37,6 +40,31 @@ def adapts_conv(lora_type: str, conv_dim: int, conv_block_dims: Iterable[int] = 
 
 def network_adapts_conv(network: NetworkSection, conv_block_dims: Iterable[int] = ()) -> bool:
     return adapts_conv(network.LoRA_type, network.conv_dim, conv_block_dims)
+
+
+# Options that only LyCORIS's modules implement: set on Standard / LoCon / LoHa, they run through LyCORIS.
+LYCORIS_SWITCHES = ("dora_wd", "use_scalar", "use_tucker", "bypass_mode", "rank_dropout_scale", "train_norm")
+REGULARIZERS = ("network_dropout", "rank_dropout", "module_dropout", "scale_weight_norms")
+
+
+def lycoris_algo(lora_type: str, options: dict) -> str | None:
+    """The LyCORIS algorithm a network runs, or None for our own modules (peft's LoRA / LoHa, our DyLoRA).
+
+    The LyCORIS types always run through LyCORIS; Standard, LoCon and LoHa do when a LyCORIS option, a
+    regularizer or a preset other than full is set (``options``: setting → value)."""
+    if lora_type in LYCORIS_TYPE_ALGOS:
+        return LYCORIS_TYPE_ALGOS[lora_type]
+    if lora_type not in LYCORIS_CAPABLE_TYPES:
+        return None
+    asked = any(options.get(key) for key in LYCORIS_SWITCHES + REGULARIZERS)
+    if asked or options.get("LyCORIS_preset", "full") not in ("full", "", None):
+        return LYCORIS_CAPABLE_TYPES[lora_type]
+    return None
+
+
+def rank_limits(lora_type: str) -> tuple[int, int]:
+    """(network_dim, conv_dim) maxima: 100000 ("full rank") for LoKr, BOFT and Diag-OFT, else 1024 and 512."""
+    return (100000, 100000) if lora_type in FULL_RANK_TYPES else (1024, 512)
 
 
 # ---------------------------------------------------------------- optimisation

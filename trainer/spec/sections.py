@@ -61,7 +61,7 @@ class CaptionsSection:
 class NetworkSection:
     """The LoRA network."""
 
-    LoRA_type: Literal['Standard', 'LoCon', 'LoHa', 'DyLoRA']
+    LoRA_type: Literal['Standard', 'LoCon', 'LoHa', 'DyLoRA', 'LyCORIS/LoKr', 'LyCORIS/iA3', 'LyCORIS/GLoRA', 'LyCORIS/BOFT', 'LyCORIS/Diag-OFT', 'LyCORIS/Native Fine-Tuning']
     network_weights: str
     dim_from_weights: bool
     network_dim: int
@@ -69,6 +69,19 @@ class NetworkSection:
     conv_dim: int
     conv_alpha: float
     unit: int
+    LyCORIS_preset: str
+    factor: int
+    decompose_both: bool
+    use_cp: bool
+    use_tucker: bool
+    use_scalar: bool
+    dora_wd: bool
+    bypass_mode: bool
+    rank_dropout_scale: bool
+    train_norm: bool
+    constrain: float
+    rescaled: bool
+    train_on_input: bool
     down_lr_weight: str
     mid_lr_weight: str
     up_lr_weight: str
@@ -77,6 +90,10 @@ class NetworkSection:
     block_alphas: str
     conv_block_dims: str
     conv_block_alphas: str
+    scale_weight_norms: float
+    network_dropout: float
+    rank_dropout: float
+    module_dropout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +258,19 @@ SECTION_OF_KEY: dict[str, str] = {
     'conv_dim': 'network',
     'conv_alpha': 'network',
     'unit': 'network',
+    'LyCORIS_preset': 'network',
+    'factor': 'network',
+    'decompose_both': 'network',
+    'use_cp': 'network',
+    'use_tucker': 'network',
+    'use_scalar': 'network',
+    'dora_wd': 'network',
+    'bypass_mode': 'network',
+    'rank_dropout_scale': 'network',
+    'train_norm': 'network',
+    'constrain': 'network',
+    'rescaled': 'network',
+    'train_on_input': 'network',
     'train_batch_size': 'data',
     'epoch': 'optimisation',
     'max_train_steps': 'optimisation',
@@ -278,6 +308,10 @@ SECTION_OF_KEY: dict[str, str] = {
     'block_alphas': 'network',
     'conv_block_dims': 'network',
     'conv_block_alphas': 'network',
+    'scale_weight_norms': 'network',
+    'network_dropout': 'network',
+    'rank_dropout': 'network',
+    'module_dropout': 'network',
     'no_token_padding': 'captions',
     'gradient_accumulation_steps': 'optimisation',
     'weighted_captions': 'captions',
