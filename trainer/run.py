@@ -81,7 +81,10 @@ def run_training(job: Job, run_dir: Path, events: EventWriter) -> str:
             status = "stopped"
         else:
             status = train(session, events, requests, saver)
-        events.emit("finished", status=status, outputs=saver.outputs)
+        from trainer.memory_plan import memory_report
+
+        events.emit("finished", status=status, outputs=saver.outputs,
+                    memory=memory_report(session.precision.device.type, session.memory_estimate))
         return status
     except KeyboardInterrupt:
         events.emit("finished", status="stopped", outputs=saver.outputs if saver else [],

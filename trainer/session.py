@@ -19,6 +19,7 @@ from trainer.data.folders import scan_dataset
 from trainer.data.training_data import TrainingData
 from trainer.events import EventWriter
 from trainer.loss import sd_alphas_cumprod
+from trainer.memory_plan import estimate_for_run
 from trainer.models.loading import BaseModel, load_base_model
 from trainer.network import LoraNetwork, apply_network, read_lora_file
 from trainer.network.from_job import network_config_from_job
@@ -64,6 +65,7 @@ class Session:
     noise_generator: torch.Generator
     started_at: float = field(default_factory=time.time)
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    memory_estimate: dict | None = None  # the plan's memory estimate (trainer.memory_plan), made before loading
 
     def text_states(self, captions: list[str]) -> torch.Tensor:
         """The UNet's conditioning for these (already processed) captions."""
@@ -180,6 +182,7 @@ def build_session(job: Job, run_dir: Path, events: EventWriter) -> Session:
     sched = schedule_for_job(job, data.steps_per_epoch)
     plan = {"dataset": data.plan.summary(), **sched.__dict__, "seed": seed,
             "lr_curve": lr_preview(job, sched)}
+    plan["memory"] = estimate_for_run(job, data.plan, precision.device.type)
     events.emit("started", plan=plan)
 
     events.status("loading model")
@@ -235,7 +238,8 @@ def build_session(job: Job, run_dir: Path, events: EventWriter) -> Session:
     return Session(job=job, run_dir=run_dir, seed=seed, precision=precision, data=data, schedule=sched,
                    base=base, network=network, optimizer=optimizer, lr_scheduler=lr_scheduler,
                    group_names=[g["name"] for g in groups], train_text_encoder=train_te, text_cache=text_cache,
-                   alphas_cumprod=sd_alphas_cumprod().to(precision.device), noise_generator=noise_generator)
+                   alphas_cumprod=sd_alphas_cumprod().to(precision.device), noise_generator=noise_generator,
+                   memory_estimate=plan["memory"])
 
 
 def _report_progress(events: EventWriter, done: int, total: int) -> None:

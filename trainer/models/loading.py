@@ -30,6 +30,8 @@ SDXL_VAE_SCALE_FACTOR = 0.13025
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder")
 TRAINABLE_FAMILIES = ("sd1", "sd2", "sdxl")
+# Single .safetensors files are read tensor by tensor into the model (False: read whole, then converted)
+STREAMS_SAFETENSORS = False
 FAMILY_WORDS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 
 
