@@ -93,7 +93,39 @@ def plan_markdown(plan: dict) -> str:
     rows = dataset_rows + rows
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     notes = "".join(f"\n- ⚠️ `{w['setting']}` {w['message']}" for w in plan.get("warnings") or [])
-    return "| Plan | |\n|---|---|\n" + table + ("\n" + notes if notes else "")
+    memory = memory_markdown(plan.get("memory"))
+    return "| Plan | |\n|---|---|\n" + table + ("\n" + notes if notes else "") + ("\n\n" + memory if memory else "")
+
+
+def _bytes(value) -> str:
+    if not isinstance(value, (int, float)):
+        return "?"
+    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
+
+
+VERDICT_WORDS = {"fits": "✅ fits", "tight": "⚠️ tight", "will not fit": "❌ will not fit", "unknown": "free memory unknown"}
+
+
+def memory_markdown(memory: dict | None) -> str:
+    """The memory estimate: the peak with its parts, against the free memory, and what would make it fit."""
+    if not memory:
+        return ""
+    where = "GPU memory" if memory.get("device") == "cuda" else "RAM"
+    free = memory.get("free_bytes")
+    verdict = VERDICT_WORDS.get(memory.get("verdict", "unknown"), str(memory.get("verdict")))
+    head = (f"**Memory: {_bytes(memory.get('peak_bytes'))} of {where} at the peak** ({memory.get('phase')}); "
+            f"{_bytes(free) if free else '?'} free — {verdict}")
+    parts = "\n".join(f"| {part['name']} | {_bytes(part['bytes'])} |" for part in memory.get("parts") or [])
+    lines = [head, "", "| Memory at the peak | |", "|---|---|", parts]
+    remedies = memory.get("suggestions") or []
+    if remedies:
+        lines.append("")
+        lines.append("To make it fit, try:" if memory.get("verdict") == "will not fit" else "To leave more room, try:")
+        for remedy in remedies:
+            setting = f" (`{remedy['setting']}`)" if remedy.get("setting") else ""
+            fits = " — fits" if remedy.get("fits") else ""
+            lines.append(f"- {remedy['words']}{setting}: {_bytes(remedy['peak_bytes'])}{fits}")
+    return "\n".join(lines)
 
 
 def dataset_markdown(train_data_dir: str, reg_data_dir: str, caption_extension: str) -> str:

@@ -191,7 +191,21 @@ def outputs_markdown(view: RunView) -> str:
             kind = "Save now" if checkpoint.get("requested") else checkpoint.get("kind", "")
             lines.append(f"- {checkpoint['path']} ({kind}, step {checkpoint.get('step')})"
                          f"{_size(checkpoint['path'])}")
-    return ("### LoRA files\n" + "\n".join(lines)) if lines else ""
+    memory = memory_line((view.finished or {}).get("memory"))
+    text = ("### LoRA files\n" + "\n".join(lines)) if lines else ""
+    return text + ("\n\n" + memory if memory and text else memory or "")
+
+
+def memory_line(memory: dict | None) -> str:
+    """'Peak memory: 4.48 GiB measured, 4.67 GiB estimated before the start.' from a ``finished`` event."""
+    if not memory or not isinstance(memory.get("measured_peak_bytes"), (int, float)):
+        return ""
+    kind = "GPU memory" if memory.get("device") == "cuda" else "RAM"
+    text = f"Peak {kind}: {memory['measured_peak_bytes'] / 2**30:.2f} GiB measured"
+    estimate = memory.get("estimated_peak_bytes")
+    if isinstance(estimate, (int, float)):
+        text += f", {estimate / 2**30:.2f} GiB estimated before the start"
+    return text + "."
 
 
 def _size(path: str) -> str:

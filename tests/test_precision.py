@@ -18,7 +18,7 @@ F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 DECISIONS = [
     (("no", False, "cpu", True), (F32, F32, None, False, [])),
     (("no", False, "cuda", True), (F32, F32, None, False, [])),
-    (("bf16", False, "cpu", True), (F32, F32, BF16, False, [])),  # frozen weights stay fp32 on CPU
+    (("bf16", False, "cpu", True), (BF16, F32, BF16, False, [])),  # frozen weights in bf16 on CPU too
     (("bf16", False, "cuda", True), (BF16, F32, BF16, False, [])),
     (("bf16", False, "cuda", False), (F16, F32, F16, True, ["mixed_precision"])),  # old GPU: fp16 instead
     (("fp16", False, "cuda", True), (F16, F32, F16, True, [])),  # fp32 master LoRA weights

@@ -56,7 +56,7 @@ def cmd_plan(args) -> int:
         _print_problems(path_problems, sys.stderr)
         return EXIT_REFUSED
     try:
-        plan = make_plan(job)
+        plan = make_plan(job, with_memory=not args.no_memory)
     except DataError as error:
         print(f"error: {error.setting or 'train_data_dir'}: {error}", file=sys.stderr)
         return EXIT_REFUSED
@@ -166,9 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a job file; one line per problem")
     validate.add_argument("job")
     validate.set_defaults(func=cmd_validate)
-    plan = sub.add_parser("plan", help="print the steps arithmetic as JSON")
+    plan = sub.add_parser("plan", help="print the steps arithmetic and the memory estimate as JSON")
     plan.add_argument("job")
     plan.add_argument("--pretty", action="store_true")
+    plan.add_argument("--no-memory", action="store_true",
+                      help="leave out the memory estimate (it builds the model on the meta device: diffusers)")
     plan.set_defaults(func=cmd_plan)
     imp = sub.add_parser("import-kohya", help="convert a kohya_ss config JSON into a job file")
     imp.add_argument("config")

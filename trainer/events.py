@@ -41,8 +41,8 @@ EVENT_TYPES: dict[str, EventType] = {
     # something a person can act on; ``setting`` names the setting to blame when there is one
     "warning": EventType(("message", "setting")),
     "error": EventType(("message", "setting")),
-    # the last event of every run
-    "finished": EventType(("status", "outputs"), ("reason", "setting")),
+    # the last event of every run; ``memory``: the measured peak beside the plan's estimate
+    "finished": EventType(("status", "outputs"), ("reason", "setting", "memory")),
 }
 STATUS_PHASES = ("scanning data", "loading model", "caching latents", "training", "sampling", "saving", "stopping")
 CHECKPOINT_KINDS = ("epoch", "step", "final", "state")

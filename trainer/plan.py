@@ -226,8 +226,10 @@ def schedule_for_job(job: Job, batches_per_epoch: int, num_processes: int | None
     )
 
 
-def make_plan(job: Job, dataset_plan=None) -> dict:
-    """The plan as a JSON-ready dict: dataset numbers (from the real folders) plus the schedule and LR preview."""
+def make_plan(job: Job, dataset_plan=None, with_memory: bool = False) -> dict:
+    """The plan as a JSON-ready dict: dataset numbers (from the real folders) plus the schedule, the LR preview
+    and, ``with_memory``, the memory estimate (``memory``: :mod:`trainer.memory_plan`; None when the model's
+    layout cannot be read). The estimate builds the model on the meta device, so it imports diffusers."""
     from trainer.data.dataset_plan import data_options_from_job, plan_dataset
     from trainer.data.folders import scan_dataset
 
@@ -242,4 +244,8 @@ def make_plan(job: Job, dataset_plan=None) -> dict:
     plan["network"] = network_size(job)
     plan["warnings"] = [{"setting": key, "message": message}
                         for key, message in unread_scheduler_settings(job.optimisation)]
+    if with_memory:
+        from trainer.memory_plan import memory_plan
+
+        plan["memory"] = memory_plan(job, dataset_plan)
     return plan

@@ -140,9 +140,12 @@ def run_training(job: Job, run_dir: Path, events: EventWriter, processes: Single
         else:
             status = train(session, events, requests, saver)
         processes.barrier()  # every process is done before any leaves (the watchdog would call it lost)
+        from trainer.memory_plan import memory_report
+
         with ending.lock:
             ending.done = True
-            events.emit("finished", status=status, outputs=saver.outputs)
+            events.emit("finished", status=status, outputs=saver.outputs,
+                        memory=memory_report(session.precision.device.type, session.memory_estimate))
         return status
     except KeyboardInterrupt:
         with ending.lock:

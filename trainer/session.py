@@ -20,6 +20,7 @@ from trainer.data.training_data import TrainingData
 from trainer.distributed import SingleProcess, process_seed
 from trainer.events import EventWriter
 from trainer.loss import sd_alphas_cumprod
+from trainer.memory_plan import estimate_for_run
 from trainer.models.loading import BaseModel, load_base_model
 from trainer.network import LoraNetwork, apply_network, read_lora_file
 from trainer.network.from_job import network_config_from_job
@@ -69,6 +70,7 @@ class Session:
     scaler: Any = None  # torch.amp.GradScaler for fp16 gradients
     started_at: float = field(default_factory=time.time)
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    memory_estimate: dict | None = None  # the plan's memory estimate (trainer.memory_plan), made before loading
 
     def text_states(self, captions: list[str]) -> torch.Tensor:
         """The UNet's conditioning for these (already processed) captions."""
@@ -205,6 +207,7 @@ def build_session(job: Job, run_dir: Path, events: EventWriter, processes: Singl
     sched = schedule_for_job(job, data.steps_per_epoch, processes.world_size)
     plan = {"dataset": data.plan.summary(), **sched.__dict__, "seed": seed,
             "global_batch_size": global_batch_size(job, processes.world_size), "lr_curve": lr_preview(job, sched)}
+    plan["memory"] = estimate_for_run(job, data.plan, precision.device.type)
     events.emit("started", plan=plan)
 
     events.status("loading model")
@@ -272,7 +275,8 @@ def build_session(job: Job, run_dir: Path, events: EventWriter, processes: Singl
                    group_names=[g["name"] for g in groups], train_text_encoder=train_te, text_cache=text_cache,
                    alphas_cumprod=sd_alphas_cumprod().to(precision.device), noise_generator=noise_generator,
                    processes=processes,
-                   scaler=grad_scaler(precision.device.type, precision.adapter_dtype) if precision.use_grad_scaler else None)
+                   scaler=grad_scaler(precision.device.type, precision.adapter_dtype) if precision.use_grad_scaler else None,
+                   memory_estimate=plan["memory"])
 
 
 def start_process_noise(session: Session) -> None:
