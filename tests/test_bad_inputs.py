@@ -26,7 +26,13 @@ from trainer.spec import SETTINGS, validate_values
 
 HUGE = 10**12
 # Text settings whose every value is acceptable (besides a wrong type and a pasted megabyte, tested for all).
-ANY_TEXT = {"wandb_api_key": "any text can be a key; it is checked by W&B when a run logs"}
+ANY_TEXT = {
+    "wandb_api_key": "any text can be a key; it is checked by W&B when a run logs",
+    "wandb_run_name": "a W&B run's display name; W&B takes any text",
+    **{key: "free text stored in the LoRA file's metadata (never a path)" for key in (
+        "training_comment", "metadata_title", "metadata_author", "metadata_description", "metadata_license",
+        "metadata_tags")},
+}
 
 
 def _list(value: str, count: int = 25) -> str:
@@ -52,6 +58,13 @@ TEXT_BAD_VALUES = {
     "optimizer_args": lambda p: ["weight_decay", "x=1+", "foo=1", "lr=1", "betas=(0.9"],
     "additional_parameters": lambda p: ["--nope 1", "--network_dim abc", "stray", "--network_dim 0"],
     "sample_prompts": lambda p: ["a cat --w abc", "a cat --q 1", "a cat --w"],
+    "LyCORIS_preset": lambda p: ["no-such-preset", "/nonexistent/preset.toml"],
+    "lr_scheduler_type": lambda p: ["NoSuchScheduler", "torch.optim.lr_scheduler.Nope"],
+    "lr_scheduler_args": lambda p: ["T_max", "=1"],
+    "log_tracker_name": lambda p: ["../x", "a/b", "a\nb"],
+    "log_tracker_config": lambda p: ["/nonexistent/tracker.toml", p.empty_dir],
+    "gpu_ids": lambda p: ["a,b", "-1", "0,0"],
+    "extra_accelerate_launch_args": lambda p: ["'unbalanced"],
     "down_lr_weight": lambda p: ["1,2", "wave", _list("2", 12), _list("nan", 12)],
     "mid_lr_weight": lambda p: ["1,2", "2", "-1"],
     "up_lr_weight": lambda p: ["1,2", "wave", _list("2", 12), _list("-1", 12)],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .fields import parse_block_alphas, parse_block_dims, parse_half_lr_weights, parse_mid_lr_weight
+from .names import parse_tracker_name
 from .setting import Setting
 from .tables import (
     CONV_LORA_TYPES, LORA_TYPES, LYCORIS_TYPES, MAX_NORM_TYPES, RANK_DROPOUT_TYPES, REGULARIZED_TYPES,
@@ -253,6 +254,7 @@ ADVANCED = (
             visible_when=("log_with", ("wandb", "all")),
             help="Name of the Weights & Biases run. Blank: the output name."),
     Setting("log_tracker_name", "str", "", "Log tracker name", tab="advanced", group="logging", section="Logging",
+            parser=parse_tracker_name,
             help="The tracker's project: the W&B project (blank: lora-loom) and a sub-folder of the run's "
                  "TensorBoard logs (blank: none)."),
     Setting("log_tracker_config", "path", "", "Log tracker config", tab="advanced", group="logging",

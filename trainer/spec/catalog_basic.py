@@ -134,7 +134,7 @@ BASIC = (
             visible_when=("LoRA_type", _LYCORIS_RUN),
             help="Also train the normalisation layers (GroupNorm, LayerNorm) inside the targeted blocks."),
     Setting("constrain", "float", 0.0, "Constrain OFT", tab="basic", group="network", section="LyCORIS",
-            minimum=0, visible_when=("LoRA_type", OFT_TYPES),
+            minimum=0, maximum=1000, visible_when=("LoRA_type", OFT_TYPES),
             help="Limit the norm of the orthogonal blocks (0: no limit)."),
     Setting("rescaled", "bool", False, "Rescaled OFT", tab="basic", group="network", section="LyCORIS",
             visible_when=("LoRA_type", OFT_TYPES),

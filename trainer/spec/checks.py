@@ -169,14 +169,17 @@ def check_launch(job: Job) -> list[Problem]:
 
 
 def check_scheduler_type(name: str, args_text: str) -> list[Problem]:
-    """The scheduler class must exist and take the arguments given (imports torch, only when one is named)."""
-    if not name.strip():
+    """The arguments must be key=value pairs; the scheduler class must exist and take them (imports torch,
+    only when arguments or a class are given)."""
+    if not name.strip() and not args_text.strip():
         return []
     from trainer.optim.scheduler_type import check_scheduler_args, parse_scheduler_args, scheduler_class
     from .setting import SettingError
 
     try:
-        check_scheduler_args(scheduler_class(name), parse_scheduler_args(args_text))
+        args = parse_scheduler_args(args_text)
+        if name.strip():
+            check_scheduler_args(scheduler_class(name), args)
     except SettingError as error:
         return [Problem(error.setting, str(error))]
     return []

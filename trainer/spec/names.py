@@ -39,6 +39,11 @@ def parse_output_name(text: str) -> str:
     return name
 
 
+def parse_tracker_name(text: str) -> str:
+    """The tracker's project name, which also names a log sub-folder: blank (the default) or a plain name."""
+    return parse_output_name(text) if str(text) else ""
+
+
 def parse_caption_extension(text: str) -> str:
     """A caption file's extension (``.txt``; blank means .caption): a short suffix, never a path."""
     ext = str(text)
