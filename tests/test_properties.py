@@ -7,15 +7,15 @@ import math
 import random
 import tomllib
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from trainer.data.buckets import (cover_resize, make_bucket_resolutions, select_no_upscale_bucket,
                                   select_predefined_bucket)
 from trainer.data.captions import process_caption, split_tags
-from trainer.kohya import export_kohya_config, import_kohya_config
+from trainer.kohya import KohyaImportError, export_kohya_config, import_kohya_config
 from trainer.plan import schedule
-from trainer.spec import SETTINGS, job_from_values, toml_text
+from trainer.spec import SETTINGS, job_from_values, job_to_values, toml_text
 
 FAST = settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -32,8 +32,15 @@ PARSED_EXAMPLES = {
     "conv_block_dims": ["", ",".join(["2"] * 25)],
     "conv_block_alphas": ["", ",".join(["0.5"] * 25)],
     "additional_parameters": ["", "--max_grad_norm 0.5", "--flip_aug --epoch 3"],
+    "LyCORIS_preset": ["full", "attn-mlp", "full-lin"],
+    "lr_scheduler_type": [""],
+    "lr_scheduler_args": [""],
+    "log_tracker_name": ["", "my_project"],
+    "log_tracker_config": [""],
+    "gpu_ids": ["", "0", "0,1"],
+    "extra_accelerate_launch_args": ["", "--machine_rank 0"],
 }
-FREE_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+FREE_TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)
 
 
 def value_strategy(setting):
@@ -61,16 +68,23 @@ JOB_VALUES = st.fixed_dictionaries({s.key: value_strategy(s) for s in SETTINGS i
 @given(JOB_VALUES)
 def test_a_job_survives_its_toml_file(values):
     job = job_to_values(job_from_values(values))
-    again = job_from_values(tomllib.loads(toml_text(job))).model_dump()
+    again = job_to_values(job_from_values(tomllib.loads(toml_text(job))))
     assert again == job
 
 
 @FAST
 @given(JOB_VALUES)
 def test_a_job_survives_export_to_kohya_and_import_back(values):
-    values = {**values, "pretrained_model_name_or_path": "", "additional_parameters": ""}
+    values = {**values, "pretrained_model_name_or_path": "", "additional_parameters": "", "save_model_as": "safetensors",
+              # full rank (100000) is for the LyCORIS types only: the import refuses it for the others
+              "network_dim": min(values["network_dim"], 512), "conv_dim": min(values["conv_dim"], 512)}
     job = job_to_values(job_from_values(values))
-    again = job_from_values(import_kohya_config(export_kohya_config(values)).values).model_dump()
+    try:
+        imported = import_kohya_config(export_kohya_config(values))
+    except KohyaImportError:
+        assume(False)  # a network the LoRA type cannot build (checked by the import's own tests) is refused
+        raise
+    again = job_to_values(job_from_values(imported.values))
     explicit = dict(job)  # the blanks kohya_ss has no word for come back as their meaning
     for key, meaning in {"lr_scheduler_num_cycles": 1, "lr_scheduler_power": 1.0, "seed": None,
                          "max_train_epochs": None}.items():
@@ -149,7 +163,7 @@ def test_plan_arithmetic(batches, epoch, cap, accumulation, warmup, te_stop, sch
                     save_every_n_steps=save_steps, sample_every_n_steps=sample_steps,
                     sample_every_n_epochs=sample_epochs)
     assert plan.steps_per_epoch == math.ceil(batches / accumulation)
-    assert plan.epochs == (min(epoch, cap) if cap else epoch)
+    assert plan.epochs == (cap if cap else epoch)  # sd-scripts: max_train_epochs replaces the epoch count
     assert plan.total_steps == plan.steps_per_epoch * plan.epochs
     assert 0 <= plan.warmup_steps <= plan.total_steps and (scheduler != "constant" or plan.warmup_steps == 0)
     assert plan.text_encoder_stop_step is None or 0 <= plan.text_encoder_stop_step <= plan.total_steps

@@ -52,6 +52,8 @@ def _field(setting: Setting):
         limits["le"] = setting.maximum
     if setting.kind in MAX_TEXT_LENGTH:
         limits["max_length"] = MAX_TEXT_LENGTH[setting.kind]
+    if setting.kind == "path":
+        limits["pattern"] = r"^[^\x00]*$"  # no file system takes a NUL in a path (Python raises on one)
     return (_annotation(setting), Field(default=setting.default, **limits))
 
 
@@ -86,6 +88,8 @@ def _message_for(setting: Setting | None, error: Any) -> str:
     if error["type"] == "string_too_long":
         return (f"is {len(error.get('input') or ''):,} characters long; at most "
                 f"{MAX_TEXT_LENGTH[setting.kind]:,} are allowed here")
+    if error["type"] == "string_pattern_mismatch":
+        return "holds a NUL character, which no path can hold"
     if error["type"].startswith("value_error"):
         message = str(error.get("ctx", {}).get("error", error["msg"]))
         return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 1] + "…"
