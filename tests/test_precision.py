@@ -124,4 +124,4 @@ def test_full_fp16_with_torch_adamw_goes_nan_which_validation_warns_about(demo_d
     assert [(p.setting, p.level) for p in problems if p.setting == "full_fp16"] == [("full_fp16", "warning")]
     _gpu_decision_on_cpu(monkeypatch)
     run = run_in_session(demo_dir, tmp_path, **values)
-    assert any("nan" in message for message in run.warnings_for("learning_rate"))
+    assert any("nan" in message for message in run.warnings_for("full_fp16"))  # the likely setting is blamed
