@@ -42,7 +42,7 @@ def compute_plan(values: dict[str, Any], trainer_command: list[str] | None = Non
             return PlanResult(None, "Fix the settings first:\n" + "\n".join(f"- {p}" for p in error.problems))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")))))
         try:
-            done = subprocess.run([*command, "plan", str(job_path)], capture_output=True, text=True,
+            done = subprocess.run([*command, "plan", str(job_path), "--no-memory"], capture_output=True, text=True,
                                   timeout=PLAN_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             return PlanResult(None, f"The plan took longer than {PLAN_TIMEOUT_S} s; is the image folder very large?")

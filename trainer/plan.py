@@ -241,7 +241,7 @@ def make_plan(job: Job, dataset_plan=None, with_memory: bool = False) -> dict:
             "global_batch_size": global_batch_size(job, sched.num_processes)}
     plan["length_note"] = length_note(sched)
     plan["lr_curve"] = lr_preview(job, sched)
-    plan["network"] = network_size(job)
+    plan["network"] = network_size(job) if with_memory else None  # both read the model's layout (diffusers)
     plan["warnings"] = [{"setting": key, "message": message}
                         for key, message in unread_scheduler_settings(job.optimisation)]
     if with_memory:
