@@ -237,7 +237,7 @@ def test_a_killed_process_ends_the_run_failed_with_a_message_naming_it(demo_dir,
 
 
 def _kill_group(run_dir: Path, process: subprocess.Popen | None = None) -> None:
-    pid = process.pid if process is not None else int((run_dir / "pid").read_text())
+    pid = process.pid if process is not None else int((run_dir / "pid").read_text().split()[0])
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
