@@ -18,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
+from trainer.memory_plan import measured_peak
 import trainer.models.loading as loading
 from trainer.models.single_file import models_from_ldm  # noqa: F401 - the converter's imports, before the baseline
 def rss():
@@ -31,7 +32,7 @@ started = time.perf_counter()
 model = loading.load_base_model(sys.argv[1])
 seconds = time.perf_counter() - started
 size = sum(p.numel() * p.element_size() for part in (model.unet, model.vae, *model.text_encoders) for p in part.parameters())
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = measured_peak('cpu')
 print(json.dumps({"baseline": baseline, "peak": peak, "model": size, "seconds": seconds}))
 """
 

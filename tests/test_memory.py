@@ -151,3 +151,18 @@ def test_optimizer_state_per_parameter(optimizer, expected):
 
     assert optimizer_state_bytes(optimizer, 1000, 10, 4) == pytest.approx(1000 * expected)
     assert optimizer_state_bytes("Adafactor", 1000, 10, 4) == 40
+
+
+def test_measured_peak_is_the_trainers_own_not_its_parents(tmp_path):
+    """A trainer started by a large process (the page, or a test suite) reports its own peak: ``ru_maxrss``
+    kept the parent's high-water mark across exec, and CI's full suite saw 1.17 GB for a 0.6 GB run."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(400 * 2**20)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    child = subprocess.run([sys.executable, "-c", "from trainer.memory_plan import measured_peak; "
+                            "print(measured_peak('cpu'))"], capture_output=True, text=True, check=True)
+    del ballast
+    assert 0 < int(child.stdout) < 300 * 2**20, child.stdout

@@ -27,7 +27,7 @@ def test_size_counted_on_the_meta_device_is_the_built_networks(lora_type, option
 
 
 def test_the_plan_shows_the_types_size(demo_dir, tmp_path):
-    plans = {t: make_plan(job_from_values(demo_values(demo_dir, tmp_path, LoRA_type=t)))["network"]
+    plans = {t: make_plan(job_from_values(demo_values(demo_dir, tmp_path, LoRA_type=t)), with_memory=True)["network"]
              for t in ("Standard", "LyCORIS/iA3")}
     assert plans["Standard"]["type"] == "Standard" and plans["LyCORIS/iA3"]["type"] == "LyCORIS/iA3"
     assert plans["LyCORIS/iA3"]["modules"] > plans["Standard"]["modules"]  # iA3's preset also takes the ResNets

@@ -12,7 +12,7 @@ A run goes through phases that do not overlap in time; the peak is the largest o
 - training: weights + LoRA + gradients + optimizer state + activations + caches + the backward's transients;
 - sampling: weights + LoRA + optimizer state + the UNet's and the VAE decoder's working tensors.
 
-On a CPU the figure is the process's peak resident memory (``ru_maxrss``): the phases plus the baseline of
+On a CPU the figure is the process's peak resident memory (``VmHWM``): the phases plus the baseline of
 Python, torch and the libraries, measured in the process that makes the plan. On CUDA it is the GPU's peak
 allocation (``torch.cuda.max_memory_allocated``), which has no such baseline.
 """

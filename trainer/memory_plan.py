@@ -21,15 +21,20 @@ TOKENS_PER_CHUNK = 77
 AUTOCAST_LAYERS = (torch.nn.Linear, torch.nn.Conv2d)
 
 
-def current_rss() -> int:
-    """This process's resident memory now (``VmRSS``), 0 where /proc is not there."""
+def _status_bytes(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` in bytes; None where /proc is not there."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return None
+
+
+def current_rss() -> int:
+    """This process's resident memory now (``VmRSS``), 0 where /proc is not there."""
+    return _status_bytes("VmRSS") or 0
 
 
 def trainer_baseline() -> int:
@@ -203,9 +208,15 @@ def estimate_for_run(job: Job, dataset_plan, device_type: str) -> dict | None:
 
 
 def measured_peak(device_type: str) -> int:
-    """The run's measured peak: the GPU's peak allocation, or this process's peak resident memory."""
+    """The run's measured peak: the GPU's peak allocation, or this process's peak resident memory.
+
+    On Linux that is ``VmHWM``, the high-water mark of this process's own memory. ``ru_maxrss`` is not: it
+    keeps the parent's high-water mark across ``exec`` (a trainer started by a 1 GB process reported 1 GB)."""
     if device_type == "cuda":
         return int(torch.cuda.max_memory_allocated())
+    high_water = _status_bytes("VmHWM")
+    if high_water is not None:
+        return high_water
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
