@@ -180,29 +180,36 @@ def test_model_note_suggests_v2_and_v_parameterization_without_setting_them(tmp_
 
 def test_plan_follows_edits_once_they_pause_and_only_once(monkeypatch):
     """The plan timer makes the plan from the latest edit after PLAN_SETTLE_S, once per change, and leaves
-    the panel alone while the page watches a run that is going."""
+    the panel alone while the page watches a run that is going. It ticks only while an edit waits for its
+    plan: it turns itself off when nothing waits, and after planning unless a newer edit came meanwhile."""
     from types import SimpleNamespace
 
     from gui import handlers
     from gui.handlers import Handlers, SessionState
 
     fake_trainer = [sys.executable, "-c", "import json; print(json.dumps({'total_steps': 7, 'lr_curve': {}}))"]
-    area = SimpleNamespace(state="state", plan_md="plan_md", plan_plot="plan_plot", dataset_md="dataset_md")
+    area = SimpleNamespace(state="state", plan_md="plan_md", plan_plot="plan_plot", dataset_md="dataset_md",
+                           plan_timer="plan_timer")
     ui = Handlers(form=None, area=area, manager=None, config=SimpleNamespace(trainer_command=fake_trainer))
     clock = [100.0]
     monkeypatch.setattr(handlers.time, "monotonic", lambda: clock[0])
     session = SessionState(planned=defaults())
     tick = lambda: ui.plan_when_settled({"state": session})  # noqa: E731
 
-    assert list(tick()) == ["plan_md"]  # nothing edited yet: skipped
+    def timer_off(reply: dict) -> bool:
+        return reply["plan_timer"].active is False
+
+    idle = tick()
+    assert list(idle) == ["plan_timer"] and timer_off(idle)  # nothing edited yet: the timer sleeps
     session.edited, session.edited_at = {**defaults(), "epoch": 3}, clock[0]
     clock[0] += 0.5
-    assert list(tick()) == ["plan_md"]  # still typing
+    assert list(tick()) == ["plan_md"]  # still typing: skipped, the timer keeps ticking
     clock[0] += 1.0
     made = tick()
-    assert "| **Total steps** | **7** |" in made["plan_md"]
+    assert "| **Total steps** | **7** |" in made["plan_md"] and timer_off(made)
     assert "dataset_md" not in made  # the folders did not change: no rescan
-    assert list(tick()) == ["plan_md"]  # the same values are not planned twice
+    again = tick()
+    assert "plan_md" not in again and timer_off(again)  # the same values are not planned twice
     session.edited, session.edited_at = {**defaults(), "train_data_dir": "/nowhere"}, clock[0] - 5
     assert tick()["dataset_md"].startswith("❌ `train_data_dir`")
     session.edited, session.edited_at = {**defaults(), "epoch": 4}, clock[0] - 5
