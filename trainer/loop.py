@@ -116,8 +116,9 @@ def optimizer_step(session: Session, scaler) -> dict[str, float]:
 
 
 def max_norm_statistics(session: Session) -> dict:
-    """scale_weight_norms after the step (sd-scripts' max-norm regularisation), and what it logs."""
-    max_norm = session.job.network.scale_weight_norms
+    """scale_weight_norms after the step (sd-scripts' max-norm regularisation), and what it logs. The network's
+    own value: 0 for a type that ignores the setting (sd-scripts turns it off there too)."""
+    max_norm = session.network.config.scale_weight_norms
     if not max_norm:
         return {}
     scaled, average, largest = session.network.apply_max_norm(max_norm)

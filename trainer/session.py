@@ -25,7 +25,7 @@ from trainer.models.loading import BaseModel, load_base_model
 from trainer.network import LoraNetwork, apply_network, read_lora_file
 from trainer.network.from_job import network_config_from_job
 from trainer.optim.optimizers import build_optimizer, optimizer_warnings, parse_optimizer_args
-from trainer.optim.loraplus import loraplus_groups, loraplus_ratios, up_parameter_ids
+from trainer.optim.loraplus import loraplus_groups, loraplus_ratios, plus_markers, up_parameter_ids
 from trainer.optim.scheduler_type import build_typed_scheduler
 from trainer.optim.schedulers import build_lr_scheduler
 from trainer.plan import Schedule, global_batch_size, lr_preview, schedule_for_job
@@ -253,7 +253,8 @@ def build_session(job: Job, run_dir: Path, events: EventWriter, processes: Singl
     unet_ratio, text_ratio = loraplus_ratios(job.optimisation.loraplus_lr_ratio, job.optimisation.loraplus_unet_lr_ratio,
                                              job.optimisation.loraplus_text_encoder_lr_ratio)
     if unet_ratio or text_ratio:
-        up_ids = up_parameter_ids((n, p) for a in network.adapters for n, p in a.layer.named_parameters())
+        up_ids = up_parameter_ids(((n, p) for a in network.adapters for n, p in a.layer.named_parameters()),
+                                  plus_markers(job.network.LoRA_type))
         groups = loraplus_groups(groups, up_ids, unet_ratio, text_ratio)
     if not groups:
         raise TrainingError("nothing to train: no LoRA modules were created with these settings", "network_dim")

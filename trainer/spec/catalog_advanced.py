@@ -5,14 +5,16 @@ from .fields import parse_block_alphas, parse_block_dims, parse_half_lr_weights,
 from .names import parse_tracker_name
 from .setting import Setting
 from .tables import (
-    CONV_LORA_TYPES, LORA_TYPES, LYCORIS_TYPES, MAX_NORM_TYPES, RANK_DROPOUT_TYPES, REGULARIZED_TYPES,
+    CONV_LORA_TYPES, LORA_TYPES, MAX_NORM_TYPES, NO_BLOCK_TYPES, RANK_DROPOUT_TYPES, REGULARIZED_TYPES,
     SCHEDULERS_WITH_CYCLES, SCHEDULERS_WITH_POWER,
 )
 
-# Block settings: the types sd-scripts applies them to (networks.lora, networks.dylora; ours also LoHa).
-_BLOCK_TYPES = tuple(t for t in LORA_TYPES if t not in LYCORIS_TYPES)
+# Block settings: the types sd-scripts applies them to (networks.lora, networks.dylora, networks.lora_fa; ours
+# also LoHa).
+_BLOCK_TYPES = tuple(t for t in LORA_TYPES if t not in NO_BLOCK_TYPES)
 _CONV_BLOCK_TYPES = tuple(t for t in CONV_LORA_TYPES if t in _BLOCK_TYPES)
-_NOT_LYCORIS = " Not for the LyCORIS/… types (LyCORIS takes no block settings, as in sd-scripts)."
+_NOT_LYCORIS = (" Not for the LyCORIS/… types and Kohya LoKr (LyCORIS and sd-scripts' networks.lokr take no "
+                "block settings).")
 
 SAMPLERS = (
     "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",

@@ -5,7 +5,7 @@ from .fields import parse_resolution
 from .names import parse_caption_extension, parse_output_name
 from .setting import Setting
 from .tables import (
-    CONV_LORA_TYPES, DORA_TYPES, FULL_RANK, LORA_TYPES, LR_SCHEDULERS, LYCORIS_CAPABLE_TYPES, LYCORIS_TYPES, OFT_TYPES,
+    CONV_LORA_TYPES, DORA_TYPES, FULL_RANK, LOKR_TYPES, LORA_TYPES, LR_SCHEDULERS, LYCORIS_CAPABLE_TYPES, LYCORIS_TYPES, OFT_TYPES,
     OPTIMIZERS, RANK_DROPOUT_SCALE_TYPES, RANK_DROPOUT_TYPES, REGULARIZED_TYPES, SCALAR_TYPES,
     SCHEDULERS_WITHOUT_WARMUP, TUCKER_TYPES,
 )
@@ -64,6 +64,10 @@ BASIC = (
             help="Standard: LoRA on the attention and feed-forward layers. LoCon: also the 3×3 convolutions "
                  "of the ResNet blocks. LoHa: a Hadamard-product adapter, more expressive for its size. "
                  "DyLoRA: trains every rank up to the chosen one at once, so you can pick a rank afterwards. "
+                 "LoRA-FA: a LoRA whose down matrix stays frozen at its random start (sd-scripts' networks.lora_fa: "
+                 "only the up matrix learns, less optimizer memory). Kohya LoKr: sd-scripts' own LoKr "
+                 "(networks.lokr) on the layers Standard/LoCon adapt, with factor, Tucker, rank and module "
+                 "dropout only (kohya_ss offers it for SDXL; it trains SD1.x/SD2.x here too). "
                  "LyCORIS/LoKr: a Kronecker-product adapter (tiny files; rank 100000 = full matrix). "
                  "LyCORIS/iA3: learns one scale per channel (smallest of all). LyCORIS/GLoRA: generalised LoRA "
                  "(scales the weight and adds a low-rank term). LyCORIS/BOFT and LyCORIS/Diag-OFT: orthogonal "
@@ -78,7 +82,7 @@ BASIC = (
     Setting("network_dim", "int", 8, "Network Rank (Dimension)", tab="basic", group="network", section="Network",
             minimum=1, maximum=FULL_RANK,
             help="Width of the LoRA's hidden layer. Higher ranks store more detail but also more noise and "
-                 "make bigger files; 4–32 is typical, 8 is a good start. At most 1024, except LyCORIS/LoKr, "
+                 "make bigger files; 4–32 is typical, 8 is a good start. At most 1024, except the LoKr types, "
                  "BOFT and Diag-OFT, where 100000 means full rank (LoKr: full matrix; OFT: the block size)."),
     Setting("network_alpha", "float", 1.0, "Network alpha", tab="basic", group="network", section="Network",
             minimum=0.0001, maximum=1024, step=0.0001,
@@ -87,7 +91,7 @@ BASIC = (
     Setting("conv_dim", "int", 1, "Convolution rank (LoCon)", tab="basic", group="network", section="Network",
             minimum=0, maximum=FULL_RANK, visible_when=("LoRA_type", CONV_LORA_TYPES + LYCORIS_TYPES),
             help="Rank of the adapters on the 3×3 convolutions (LoCon, LoHa, DyLoRA and the LyCORIS types); "
-                 "0: no convolution adapters. At most 512, except 100000 (full rank) for LyCORIS/LoKr, BOFT "
+                 "0: no convolution adapters. At most 512, except 100000 (full rank) for the LoKr types, BOFT "
                  "and Diag-OFT."),
     Setting("conv_alpha", "float", 1.0, "Convolution alpha (LoCon)", tab="basic", group="network", section="Network",
             minimum=0.0001, maximum=512, visible_when=("LoRA_type", CONV_LORA_TYPES),
@@ -104,7 +108,7 @@ BASIC = (
                  "LyCORIS preset .toml (its target_module, target_name, exclude_name and enable_conv are read; "
                  "per-module algorithm maps are refused)."),
     Setting("factor", "int", -1, "LoKr factor", tab="basic", group="network", section="LyCORIS",
-            minimum=-1, maximum=64, visible_when=("LoRA_type", ("LyCORIS/LoKr",)),
+            minimum=-1, maximum=64, visible_when=("LoRA_type", LOKR_TYPES),
             help="How LoKr splits each dimension for its Kronecker product: -1 picks the most balanced split; "
                  "a positive number makes the small factor at most that big."),
     Setting("decompose_both", "bool", False, "LoKr decompose both", tab="basic", group="network", section="LyCORIS",

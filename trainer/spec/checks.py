@@ -115,6 +115,9 @@ def check_settings(job: Job, settings) -> list[Problem]:
     if loraplus and job.network.LoRA_type == "LoHa":
         problems.append(Problem(loraplus[0], "LoRA+ speeds up the LoRA up matrices; LoHa has none, so it has no "
                                              "effect", "warning"))
+    if loraplus and job.network.LoRA_type == "LoRA-FA":
+        problems.append(Problem(loraplus[0], "has no effect on LoRA-FA (sd-scripts' networks.lora_fa takes no LoRA+ "
+                                             "ratios: only its up matrices learn, at the part's rate)", "warning"))
     if job.noise_loss.min_timestep > job.noise_loss.max_timestep:
         problems.append(Problem("min_timestep", f"({job.noise_loss.min_timestep}) is above the max timestep "
                                                 f"({job.noise_loss.max_timestep})"))

@@ -61,7 +61,7 @@ class CaptionsSection:
 class NetworkSection:
     """The LoRA network."""
 
-    LoRA_type: Literal['Standard', 'LoCon', 'LoHa', 'DyLoRA', 'LyCORIS/LoKr', 'LyCORIS/iA3', 'LyCORIS/GLoRA', 'LyCORIS/BOFT', 'LyCORIS/Diag-OFT', 'LyCORIS/Native Fine-Tuning']
+    LoRA_type: Literal['Standard', 'LoCon', 'LoHa', 'DyLoRA', 'LoRA-FA', 'Kohya LoKr', 'LyCORIS/LoKr', 'LyCORIS/iA3', 'LyCORIS/GLoRA', 'LyCORIS/BOFT', 'LyCORIS/Diag-OFT', 'LyCORIS/Native Fine-Tuning']
     network_weights: str
     dim_from_weights: bool
     network_dim: int

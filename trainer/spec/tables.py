@@ -16,27 +16,39 @@ LYCORIS_TYPE_ALGOS = {
     "LyCORIS/Native Fine-Tuning": "full",
 }
 LYCORIS_TYPES = tuple(LYCORIS_TYPE_ALGOS)
-LORA_TYPES = ("Standard", "LoCon", "LoHa", "DyLoRA") + LYCORIS_TYPES
+# sd-scripts' own networks.lokr (kohya_ss's "Kohya LoKr"): LoKr modules on networks.lora's layers, no block
+# settings, no LyCORIS preset; run with LyCORIS's LoKr module, whose tensors and arithmetic are the same.
+KOHYA_LOKR = "Kohya LoKr"
+# sd-scripts' networks.lora_fa (kohya_ss's "LoRA-FA"): a LoRA whose down matrix is frozen at its random init.
+LORA_FA = "LoRA-FA"
+LORA_TYPES = ("Standard", "LoCon", "LoHa", "DyLoRA", LORA_FA, KOHYA_LOKR) + LYCORIS_TYPES
+# Types that take no block dims / alphas / LR weights (LyCORIS, and sd-scripts' networks.lokr).
+NO_BLOCK_TYPES = LYCORIS_TYPES + (KOHYA_LOKR,)
 # LoRA types that also adapt the 3×3 convolutions (conv_dim, conv_alpha, conv block lists apply).
-CONV_LORA_TYPES = ("LoCon", "LoHa", "DyLoRA") + LYCORIS_TYPES
+CONV_LORA_TYPES = ("LoCon", "LoHa", "DyLoRA", KOHYA_LOKR) + LYCORIS_TYPES
+# The LoKr types (factor applies).
+LOKR_TYPES = ("LyCORIS/LoKr", KOHYA_LOKR)
 # Types that run through LyCORIS's modules when a LyCORIS option or a regularizer asks for it (LoHa and
 # LoCon: what kohya_ss's LyCORIS/LoHa and LyCORIS/LoCon are; Standard: LyCORIS's LoCon on the same layers).
 LYCORIS_CAPABLE_TYPES = {"Standard": "locon", "LoCon": "locon", "LoHa": "loha"}
 # Which LyCORIS option each type reads (the page shows an option only for these; kohya_ss's own choice).
 DORA_TYPES = ("LoCon", "LoHa", "LyCORIS/LoKr")
 SCALAR_TYPES = ("LoCon", "LoHa", "LyCORIS/LoKr")
-TUCKER_TYPES = ("LoCon", "LoHa", "LyCORIS/LoKr")
+TUCKER_TYPES = ("LoCon", "LoHa", "LyCORIS/LoKr", KOHYA_LOKR)
 RANK_DROPOUT_SCALE_TYPES = ("Standard", "LoCon", "LoHa", "LyCORIS/LoKr", "LyCORIS/GLoRA", "LyCORIS/BOFT",
                             "LyCORIS/Diag-OFT", "LyCORIS/Native Fine-Tuning")
 OFT_TYPES = ("LyCORIS/BOFT", "LyCORIS/Diag-OFT")
 # Types whose ranks may go to 100000, LyCORIS's "full rank / full matrix" convention.
-FULL_RANK_TYPES = ("LyCORIS/LoKr", "LyCORIS/BOFT", "LyCORIS/Diag-OFT")
+FULL_RANK_TYPES = ("LyCORIS/LoKr", KOHYA_LOKR, "LyCORIS/BOFT", "LyCORIS/Diag-OFT")
 FULL_RANK = 100000
 # The dropouts work on every type but DyLoRA (sd-scripts' dylora.py takes none), iA3 and native fine-tuning
-# (LyCORIS's modules for them have no dropout; kohya_ss sends none for iA3).
-REGULARIZED_TYPES = tuple(t for t in LORA_TYPES if t not in ("DyLoRA", "LyCORIS/iA3", "LyCORIS/Native Fine-Tuning"))
-RANK_DROPOUT_TYPES = REGULARIZED_TYPES
-# scale_weight_norms: the types whose LyCORIS module can scale itself back (GLoRA's cannot).
+# (LyCORIS's modules for them have no dropout; kohya_ss sends none for iA3). sd-scripts' networks.lokr takes
+# rank and module dropout only (its module keeps the network dropout but never applies it).
+REGULARIZED_TYPES = tuple(t for t in LORA_TYPES
+                          if t not in ("DyLoRA", "LyCORIS/iA3", "LyCORIS/Native Fine-Tuning", KOHYA_LOKR))
+RANK_DROPOUT_TYPES = REGULARIZED_TYPES + (KOHYA_LOKR,)
+# scale_weight_norms: the types whose module can scale itself back (GLoRA's cannot; sd-scripts' networks.lokr
+# has no apply_max_norm_regularization, so sd-scripts turns it off there).
 MAX_NORM_TYPES = tuple(t for t in REGULARIZED_TYPES if t != "LyCORIS/GLoRA")
 # LyCORIS presets (which layers get an adapter); a path to a preset .toml is also accepted.
 LYCORIS_PRESETS = ("full", "full-lin", "attn-mlp", "attn-only", "unet-transformer-only", "unet-convblock-only")
