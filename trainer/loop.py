@@ -52,14 +52,17 @@ def batch_latents(session: Session, batch) -> torch.Tensor:
 
 
 def processed_captions(session: Session, batch, epoch: int, step: int) -> list[str]:
-    """Shuffle / keep tokens / dropout, re-drawn every time, from a generator seeded by (seed, epoch, step)."""
+    """Shuffle / keep tokens / dropout, re-drawn every time, from a generator seeded by (seed, epoch, step).
+    A dataset-config subset's own shuffle_caption / keep_tokens replace the job's for its images."""
     job = session.job
     rng = random.Random(f"{session.seed}:captions:{epoch}:{step}")
-    return [process_caption(caption, shuffle=job.captions.shuffle_caption, keep_tokens=job.captions.keep_tokens,
+    default = (job.captions.shuffle_caption, job.captions.keep_tokens)
+    own = batch.caption_options or [None] * len(batch.captions)
+    return [process_caption(caption, shuffle=(options or default)[0], keep_tokens=(options or default)[1],
                             dropout_rate=job.captions.caption_dropout_rate,
                             dropout_every_n_epochs=job.captions.caption_dropout_every_n_epochs, epoch=epoch, rng=rng,
                             weighted=job.captions.weighted_captions)
-            for caption in batch.captions]
+            for caption, options in zip(batch.captions, own)]
 
 
 def batch_loss(session: Session, batch, epoch: int, step: int) -> torch.Tensor:

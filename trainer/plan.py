@@ -230,12 +230,11 @@ def make_plan(job: Job, dataset_plan=None, with_memory: bool = False) -> dict:
     """The plan as a JSON-ready dict: dataset numbers (from the real folders) plus the schedule, the LR preview
     and, ``with_memory``, the memory estimate (``memory``: :mod:`trainer.memory_plan`; None when the model's
     layout cannot be read). The estimate builds the model on the meta device, so it imports diffusers."""
-    from trainer.data.dataset_plan import data_options_from_job, plan_dataset
-    from trainer.data.folders import scan_dataset
+    from trainer.data.dataset_config import scan_job_dataset
+    from trainer.data.dataset_plan import plan_dataset
 
     if dataset_plan is None:
-        scan = scan_dataset(job.data.train_data_dir, job.data.reg_data_dir or None, job.data.caption_extension or ".caption")
-        dataset_plan = plan_dataset(scan, data_options_from_job(job))
+        dataset_plan = plan_dataset(*scan_job_dataset(job))
     sched = schedule_for_job(job, dataset_plan.steps_per_epoch)
     plan = {"dataset": dataset_plan.summary(), **asdict(sched),
             "global_batch_size": global_batch_size(job, sched.num_processes)}

@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from trainer.data.dataset_plan import data_options_from_job
-from trainer.data.folders import scan_dataset
+from trainer.data.dataset_config import scan_job_dataset
 from trainer.data.training_data import TrainingData
 from trainer.distributed import SingleProcess, process_seed
 from trainer.events import EventWriter
@@ -182,8 +181,8 @@ def compile_unet(job: Job, base: BaseModel) -> None:
 
 
 def build_data(job: Job, seed: int, events: EventWriter) -> TrainingData:
-    scan = scan_dataset(job.data.train_data_dir, job.data.reg_data_dir or None, job.data.caption_extension or ".caption")
-    data = TrainingData(scan, data_options_from_job(job), seed)
+    scan, options = scan_job_dataset(job)
+    data = TrainingData(scan, options, seed)
     for warning in data.warnings:
         events.warning(warning.message, getattr(warning, "setting", None))
     if data.steps_per_epoch == 0:
@@ -310,7 +309,7 @@ def cache_latents(session: Session, events: EventWriter) -> None:
 
     encoded, reused = session.data.cache_latents(
         encode, job.data.vae_batch_size, disk=job.data.cache_latents_to_disk, encoder_id=str(base.vae_path or base.source_path),
-        cache_suffix="sdxl" if base.family == "sdxl" else "sd",
+        cache_suffix="sdxl" if base.family == "sdxl" else "sd", skip_cache_check=job.data.skip_cache_check,
         progress=lambda done, total: _report_progress(events, done, total))
     events.status("caching latents", encoded=encoded, reused=reused,
                   note=f"{encoded} image(s) encoded by the VAE, {reused} reused from the disk cache")

@@ -126,6 +126,8 @@ class PlannedImage:
     bucket: Size
     resized: Size
     subset_index: int
+    flip_aug: bool = False  # the subset's (dataset_config) or the job's flip_aug
+    caption_options: tuple[bool, int] | None = None  # (shuffle_caption, keep_tokens) of a config subset
 
 
 @dataclass
@@ -133,9 +135,13 @@ class SubsetPlan:
     folder: str
     class_tokens: str
     is_reg: bool
-    repeats: int  # from the folder name
+    repeats: int  # from the folder name (or the config's num_repeats)
     images: int  # usable images
     samples: int  # per epoch, with repeats (after reg balancing for reg folders)
+    # a dataset-config subset's own options (None: the job's)
+    shuffle_caption: bool | None = None
+    keep_tokens: int | None = None
+    flip_aug: bool | None = None
 
 
 @dataclass
@@ -202,9 +208,17 @@ def plan_dataset(scan: DatasetScan, options: DataOptions) -> DatasetPlan:
     repeats = _effective_repeats(scan, placed, found_warnings)
     images = [PlannedImage(record.path, record.caption, scan.subsets[s].is_reg, count,
                            options.prior_loss_weight if scan.subsets[s].is_reg else 1.0,
-                           record.size, choice.bucket, choice.resized, s)
+                           record.size, choice.bucket, choice.resized, s, *_subset_options(scan, s, options))
               for (s, record, choice), count in zip(placed, repeats) if count > 0]
     return _assemble(scan, options, images, [c for _, _, c in placed], found_warnings)
+
+
+def _subset_options(scan: DatasetScan, index: int, options: DataOptions) -> tuple[bool, tuple[bool, int] | None]:
+    """(flip_aug, caption options) of a subset's images: a dataset-config subset's own, else the job's."""
+    own = scan.subsets[index].options
+    if own is None:
+        return options.flip_aug, None
+    return own.flip_aug, (own.shuffle_caption, own.keep_tokens)
 
 
 def _bucket_chooser(options: DataOptions, found_warnings: list[DataWarning]):
@@ -283,8 +297,10 @@ def _assemble(scan: DatasetScan, options: DataOptions, images: list[PlannedImage
     subsets = []
     for index, subset in enumerate(scan.subsets):
         mine = [i for i in images if i.subset_index == index]
+        own = subset.options
         subsets.append(SubsetPlan(subset.folder, subset.class_tokens, subset.is_reg, subset.repeats,
-                                  len(mine), sum(i.repeats for i in mine)))
+                                  len(mine), sum(i.repeats for i in mine),
+                                  *((own.shuffle_caption, own.keep_tokens, own.flip_aug) if own else ())))
     buckets = []
     for resolution in sorted({i.bucket for i in images}):
         mine = [i for i in images if i.bucket == resolution]

@@ -52,6 +52,14 @@ MODEL_AND_FOLDERS = (
     Setting("reg_data_dir", "path", "", "Regularization folder", tab="folders", group="data",
             help="Optional folder of regularization images in the same N_name layout. They keep the model "
                  "from forgetting the general class; their loss is scaled by the prior loss weight."),
+    Setting("dataset_config", "path", "", "Dataset config file", tab="folders", group="data",
+            help="Optional: an sd-scripts dataset .toml ([general], [[datasets]], [[datasets.subsets]]) listing "
+                 "the image folders one by one, each with its own num_repeats, class_tokens, caption_extension, "
+                 "is_reg, shuffle_caption, keep_tokens and flip_aug; a dataset may set resolution, batch_size and "
+                 "the bucket settings. When set, the image and regularization folders are ignored (as in "
+                 "sd-scripts) and anything not given in the file comes from these settings. The plan lists each "
+                 "subset. Options LoRA Loom has only for all images (color_aug, random_crop, caption dropout, "
+                 "prior_loss_weight) must match the job's; options it lacks (masks, caption prefix …) are refused."),
     Setting("output_dir", "path", "", "Output folder", tab="folders", group="saving",
             help="Where the LoRA files (final and intermediate) are written. Created if it does not exist."),
     Setting("logging_dir", "path", "", "Logging folder", tab="folders", group="logging",
@@ -184,6 +192,10 @@ BASIC = (
     Setting("cache_latents_to_disk", "bool", False, "Cache latents to disk", tab="basic", group="data", section="Data",
             help="Like cache latents, but also saves them next to the images so later runs reuse them; "
                  "they are rebuilt when an image, the resolution or the bucket changes."),
+    Setting("skip_cache_check", "bool", False, "Skip cache check", tab="basic", group="data", section="Data",
+            help="With cache latents to disk: reuse a cache file of the right bucket without checking that its "
+                 "image and VAE are unchanged (faster start with many images; an edited image keeps training "
+                 "on its old latents until you turn this off)."),
     Setting("learning_rate", "float", 0.0001, "Learning rate", tab="basic", group="optimisation", section="Learning rate",
             minimum=0, maximum=10,
             help="How far each step moves the weights. Used for the UNet and the text encoder unless "

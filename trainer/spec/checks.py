@@ -301,7 +301,9 @@ def check_paths(job: Job) -> list[Problem]:
             problems.append(Problem(key, f"{path} is not a file"))
 
     need("pretrained_model_name_or_path", "any", True)
-    need("train_data_dir", "dir", True)
+    with_config = bool(job.data.dataset_config.strip())  # sd-scripts ignores both folders then
+    need("dataset_config", "file", False)
+    need("train_data_dir", "dir", not with_config)
     need("reg_data_dir", "dir", False)
     need("network_weights", "file", False)
     need("resume", "dir", False)
@@ -314,7 +316,7 @@ def check_paths(job: Job) -> list[Problem]:
         problems += writable_folder_problem("output_dir", job.saving.output_dir)
     if job.logging.logging_dir:
         problems += writable_folder_problem("logging_dir", job.logging.logging_dir)
-    if not any(p.setting in ("train_data_dir", "reg_data_dir") for p in problems):
+    if not any(p.setting in ("train_data_dir", "reg_data_dir", "dataset_config") for p in problems):
         problems += dataset_problems(job)
     if job.saving.resume:
         problems += resume_problems(job)

@@ -25,10 +25,12 @@ class DataSection:
 
     train_data_dir: str
     reg_data_dir: str
+    dataset_config: str
     train_batch_size: int
     caption_extension: str
     cache_latents: bool
     cache_latents_to_disk: bool
+    skip_cache_check: bool
     max_resolution: str
     enable_bucket: bool
     min_bucket_reso: int
@@ -248,6 +250,7 @@ SECTION_OF_KEY: dict[str, str] = {
     'metadata_tags': 'saving',
     'train_data_dir': 'data',
     'reg_data_dir': 'data',
+    'dataset_config': 'data',
     'output_dir': 'saving',
     'logging_dir': 'logging',
     'LoRA_type': 'network',
@@ -282,6 +285,7 @@ SECTION_OF_KEY: dict[str, str] = {
     'seed': 'optimisation',
     'cache_latents': 'data',
     'cache_latents_to_disk': 'data',
+    'skip_cache_check': 'data',
     'learning_rate': 'optimisation',
     'lr_scheduler': 'optimisation',
     'lr_warmup': 'optimisation',
