@@ -41,7 +41,7 @@ EXPLAINED_KEYS = {
 # Keys whose meaning LoRA Loom applies by itself, whatever their value: leaving them out loses nothing.
 SELF_APPLIED_KEYS = frozenset({"sdxl", "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs", "highvram"})
 UNSUPPORTED_FEATURES = frozenset({
-    "scale_weight_norms", "network_dropout", "rank_dropout", "module_dropout", "masked_loss", "fp8_base_unet",
+    "scale_weight_norms", "network_dropout", "rank_dropout", "module_dropout", "fp8_base_unet",
     "lowvram",
     "LyCORIS_preset", "factor", "bypass_mode", "dora_wd", "use_cp", "use_tucker", "use_scalar", "rank_dropout_scale",
     "constrain", "rescaled", "train_norm", "decompose_both", "train_on_input", "blocks_to_swap", "caption_separator",

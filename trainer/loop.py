@@ -88,7 +88,7 @@ def batch_loss(session: Session, batch, epoch: int, step: int) -> torch.Tensor:
     target = prediction_target(latents, noise, timesteps, session.alphas_cumprod, session.base.v_prediction)
     return training_loss(prediction, target, timesteps, session.alphas_cumprod, sample_weights=batch.loss_weights,
                          min_snr_gamma=job.noise_loss.min_snr_gamma, v_prediction=session.base.v_prediction,
-                         **loss_options(job.noise_loss, timesteps, session.alphas_cumprod))
+                         masks=batch.masks, **loss_options(job.noise_loss, timesteps, session.alphas_cumprod))
 
 
 def current_lrs(session: Session) -> dict[str, float]:

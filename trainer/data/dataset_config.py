@@ -21,12 +21,13 @@ folder and the regularization folder are ignored while a dataset config is set (
 listed, captions read and sizes taken exactly as for an ``N_name`` folder (``folders``).
 
 Per subset, LoRA Loom honours ``image_dir``, ``num_repeats``, ``class_tokens``, ``caption_extension``,
-``is_reg``, ``shuffle_caption``, ``keep_tokens`` and ``flip_aug``; per dataset the bucket and size settings
+``is_reg``, ``shuffle_caption``, ``keep_tokens``, ``flip_aug`` and the loss masks: ``alpha_mask`` (the images'
+alpha channels, applied whether or not ``masked_loss`` is on, as sd-scripts does) and ``conditioning_data_dir``
+(a mask image per image, same stem, its red channel; only with ``masked_loss``, as sd-scripts' schema); per dataset the bucket and size settings
 and ``batch_size``. The options LoRA Loom applies to all images at once (``color_aug``, ``random_crop``,
 the caption dropouts, ``prior_loss_weight``, ``max_token_length``) are taken when they equal the job's value
 and refused otherwise; sd-scripts options LoRA Loom does not have (fine-tuning ``metadata_file``, ControlNet
-``conditioning_data_dir``, ``alpha_mask``, caption prefix / suffix, …) are refused when set away from their
-default. Several ``[[datasets]]`` are merged when their dataset settings agree, refused when they differ (one
+caption prefix / suffix, …) are refused when set away from their default. Several ``[[datasets]]`` are merged when their dataset settings agree, refused when they differ (one
 bucket plan here). Every refusal is a DataError naming ``dataset_config``.
 """
 from __future__ import annotations
@@ -46,7 +47,8 @@ from trainer.spec.sections import Job
 SETTING = "dataset_config"
 # Per-subset options honoured here (sd-scripts' defaults).
 SUBSET_KEYS = {"image_dir": None, "num_repeats": 1, "class_tokens": None, "caption_extension": ".caption",
-               "is_reg": False, "shuffle_caption": False, "keep_tokens": 0, "flip_aug": False}
+               "is_reg": False, "shuffle_caption": False, "keep_tokens": 0, "flip_aug": False, "alpha_mask": False,
+               "conditioning_data_dir": None}
 # Dataset options honoured here → the DataOptions field they set.
 DATASET_KEYS = {"resolution": "resolution", "batch_size": "batch_size", "enable_bucket": "enable_bucket",
                 "min_bucket_reso": "min_bucket_reso", "max_bucket_reso": "max_bucket_reso",
@@ -56,7 +58,7 @@ JOB_WIDE_KEYS = ("color_aug", "random_crop", "caption_dropout_rate", "caption_dr
                  "prior_loss_weight", "max_token_length")
 # sd-scripts options LoRA Loom does not have, with their defaults: refused when set to anything else.
 UNSUPPORTED_KEYS: dict[str, Any] = {
-    "metadata_file": None, "conditioning_data_dir": None, "alpha_mask": False, "caption_prefix": None,
+    "metadata_file": None, "caption_prefix": None,
     "caption_suffix": None, "caption_separator": ",", "keep_tokens_separator": None, "secondary_separator": None,
     "enable_wildcard": False, "caption_tag_dropout_rate": 0.0, "face_crop_aug_range": None, "token_warmup_min": 1,
     "token_warmup_step": 0, "custom_attributes": None, "validation_seed": None, "validation_split": 0.0,
@@ -179,8 +181,17 @@ def _scan_config_subset(path: str, where: str, tables: list[dict], job: Job,
     keep_tokens = int(_lookup("keep_tokens", tables, job, 0))
     if keep_tokens < 0:
         raise _fail(path, f"{where}: keep_tokens must be 0 or more, got {keep_tokens}")
+    mask_dir = _lookup("conditioning_data_dir", tables, job, None)
+    if mask_dir is not None:
+        if not job.noise_loss.masked_loss:
+            raise _fail(path, f"{where}: conditioning_data_dir (a mask folder) needs masked_loss on (sd-scripts reads "
+                              "mask folders only with it)")
+        if not Path(str(mask_dir)).expanduser().is_dir():
+            raise _fail(path, f"{where}: conditioning_data_dir {mask_dir} is not a folder")
+        mask_dir = str(Path(str(mask_dir)).expanduser())
     options = SubsetOptions(bool(_lookup("shuffle_caption", tables, job, False)), keep_tokens,
-                            bool(_lookup("flip_aug", tables, job, False)))
+                            bool(_lookup("flip_aug", tables, job, False)),
+                            bool(_lookup("alpha_mask", tables, job, False)), mask_dir)
     subset = Subset(str(folder), repeats, class_tokens, bool(_lookup("is_reg", tables, job, False)), options=options)
     setting = SETTING
     for image in _list_images(folder, setting, found_warnings):
@@ -198,6 +209,14 @@ def scan_job_dataset(job: Job) -> tuple[DatasetScan, DataOptions]:
     """The dataset a job trains on: its dataset config when set, else the ``N_name`` folders of the image (and
     regularization) folder with the job's options."""
     if job.data.dataset_config.strip():
-        return scan_dataset_config(job.data.dataset_config.strip(), job)
-    scan = scan_dataset(job.data.train_data_dir, job.data.reg_data_dir or None, job.data.caption_extension or ".caption")
-    return scan, data_options_from_job(job)
+        scan, options = scan_dataset_config(job.data.dataset_config.strip(), job)
+    else:
+        scan = scan_dataset(job.data.train_data_dir, job.data.reg_data_dir or None,
+                            job.data.caption_extension or ".caption")
+        options = data_options_from_job(job)
+    if job.noise_loss.masked_loss and not any(s.options and (s.options.alpha_mask or s.options.mask_dir)
+                                              for s in scan.subsets):
+        raise DataError("masked_loss needs masks, and no image has one: as in sd-scripts, give a dataset config "
+                        "(dataset_config) whose subsets set alpha_mask = true (the images' alpha channels) or "
+                        "conditioning_data_dir (a folder of mask images), or turn masked_loss off", "masked_loss")
+    return scan, options

@@ -74,6 +74,8 @@ class SubsetOptions:
     shuffle_caption: bool
     keep_tokens: int
     flip_aug: bool
+    alpha_mask: bool = False  # the images' alpha channels are loss masks
+    mask_dir: str | None = None  # sd-scripts' conditioning_data_dir: a mask image per image, same stem
 
 
 @dataclass

@@ -176,7 +176,22 @@ class TrainingData:
             original_sizes=[item.original_size for item in items],
             crop_top_lefts=[offsets for _, _, offsets in samples],
             caption_options=[item.caption_options for item in items],
+            masks=self._masks(items, slot.bucket, samples),
         )
+
+    @staticmethod
+    def _masks(items: list[PlannedImage], bucket, samples) -> torch.Tensor | None:
+        """The batch's loss masks (sd-scripts: a sample without one gets all ones), or None when none has."""
+        if not any(item.mask_source for item in items):
+            return None
+        masks = []
+        for item, (_, flip, offsets) in zip(items, samples):
+            if item.mask_source is None:
+                masks.append(torch.ones(bucket[1], bucket[0]))
+                continue
+            unflipped = (item.resized[0] - item.bucket[0] - offsets[0], offsets[1]) if flip else offsets
+            masks.append(images.prepare_mask(item.path, item.mask_source, item.resized, item.bucket, unflipped, flip))
+        return torch.stack(masks)
 
     def _load_sample(self, epoch: int, slot: BatchSlot, k: int, index: int):
         item = self.plan.images[index]

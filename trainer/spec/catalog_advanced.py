@@ -81,6 +81,12 @@ ADVANCED = (
     Setting("weighted_captions", "bool", False, "Weighted captions", tab="advanced", group="captions", section="Captions",
             help="Read (word:1.2) and [word] emphasis in captions, as the A1111 web UI does in prompts. "
                  "Avoid commas inside the brackets."),
+    Setting("masked_loss", "bool", False, "Masked loss", tab="advanced", group="noise_loss", section="Loss",
+            help="Weight the loss by a mask per image (white = learn, black = ignore), brought to the latent size "
+                 "by area averaging. As in sd-scripts the masks come from a dataset config (dataset_config): "
+                 "subsets with conditioning_data_dir (a folder of mask images named like the images; their red "
+                 "channel) or alpha_mask = true (the images' alpha channels, which mask the loss even with this "
+                 "off). On without any mask: refused."),
     Setting("prior_loss_weight", "float", 1.0, "Prior loss weight", tab="advanced", group="noise_loss", section="Loss",
             minimum=0, maximum=1,
             help="Weight of the regularization images' loss (0–1). Lower: the LoRA follows your images "

@@ -130,6 +130,7 @@ class OptimisationSection:
 class NoiseLossSection:
     """Noise and loss weighting."""
 
+    masked_loss: bool
     prior_loss_weight: float
     min_snr_gamma: float
     noise_offset_type: Literal['Original', 'Multires']
@@ -319,6 +320,7 @@ SECTION_OF_KEY: dict[str, str] = {
     'no_token_padding': 'captions',
     'gradient_accumulation_steps': 'optimisation',
     'weighted_captions': 'captions',
+    'masked_loss': 'noise_loss',
     'prior_loss_weight': 'noise_loss',
     'lr_scheduler_num_cycles': 'optimisation',
     'lr_scheduler_power': 'optimisation',
