@@ -324,7 +324,7 @@ def test_settings_that_do_not_apply_say_why_from_the_schema():
     assert field_label(s["unit"], {"LoRA_type": "Standard"}) == "DyLoRA unit — only with LoRA type DyLoRA"
     assert field_label(s["unit"], {"LoRA_type": "DyLoRA"}) == "DyLoRA unit"
     assert field_label(s["lr_warmup"], {"lr_scheduler": "constant"}).endswith(
-        "— not with LR Scheduler adafactor or constant")
+        "— not with LR Scheduler adafactor, constant or piecewise_constant")
     assert applies(s["lr_warmup"], {"lr_scheduler": "cosine"})
     assert not applies(s["lr_scheduler_num_cycles"], {"lr_scheduler": "cosine"})
     assert not applies(s["conv_block_dims"], {"LoRA_type": "Standard"})

@@ -57,7 +57,7 @@ def processed_captions(session: Session, batch, epoch: int, step: int) -> list[s
     job = session.job
     rng = random.Random(f"{session.seed}:captions:{epoch}:{step}")
     default = (job.captions.shuffle_caption, job.captions.keep_tokens)
-    own = batch.caption_options or [None] * len(batch.captions)
+    own = getattr(batch, "caption_options", None) or [None] * len(batch.captions)
     return [process_caption(caption, shuffle=(options or default)[0], keep_tokens=(options or default)[1],
                             dropout_rate=job.captions.caption_dropout_rate,
                             dropout_every_n_epochs=job.captions.caption_dropout_every_n_epochs, epoch=epoch, rng=rng,

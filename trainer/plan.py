@@ -150,12 +150,23 @@ def lr_preview(job: Job, sched: Schedule) -> dict[str, list[list[float]]]:
         return {name: downsample_curve(values) for name, values in typed.items()}
     curves = lr_curve(groups, scheduler=job.optimisation.lr_scheduler, total_steps=sched.total_steps,
                       warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
-                      power=job.optimisation.lr_scheduler_power or 1.0, lr_init=job.optimisation.learning_rate, relative_step=relative)
+                      power=job.optimisation.lr_scheduler_power or 1.0, lr_init=job.optimisation.learning_rate, relative_step=relative,
+                      options=_scheduler_options(job))
     stop = sched.text_encoder_stop_step
     if stop is not None:
         for name in [n for n in curves if n.startswith("text_encoder")]:
             curves[name] = [v if i < stop else 0.0 for i, v in enumerate(curves[name])]
     return {name: downsample_curve(values) for name, values in curves.items()}
+
+
+def _scheduler_options(job: Job) -> dict:
+    """The named schedule's lr_scheduler_args, {} when they do not parse (validation names the setting)."""
+    from trainer.optim.schedulers import named_scheduler_options
+
+    try:
+        return named_scheduler_options(job.optimisation.lr_scheduler, job.optimisation.lr_scheduler_args)
+    except ValueError:
+        return {}
 
 
 def unet_block_groups(job: Job) -> dict[str, float] | None:

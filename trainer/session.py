@@ -26,7 +26,7 @@ from trainer.network.from_job import network_config_from_job
 from trainer.optim.optimizers import build_optimizer, optimizer_warnings, parse_optimizer_args
 from trainer.optim.loraplus import loraplus_groups, loraplus_ratios, plus_markers, up_parameter_ids
 from trainer.optim.scheduler_type import build_typed_scheduler
-from trainer.optim.schedulers import build_lr_scheduler
+from trainer.optim.schedulers import build_lr_scheduler, named_scheduler_options
 from trainer.plan import Schedule, global_batch_size, lr_preview, schedule_for_job
 from trainer.precision import choose_precision, grad_scaler
 from trainer.text_encoding import TextEmbeddingCache, encode_captions, encode_captions_sdxl
@@ -264,9 +264,17 @@ def build_session(job: Job, run_dir: Path, events: EventWriter, processes: Singl
     if job.optimisation.lr_scheduler_type:
         lr_scheduler = build_typed_scheduler(optimizer, job.optimisation.lr_scheduler_type, job.optimisation.lr_scheduler_args)
     else:
-        lr_scheduler = build_lr_scheduler(optimizer, scheduler=job.optimisation.lr_scheduler, total_steps=sched.total_steps,
-                                          warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
-                                          power=job.optimisation.lr_scheduler_power or 1.0)
+        try:
+            lr_scheduler = build_lr_scheduler(
+                optimizer, scheduler=job.optimisation.lr_scheduler, total_steps=sched.total_steps,
+                warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
+                power=job.optimisation.lr_scheduler_power or 1.0,
+                options=named_scheduler_options(job.optimisation.lr_scheduler, job.optimisation.lr_scheduler_args))
+        except SettingError:
+            raise
+        except ValueError as error:
+            setting, _, message = str(error).partition(": ")
+            raise TrainingError(message or str(error), setting if message else "lr_scheduler") from None
     train_te = any(g["name"].startswith("text_encoder") for g in groups)
     text_cache = None if train_te else text_embedding_cache(base)
     noise_generator = torch.Generator(device=precision.device).manual_seed(seed)

@@ -204,7 +204,10 @@ BASIC = (
             choices=LR_SCHEDULERS,
             help="How the learning rate changes over the run: constant; constant_with_warmup; cosine "
                  "(a smooth fall to 0); cosine_with_restarts (several falls, see cycles); linear; "
-                 "polynomial (see power); adafactor (Adafactor's own schedule, with that optimizer)."),
+                 "polynomial (see power); adafactor (Adafactor's own schedule, with that optimizer); "
+                 "piecewise_constant (steps of fixed factors, no warmup); cosine_with_min_lr (a cosine fall to a "
+                 "floor); inverse_sqrt (1/√step after the warmup); warmup_stable_decay (warmup, flat, then a decay "
+                 "at the end). The last four take their arguments from LR scheduler extra arguments."),
     Setting("lr_warmup", "float", 10.0, "LR warmup (% of steps)", tab="basic", group="optimisation",
             section="Learning rate", minimum=0, maximum=100,
             visible_when=("lr_scheduler", tuple(s for s in LR_SCHEDULERS if s not in SCHEDULERS_WITHOUT_WARMUP)),
@@ -222,7 +225,11 @@ BASIC = (
     Setting("lr_scheduler_args", "str", "", "LR scheduler extra arguments", tab="basic", group="optimisation",
             section="Learning rate",
             help="key=value arguments for the LR scheduler type, separated by spaces, such as T_max=1000 "
-                 "eta_min=1e-6. An argument the class does not take is an error."),
+                 "eta_min=1e-6. An argument the class does not take is an error. Without a type, four schedulers "
+                 "of the list read them (as sd-scripts passes them): piecewise_constant step_rules='1:100,0.5:200,0.1' "
+                 "(factor:step …, last factor); cosine_with_min_lr min_lr_rate=0.1 (or min_lr=1e-6); inverse_sqrt "
+                 "timescale=N (default: the warmup steps); warmup_stable_decay num_decay_steps=N (or a fraction "
+                 "below 1), min_lr_ratio, warmup_type / decay_type (linear, cosine, 1-sqrt)."),
     Setting("optimizer", "choice", "AdamW8bit", "Optimizer", tab="basic", group="optimisation", section="Optimizer",
             choices=OPTIMIZERS,
             help="How gradients become weight updates. AdamW8bit: AdamW with 8-bit state, less memory. "

@@ -149,6 +149,8 @@ def check_settings(job: Job, settings) -> list[Problem]:
                                             "`pip install wandb`"))
     problems += check_optimizer_args_syntax(job.optimisation.optimizer_args)
     problems += check_scheduler_type(job.optimisation.lr_scheduler_type, job.optimisation.lr_scheduler_args)
+    if not job.optimisation.lr_scheduler_type:
+        problems += check_named_scheduler_args(job.optimisation.lr_scheduler, job.optimisation.lr_scheduler_args)
     problems += check_one_lr_optimizer(job)
     problems += _check_sample_prompts(job.sampling.sample_prompts)
     problems += check_launch(job)
@@ -185,6 +187,25 @@ def check_scheduler_type(name: str, args_text: str) -> list[Problem]:
             check_scheduler_args(scheduler_class(name), args)
     except SettingError as error:
         return [Problem(error.setting, str(error))]
+    return []
+
+
+def check_named_scheduler_args(scheduler: str, args_text: str) -> list[Problem]:
+    """piecewise_constant, cosine_with_min_lr, inverse_sqrt and warmup_stable_decay read lr_scheduler_args
+    (their step rules, floor, timescale, decay): what they cannot use is an error naming lr_scheduler_args."""
+    from .tables import SCHEDULER_ARGS
+
+    if scheduler not in SCHEDULER_ARGS:
+        return []
+    from trainer.optim.schedulers import check_scheduler_options, named_scheduler_options
+    from .setting import SettingError
+
+    try:
+        check_scheduler_options(scheduler, named_scheduler_options(scheduler, args_text), total_steps=10**9)
+    except SettingError as error:
+        return [Problem(error.setting, str(error))]
+    except ValueError as error:
+        return [Problem("lr_scheduler_args", str(error).removeprefix("lr_scheduler_args: "))]
     return []
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 from .tables import (
-    CONV_LORA_TYPES, FULL_RANK_TYPES, KOHYA_LOKR, LYCORIS_CAPABLE_TYPES, LYCORIS_TYPE_ALGOS, SCHEDULERS_WITH_CYCLES,
+    CONV_LORA_TYPES, FULL_RANK_TYPES, KOHYA_LOKR, LYCORIS_CAPABLE_TYPES, LYCORIS_TYPE_ALGOS, SCHEDULER_ARGS,
+    SCHEDULERS_WITH_CYCLES,
     SCHEDULERS_WITH_POWER, SCHEDULERS_WITHOUT_WARMUP,
 )
 
@@ -103,7 +104,7 @@ def unread_scheduler_settings(optimisation: OptimisationSection) -> list[tuple[s
                 unread.append((key, f"the LR scheduler type {optimisation.lr_scheduler_type} has no warmup "
                                     "(as in sd-scripts)"))
         return unread
-    if optimisation.lr_scheduler_args.strip():
+    if optimisation.lr_scheduler_args.strip() and scheduler not in SCHEDULER_ARGS:
         unread.append(("lr_scheduler_args", "is read only with an LR scheduler type; the LR Scheduler list "
                                             "ignores it"))
     if optimisation.lr_warmup_steps and scheduler in SCHEDULERS_WITHOUT_WARMUP:

@@ -106,7 +106,7 @@ class OptimisationSection:
     max_train_steps: int
     seed: int | None
     learning_rate: float
-    lr_scheduler: Literal['adafactor', 'constant', 'constant_with_warmup', 'cosine', 'cosine_with_restarts', 'linear', 'polynomial']
+    lr_scheduler: Literal['adafactor', 'constant', 'constant_with_warmup', 'cosine', 'cosine_with_restarts', 'linear', 'polynomial', 'piecewise_constant', 'cosine_with_min_lr', 'inverse_sqrt', 'warmup_stable_decay']
     lr_warmup: float
     lr_warmup_steps: int
     lr_scheduler_type: str

@@ -90,8 +90,19 @@ SELF_ADAPTING = tuple(name for name in OPTIMIZERS if name.startswith("DAdapt") o
 
 LR_SCHEDULERS = (
     "adafactor", "constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial",
+    "piecewise_constant", "cosine_with_min_lr", "inverse_sqrt", "warmup_stable_decay",
 )
 # Which schedule reads the number of cycles and the power (the plan warns when a set one is not read).
-SCHEDULERS_WITH_CYCLES = ("cosine_with_restarts",)
+SCHEDULERS_WITH_CYCLES = ("cosine_with_restarts", "cosine_with_min_lr", "warmup_stable_decay")
 SCHEDULERS_WITH_POWER = ("polynomial",)
-SCHEDULERS_WITHOUT_WARMUP = ("constant", "adafactor")
+SCHEDULERS_WITHOUT_WARMUP = ("constant", "adafactor", "piecewise_constant")
+# The schedules that read lr_scheduler_args (sd-scripts passes them as keyword arguments), and the keys each
+# takes: piecewise_constant's step_rules ("1:100,0.5:200,0.1"), cosine_with_min_lr's floor (min_lr_rate, or an
+# absolute min_lr), inverse_sqrt's timescale, warmup_stable_decay's num_decay_steps (sd-scripts'
+# --lr_decay_steps: steps, or a fraction of the run below 1), min_lr_ratio, warmup_type and decay_type.
+SCHEDULER_ARGS = {
+    "piecewise_constant": ("step_rules",),
+    "cosine_with_min_lr": ("min_lr_rate", "min_lr"),
+    "inverse_sqrt": ("timescale",),
+    "warmup_stable_decay": ("num_decay_steps", "min_lr_ratio", "warmup_type", "decay_type"),
+}
