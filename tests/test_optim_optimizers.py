@@ -204,3 +204,28 @@ def test_arg_names_and_warnings():
     assert [s for s, _ in optimizer_warnings("Adafactor", {}, {"unet": 1e-4})] == ["learning_rate"]
     assert optimizer_warnings("Adafactor", {"relative_step": False}, {"unet": 1e-4}) == []
     assert optimizer_warnings("AdamW", {}, {"unet": 1e-4, "text_encoder": 5e-5}) == []
+
+
+@pytest.mark.filterwarnings("ignore:Paged optimizers are not supported on CPU:UserWarning")
+@pytest.mark.parametrize("name, module, class_name", [
+    ("PagedAdamW32bit", "bitsandbytes.optim", "PagedAdamW32bit"),
+    ("PagedLion8bit", "bitsandbytes.optim", "PagedLion8bit"),
+    ("bitsandbytes.optim.AdEMAMix8bit", "bitsandbytes.optim", "AdEMAMix8bit"),
+    ("bitsandbytes.optim.PagedAdEMAMix8bit", "bitsandbytes.optim", "PagedAdEMAMix8bit"),
+    ("DAdaptAdanIP", "dadaptation.experimental", "DAdaptAdanIP"),
+    ("DAdaptAdamPreprint", "dadaptation.experimental", "DAdaptAdamPreprint"),
+])
+def test_kohya_ss_optimizers_build_sd_scripts_classes_and_take_their_arguments(name, module, class_name):
+    """The names kohya_ss's list offers (two of them as module paths) build the class sd-scripts' get_optimizer
+    builds; their own arguments are checked as for every optimizer; a kohya_ss config naming one imports."""
+    import importlib
+
+    from trainer.kohya import import_kohya_config
+
+    model, _, _ = toy_problem()
+    optimizer = build_optimizer(name, [{"params": list(model.parameters()), "lr": 1.0}], 1.0, {"weight_decay": 0.01})
+    assert type(optimizer) is getattr(importlib.import_module(module), class_name)
+    assert optimizer.param_groups[0]["weight_decay"] == 0.01
+    with pytest.raises(OptimizerArgsError):
+        build_optimizer(name, [{"params": list(model.parameters()), "lr": 1.0}], 1.0, {"no_such_arg": 1})
+    assert import_kohya_config({"optimizer": name}).values["optimizer"] == name

@@ -234,7 +234,10 @@ BASIC = (
             choices=OPTIMIZERS,
             help="How gradients become weight updates. AdamW8bit: AdamW with 8-bit state, less memory. "
                  "Adafactor ignores the learning rate and adapts its own. DAdaptation and Prodigy find the "
-                 "rate themselves (set learning rates to 1). Lion and SGDNesterov are alternatives."),
+                 "rate themselves (set learning rates to 1). Lion and SGDNesterov are alternatives. Paged…: "
+                 "bitsandbytes keeps the state in paged memory on a GPU (on the CPU they run unpaged). AdEMAMix8bit: "
+                 "Adam with a second, slow momentum (8-bit state). DAdaptAdanIP / DAdaptAdamPreprint: D-Adaptation's "
+                 "experimental variants (DAdaptation is DAdaptAdamPreprint)."),
     Setting("optimizer_args", "str", "", "Optimizer extra arguments", tab="basic", group="optimisation", section="Optimizer",
             help="Extra key=value arguments for the optimizer, separated by spaces, such as "
                  "weight_decay=0.01 betas=(0.9,0.99). An argument the optimizer does not take is an error."),

@@ -81,10 +81,17 @@ OPTIMIZER_CLASSES: dict[str, OptimizerClass] = {
     "PagedAdamW8bit": OptimizerClass("bitsandbytes.optim", "PagedAdamW8bit"),
     "Lion8bit": OptimizerClass("bitsandbytes.optim", "Lion8bit"),
     "SGDNesterov8bit": OptimizerClass("bitsandbytes.optim", "SGD8bit", _NESTEROV),
+    "PagedAdamW32bit": OptimizerClass("bitsandbytes.optim", "PagedAdamW32bit"),
+    "PagedLion8bit": OptimizerClass("bitsandbytes.optim", "PagedLion8bit"),
+    # kohya_ss names these two by module path (sd-scripts' "any optimizer class" branch)
+    "bitsandbytes.optim.AdEMAMix8bit": OptimizerClass("bitsandbytes.optim", "AdEMAMix8bit"),
+    "bitsandbytes.optim.PagedAdEMAMix8bit": OptimizerClass("bitsandbytes.optim", "PagedAdEMAMix8bit"),
+    "DAdaptAdanIP": OptimizerClass("dadaptation.experimental", "DAdaptAdanIP"),
+    "DAdaptAdamPreprint": OptimizerClass("dadaptation.experimental", "DAdaptAdamPreprint"),
 }
 OPTIMIZERS: tuple[str, ...] = tuple(OPTIMIZER_CLASSES)
 # Optimizers that take one learning rate for every group (they raise on different ones; sd-scripts warns).
-ONE_LR_OPTIMIZERS = ("DAdaptation", "DAdaptAdam", "DAdaptLion", "DAdaptSGD", "Prodigy")
+ONE_LR_OPTIMIZERS = ("DAdaptation", "DAdaptAdamPreprint", "DAdaptAdam", "DAdaptLion", "DAdaptSGD", "Prodigy")
 # Optimizers that adapt their own step size: the learning rate is a multiplier (usually 1.0).
 SELF_ADAPTING = tuple(name for name in OPTIMIZERS if name.startswith("DAdapt") or name == "Prodigy")
 
