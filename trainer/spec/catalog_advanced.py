@@ -137,6 +137,16 @@ ADVANCED = (
             section="Precision",
             help="Keep even the LoRA weights, gradients and optimizer state in bf16 (needs mixed precision "
                  "bf16): least memory, some loss of accuracy. Works on CPU too."),
+    Setting("fp8_base", "bool", False, "fp8 base", tab="advanced", group="launch", section="Precision",
+            implemented=False,
+            help="sd-scripts: store the frozen base model's weights in float8 (e4m3) on a CUDA GPU and compute in "
+                 "mixed precision, for less memory. Not implemented in LoRA Loom (its model loader keeps 16- or "
+                 "32-bit weights), so turning it on is refused rather than ignored; a CPU could not use it either "
+                 "(no fp8 matmuls). Use mixed precision bf16 for the nearest saving."),
+    Setting("highvram", "bool", False, "highvram", tab="advanced", group="launch", section="Performance",
+            help="sd-scripts: do not free the CUDA cache after each latent-caching batch (faster on big GPUs). "
+                 "LoRA Loom never frees it during caching, so it already behaves as with highvram on: the switch "
+                 "changes nothing here and is kept so kohya_ss configs keep it."),
     Setting("gradient_checkpointing", "bool", False, "Gradient checkpointing", tab="advanced", group="launch",
             section="Performance",
             help="Recompute activations during the backward pass instead of storing them: much less memory, "

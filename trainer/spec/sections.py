@@ -209,6 +209,8 @@ class LaunchSection:
     additional_parameters: str
     full_fp16: bool
     full_bf16: bool
+    fp8_base: bool
+    highvram: bool
     gradient_checkpointing: bool
     mem_eff_attn: bool
     xformers: bool
@@ -336,6 +338,8 @@ SECTION_OF_KEY: dict[str, str] = {
     'max_token_length': 'captions',
     'full_fp16': 'launch',
     'full_bf16': 'launch',
+    'fp8_base': 'launch',
+    'highvram': 'launch',
     'gradient_checkpointing': 'launch',
     'shuffle_caption': 'captions',
     'persistent_data_loader_workers': 'data',
