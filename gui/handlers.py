@@ -14,7 +14,7 @@ import pandas as pd
 
 from gui import presets_panel
 from gui.model_note import MODEL_KEY, model_note
-from gui.plan_panel import compute_plan, dataset_markdown, plan_markdown
+from gui.plan_panel import compute_plan, dataset_config_markdown, dataset_markdown, plan_markdown
 from gui.run_view import (
     RunView,
     loss_rows,
@@ -29,7 +29,7 @@ from gui.runs import LOG_FILE, RunError, run_status, stop_requests, tail_text, t
 from gui.values import has_errors, problem_messages, split_secrets
 
 PLAN_SETTLE_S = 1.0  # the plan is made again once edits have paused this long (it costs a subprocess)
-DATASET_KEYS = ("train_data_dir", "reg_data_dir", "caption_extension")
+DATASET_KEYS = ("train_data_dir", "reg_data_dir", "caption_extension", "dataset_config")
 LOSS_COLUMNS = ["step", "loss", "series"]
 LR_COLUMNS = ["step", "lr", "group"]
 
@@ -341,6 +341,8 @@ class Handlers:
         return self._scan_updates(self.form.values(data))
 
     def _scan_updates(self, values: dict) -> dict:
+        if str(values.get("dataset_config") or "").strip():
+            return {self.area.dataset_md: dataset_config_markdown(values)}
         text = dataset_markdown(values.get("train_data_dir", ""), values.get("reg_data_dir", ""),
                                 values.get("caption_extension", ""))
         return {self.area.dataset_md: text}

@@ -103,7 +103,7 @@ def test_the_batches_carry_each_subsets_options(tmp_path):
 
 
 @pytest.mark.parametrize("extra_general, extra_subset, words", [
-    ("", "alpha_mask = true", "alpha_mask = True is not supported"),
+    ("", "enable_wildcard = true", "enable_wildcard = True is not supported"),
     ("", 'caption_prefix = "photo of"', "caption_prefix"),
     ("color_aug = true", "", "color_aug = True differs from the job's color_aug (False)"),
     ("", "no_such_option = 1", "no_such_option is not an option of sd-scripts' dataset config"),
