@@ -62,6 +62,9 @@ def test_the_kohya_types_reach_the_network_as_kohya_ss_sends_them():
     lokr = network_config_from_job(job_from_values(import_kohya_config(FIXTURES / "kohya-lokr-sdxl.json").values),
                                    family="sdxl")
     assert (lokr.lora_type, lokr.algo, lokr.factor, lokr.dim, lokr.conv_dim) == ("Kohya LoKr", "lokr", 8, 48, 1)
+    assert not any("SDXL only" in note for note in import_kohya_config(FIXTURES / "kohya-lokr-sdxl.json").notes)
+    config = {**json.loads((FIXTURES / "kohya-lokr-sdxl.json").read_text()), "sdxl": False}
+    assert any("SDXL only" in note for note in import_kohya_config(config).notes)
     fa = network_config_from_job(job_from_values(import_kohya_config(FIXTURES / "lora-fa-sd15.json").values))
     assert (fa.lora_type, fa.algo, fa.dim, fa.alpha) == ("LoRA-FA", None, 48, 24.0)
 

@@ -337,6 +337,9 @@ def _advice(config: dict[str, Any], values: dict[str, Any]) -> list[str]:
     kohya_type, our_type = config.get("LoRA_type"), values.get("LoRA_type")
     if our_type and kohya_type != our_type:
         notes.append(f"LoRA type {kohya_type!r} was imported as {our_type!r}")
+    if our_type == KOHYA_LOKR and not _truthy(config.get("sdxl")):
+        notes.append("kohya_ss trains Kohya LoKr (sd-scripts' networks.lokr) on SDXL only and refuses this "
+                     "non-SDXL config; LoRA Loom trains it on SD1.x/SD2.x too, on the layers networks.lokr picks")
     if isinstance(config.get("xformers"), str) and config["xformers"].strip().lower() in ("sdpa", "none"):
         notes.append(f"xformers {config['xformers']!r} was imported as off (PyTorch attention)")
     model = values.get("pretrained_model_name_or_path", "")
