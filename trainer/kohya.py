@@ -149,6 +149,8 @@ def _to_choice(setting, raw: Any):
     else:
         text = str(raw).strip()
         value = {str(c).lower(): c for c in setting.choices}.get(text.lower(), text)
+    if value not in setting.choices and setting.custom_choices and setting.parser is not None:
+        return setting.parser(value)  # a module.Class (kohya_ss's Optimizer list takes custom values)
     if value not in setting.choices:
         raise ValueError(f"{short_repr(raw)} is not {setting.describe_range()}")
     return value

@@ -1,7 +1,7 @@
 """Settings of the Model, Folders and Basic tabs (kohya_ss key names; defaults from the seed)."""
 from __future__ import annotations
 
-from .fields import parse_resolution
+from .fields import parse_optimizer_name, parse_resolution
 from .names import parse_caption_extension, parse_output_name
 from .setting import Setting
 from .tables import (
@@ -231,13 +231,15 @@ BASIC = (
                  "timescale=N (default: the warmup steps); warmup_stable_decay num_decay_steps=N (or a fraction "
                  "below 1), min_lr_ratio, warmup_type / decay_type (linear, cosine, 1-sqrt)."),
     Setting("optimizer", "choice", "AdamW8bit", "Optimizer", tab="basic", group="optimisation", section="Optimizer",
-            choices=OPTIMIZERS,
+            choices=OPTIMIZERS, custom_choices=True, parser=parse_optimizer_name,
             help="How gradients become weight updates. AdamW8bit: AdamW with 8-bit state, less memory. "
                  "Adafactor ignores the learning rate and adapts its own. DAdaptation and Prodigy find the "
                  "rate themselves (set learning rates to 1). Lion and SGDNesterov are alternatives. Paged…: "
                  "bitsandbytes keeps the state in paged memory on a GPU (on the CPU they run unpaged). AdEMAMix8bit: "
                  "Adam with a second, slow momentum (8-bit state). DAdaptAdanIP / DAdaptAdamPreprint: D-Adaptation's "
-                 "experimental variants (DAdaptation is DAdaptAdamPreprint)."),
+                 "experimental variants (DAdaptation is DAdaptAdamPreprint). Or type any optimizer class as "
+                 "module.Class (torch.optim.RAdam): it is imported, must be a torch optimizer, and its "
+                 "Optimizer extra arguments are checked against its signature."),
     Setting("optimizer_args", "str", "", "Optimizer extra arguments", tab="basic", group="optimisation", section="Optimizer",
             help="Extra key=value arguments for the optimizer, separated by spaces, such as "
                  "weight_decay=0.01 betas=(0.9,0.99). An argument the optimizer does not take is an error."),

@@ -111,7 +111,7 @@ class OptimisationSection:
     lr_warmup_steps: int
     lr_scheduler_type: str
     lr_scheduler_args: str
-    optimizer: Literal['AdamW', 'AdamW8bit', 'Adafactor', 'DAdaptation', 'DAdaptAdaGrad', 'DAdaptAdam', 'DAdaptAdan', 'DAdaptLion', 'DAdaptSGD', 'Lion', 'SGDNesterov', 'Prodigy', 'PagedAdamW8bit', 'Lion8bit', 'SGDNesterov8bit', 'PagedAdamW32bit', 'PagedLion8bit', 'bitsandbytes.optim.AdEMAMix8bit', 'bitsandbytes.optim.PagedAdEMAMix8bit', 'DAdaptAdanIP', 'DAdaptAdamPreprint']
+    optimizer: str
     optimizer_args: str
     text_encoder_lr: float | None
     unet_lr: float | None
