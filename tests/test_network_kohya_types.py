@@ -162,3 +162,15 @@ def test_lora_fa_rank_dropout_rescales_the_kept_ranks():
     kept = dropped[:, 0] != 0
     assert torch.allclose(dropped[kept], 2 * plain[kept])  # a kept rank is scaled by 1/(1 − p)
     assert abs(float(kept.float().mean()) - 0.5) < 0.05 and torch.all(dropped[~kept] == 0)
+
+
+def test_lora_fa_takes_no_lora_plus_and_the_plan_preview_agrees():
+    from trainer.plan import lr_preview, schedule
+
+    values = {"LoRA_type": "LoRA-FA", "loraplus_lr_ratio": 16.0, "text_encoder_lr": 0.0, "unet_lr": 1e-4}
+    job = job_from_values(values)
+    assert [p.level for p in check_settings(job, SETTINGS) if p.setting == "loraplus_lr_ratio"] == ["warning"]
+    plan = schedule(batches_per_epoch=4, epoch=1, lr_scheduler="constant", lr_warmup_percent=0)
+    assert set(lr_preview(job, plan)) == {"unet"}  # no unet_plus group: sd-scripts' lora_fa reads no ratio
+    standard = job_from_values({**values, "LoRA_type": "Standard"})
+    assert set(lr_preview(standard, plan)) == {"unet", "unet_plus"}

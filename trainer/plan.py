@@ -131,7 +131,7 @@ def lr_preview(job: Job, sched: Schedule) -> dict[str, list[list[float]]]:
     if blocks:
         groups = {"text_encoder": text_lr, **{name: unet_lr * weight for name, weight in blocks.items()}}
         groups = {name: lr for name, lr in groups.items() if lr}
-    if job.network.LoRA_type != "LoHa":
+    if job.network.LoRA_type not in ("LoHa", "LoRA-FA"):  # no up matrices to split / no LoRA+ (sd-scripts)
         from trainer.optim.loraplus import loraplus_ratios, preview_groups
         groups = preview_groups(groups, *loraplus_ratios(job.optimisation.loraplus_lr_ratio,
                                                          job.optimisation.loraplus_unet_lr_ratio,
