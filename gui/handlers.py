@@ -14,7 +14,7 @@ import pandas as pd
 
 from gui import presets_panel
 from gui.model_note import MODEL_KEY, model_note
-from gui.plan_panel import compute_plan, dataset_markdown, plan_markdown
+from gui.plan_panel import compute_plan, dataset_config_markdown, dataset_markdown, plan_markdown
 from gui.run_view import (
     RunView,
     loss_rows,
@@ -31,7 +31,7 @@ from gui.values import has_errors, problem_messages, split_secrets
 PLAN_SETTLE_S = 1.0  # the plan is made again once edits have paused this long (it costs a subprocess)
 RUN_TICK_S = 1.0  # the watched run's events are read this often while it goes
 PLAN_TICK_S = 1.0  # while an edit waits for its plan, this often the timer asks whether edits have paused
-DATASET_KEYS = ("train_data_dir", "reg_data_dir", "caption_extension")
+DATASET_KEYS = ("train_data_dir", "reg_data_dir", "caption_extension", "dataset_config")
 LOSS_COLUMNS = ["step", "loss", "series"]
 LR_COLUMNS = ["step", "lr", "group"]
 
@@ -352,6 +352,8 @@ class Handlers:
         return self._scan_updates(self.form.values(data))
 
     def _scan_updates(self, values: dict) -> dict:
+        if str(values.get("dataset_config") or "").strip():
+            return {self.area.dataset_md: dataset_config_markdown(values)}
         text = dataset_markdown(values.get("train_data_dir", ""), values.get("reg_data_dir", ""),
                                 values.get("caption_extension", ""))
         return {self.area.dataset_md: text}

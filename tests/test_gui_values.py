@@ -73,6 +73,18 @@ def test_plan_markdown_and_dataset_table_on_the_demo(demo_dir):
     assert missing.startswith("❌ `train_data_dir`")
 
 
+def test_the_dataset_table_lists_a_dataset_configs_subsets(demo_dir, tmp_path):
+    from gui.plan_panel import dataset_config_markdown
+
+    config = tmp_path / "ds.toml"
+    config.write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{demo_dir / "data" / "10_shapes"}"\n'
+                      'num_repeats = 3\nkeep_tokens = 1\ncaption_extension = ".txt"\n')
+    table = dataset_config_markdown({"dataset_config": str(config)})
+    assert f"| {demo_dir / 'data' / '10_shapes'} | training | 3 | 8 | False | 1 | False | — |" in table
+    config.write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = '/nowhere'\n")
+    assert dataset_config_markdown({"dataset_config": str(config)}).startswith("❌ `dataset_config`")
+
+
 def test_plan_refuses_bad_values_without_starting_a_subprocess():
     result = compute_plan({**defaults(), "train_batch_size": 0}, trainer_command=["/nonexistent/python"])
     assert result.plan is None and "train_batch_size" in result.error
@@ -331,7 +343,7 @@ def test_settings_that_do_not_apply_say_why_from_the_schema():
     assert field_label(s["unit"], {"LoRA_type": "Standard"}) == "DyLoRA unit — only with LoRA type DyLoRA"
     assert field_label(s["unit"], {"LoRA_type": "DyLoRA"}) == "DyLoRA unit"
     assert field_label(s["lr_warmup"], {"lr_scheduler": "constant"}).endswith(
-        "— not with LR Scheduler adafactor or constant")
+        "— not with LR Scheduler adafactor, constant or piecewise_constant")
     assert applies(s["lr_warmup"], {"lr_scheduler": "cosine"})
     assert not applies(s["lr_scheduler_num_cycles"], {"lr_scheduler": "cosine"})
     assert not applies(s["conv_block_dims"], {"LoRA_type": "Standard"})
