@@ -19,7 +19,9 @@ from gui.values import problems_by_setting, sections_of, settings_of_tab
 from trainer.spec import Problem, Setting
 
 ROW_SLOTS = 4
-FOLDED_SECTIONS = frozenset({"Performance", "Logging", "Other"})  # what kohya_ss users rarely open
+# What kohya_ss users rarely open (LyCORIS's options matter only for its types; launch only for several GPUs)
+FOLDED_SECTIONS = frozenset({"Performance", "Logging", "Other", "LyCORIS", "Noise", "Augmentation",
+                             "Accelerate launch"})
 
 
 def slots(setting: Setting) -> int:

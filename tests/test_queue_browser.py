@@ -1,0 +1,86 @@
+"""The queue and the Runs history in headless Chromium: three tiny demo jobs queued from the page run in order,
+the run area follows each one live, all end completed with their LoRA files listed; two of them compared
+give one loss series per run and their samples of the same prompt and step side by side."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.queue_helpers import kill_runs, tiny_values
+from tests.test_gui_browser import (  # noqa: F401  (browser: the module's Chromium fixture)
+    PROJECT_ROOT, browser, field, free_port, open_page, wait_for_http, wait_shown,
+)
+from trainer import run_queue
+from trainer.spec import write_job_toml
+
+pytestmark = pytest.mark.browser
+NAMES = ("qa", "qb", "qc")
+
+
+@pytest.fixture()
+def queue_app(tmp_path, demo_dir):
+    job = write_job_toml(tiny_values(demo_dir, tmp_path, "form"), tmp_path / "job.toml")
+    runs = (tmp_path / "runs").resolve()
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    log = (tmp_path / "app.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "app.py"), "--port", str(port), "--job", str(job), "--runs-dir", str(runs)],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for_http(url, process)
+        yield {"url": url, "runs": runs, "out": tmp_path / "out"}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+        log.close()
+        kill_runs(runs)
+
+
+def test_three_queued_jobs_run_in_order_live_and_two_compare(queue_app, browser):
+    page = open_page(browser, queue_app["url"])
+    for name in NAMES:
+        field(page, "output_name").fill(name)
+        page.click("#add-queue-button")
+        page.locator(f"#queue-note >> text=-{name}").first.wait_for(timeout=60_000)  # "Queued 000N-name."
+    seen_live, deadline = set(), time.monotonic() + 600
+    while time.monotonic() < deadline:  # the run area follows each job while it trains
+        shown = page.evaluate("[document.querySelector('#runs-choice input')?.value || '', "
+                              "document.querySelector('#run-progress [data-state]')?.dataset.state || '']")
+        if shown[1] == "running":
+            seen_live.update(name for name in NAMES if f"-{name}" in shown[0])
+        done = page.locator("#queue-table tr[data-status='completed']").count()
+        if done == len(NAMES) and seen_live == set(NAMES):
+            break
+        time.sleep(0.5)
+    assert seen_live == set(NAMES), (seen_live, shown, page.inner_text("#queue-table"))
+    for name in NAMES:
+        wait_shown(page, f"#queue-table tr[data-job$='-{name}'][data-status='completed']", timeout=10_000)
+    entries = run_queue.list_jobs(queue_app["runs"])
+    assert [e.name for e in entries] == list(NAMES)
+    started = [run_queue.job_state(queue_app["runs"], e.job_id)["started"] for e in entries]
+    assert started == sorted(started)  # in queue order
+    page.get_by_role("tab", name="Runs", exact=True).click()
+    for name in NAMES:
+        row = page.locator(f"#history-table tr[data-run$='-{name}']")
+        row.wait_for(timeout=30_000)
+        assert row.get_attribute("data-status") == "completed"
+        assert f"{name}.safetensors" in row.inner_text()
+        assert (queue_app["out"] / f"{name}.safetensors").is_file()
+    for name in NAMES[:2]:
+        page.locator("#history-pick label").filter(has_text=f"-{name}").click()
+    page.click("#history-compare")
+    page.locator("#history-note >> text=2 runs overlaid").wait_for(timeout=30_000)
+    page.wait_for_function("document.querySelectorAll('#compare-loss-plot .mark-line path').length === 2",
+                           timeout=30_000)  # one loss series per run
+    wait_shown(page, "#compare-gallery img", timeout=30_000)
+    captions = [line for line in page.inner_text("#compare-gallery").splitlines() if " — step " in line]
+    assert len(captions) == 2
+    assert len({caption.split(" — ", 1)[1] for caption in captions}) == 1  # the same step and prompt
+    assert "-qa — " in captions[0] and "-qb — " in captions[1]
