@@ -362,8 +362,8 @@ def test_the_form_is_laid_out_in_rows_of_two_to_four_fields():
     fields = sum(len(row) for row in basic)
     assert len(basic) <= -(-fields // 2) and max(len(row) for row in basic) == 4  # two or more to a row
     s = SETTINGS_BY_KEY  # small neighbouring sections share a row
-    small = [("Loss", [s["prior_loss_weight"]]), ("Noise", [s["noise_offset"]])]
-    assert [[section for section, _ in band] for band in bands(small)] == [["Loss", "Noise"]]
+    small = [("Loss", [s["prior_loss_weight"]]), ("Captions", [s["shuffle_caption"]]), ("Noise", [s["noise_offset"]])]
+    assert [[section for section, _ in band] for band in bands(small)] == [["Loss", "Captions"], ["Noise"]]  # a fold is its own band
 
 
 def test_the_job_file_the_page_saves_is_what_start_writes(tmp_path, demo_dir):
