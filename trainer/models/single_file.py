@@ -84,8 +84,9 @@ def ldm_state_dict(unet, vae, text_encoders: list, family: str) -> dict[str, tor
     return tensors
 
 
-def heads_metadata(unet, text_encoders: list) -> dict[str, str]:
-    """The attention head counts, which shapes cannot tell, as safetensors metadata for our own files."""
+def heads_metadata(unet, text_encoders: list, vae=None) -> dict[str, str]:
+    """The attention head counts, which shapes cannot tell, as safetensors metadata for our own files
+    (with the GroupNorm group counts of the UNet and VAE where they are not SD's 32)."""
     config = unet.config
     heads = config.num_attention_heads or config.attention_head_dim
     levels = len(config.block_out_channels)
@@ -93,6 +94,9 @@ def heads_metadata(unet, text_encoders: list) -> dict[str, str]:
     record = {"unet": heads}
     for index, encoder in enumerate(text_encoders):
         record["text_encoder" if index == 0 else "text_encoder_2"] = encoder.config.num_attention_heads
+    for part, model in (("unet", unet), ("vae", vae)):
+        if model is not None and model.config.norm_num_groups != 32:
+            record[f"{part}_norm_groups"] = model.config.norm_num_groups
     return {HEADS_METADATA_KEY: json.dumps(record)}
 
 
@@ -139,10 +143,10 @@ def _vae_matrix(name: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(tensor.shape[:2]) if is_vae_attention_matrix(name) and tensor.ndim == 4 else tensor
 
 
-def vae_from_ldm(vae_tensors: dict, family: str) -> AutoencoderKL:
+def vae_from_ldm(vae_tensors: dict, family: str, norm_groups: int = 32) -> AutoencoderKL:
     """An AutoencoderKL holding LDM VAE tensors (names without ``first_stage_model.``)."""
     with init_empty_weights():
-        vae = AutoencoderKL(**vae_config_from_ldm(vae_tensors, family))
+        vae = AutoencoderKL(**vae_config_from_ldm(vae_tensors, family, norm_groups))
     to_ldm = partial(vae_name_to_ldm, layout=VaeLayout.from_config(vae.config))
     return _fill_from_ldm(vae, vae_tensors, to_ldm, "VAE", reshape=_vae_matrix)
 
@@ -177,11 +181,13 @@ def models_from_ldm(tensors: dict, metadata: dict, family: str, v_prediction: bo
     heads = declared_heads(metadata)
     text_encoders = text_encoders_from_ldm(tensors, family, heads)
     unet_tensors = _strip(tensors, UNET_PREFIX)
-    config = unet_config_from_ldm(unet_tensors, family, heads.get("unet"), v_prediction)
+    config = unet_config_from_ldm(unet_tensors, family, heads.get("unet"), v_prediction,
+                                  heads.get("unet_norm_groups", 32))
     if config["in_channels"] != 4:
         raise ModelLoadError(f"the UNet takes {config['in_channels']} input channels (an inpainting or "
                              "instruct model?); LoRA training needs a plain text-to-image model (4 channels)")
     if family == "sdxl":
         config["addition_time_embed_dim"] = sdxl_time_embed_dim(config, text_encoders[1].config.projection_dim)
     vae_tensors = _strip(tensors, VAE_PREFIX)
-    return unet_from_ldm(unet_tensors, config), vae_from_ldm(vae_tensors, family), text_encoders
+    vae = vae_from_ldm(vae_tensors, family, heads.get("vae_norm_groups", 32))
+    return unet_from_ldm(unet_tensors, config), vae, text_encoders
