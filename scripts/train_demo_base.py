@@ -14,7 +14,8 @@ objective and DDPM betas on the captioned shapes of ``trainer.models.shapes``. S
 2. Decoder: more training of the decoder alone (the encoder, so the latent space, frozen) on latents with
    3 % noise, for sharper edges and truer colours; it does not change what the UNet learns from.
 3. UNet: epsilon prediction with min-SNR-5 loss weights on pre-encoded latents, 10 % empty captions (so
-   classifier-free guidance works), an exponential moving average of the weights kept and saved.
+   classifier-free guidance works), an exponential moving average of the weights kept and saved; 700
+   steps of 16 (cosine from 1e-3), then ``--unet-more-steps`` more from that (cosine from 5e-4).
 4. Export: a diffusers folder in ``--work`` and the single file in the original layout at ``--out``.
 
 Each stage's result is kept in ``--work`` and reused when the script runs again. Seeded: the same arguments give the same weights on the same machine and torch build.
@@ -168,9 +169,12 @@ def encode_texts(text_encoder: CLIPTextModel, tokenizer, texts: list[str]) -> to
 
 
 def train_unet(latents: torch.Tensor, text_states: torch.Tensor, caption_index: torch.Tensor, empty: torch.Tensor,
-               seed: int, steps: int, batch: int, log, checkpoint=None) -> UNet2DConditionModel:
+               seed: int, steps: int, batch: int, log, checkpoint=None, start=None,
+               peak_lr: float = 1e-3) -> UNet2DConditionModel:
+    """Train a new UNet (or continue ``start``) for ``steps``: warm-up, cosine down to a tenth of ``peak_lr``."""
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**base_unet_config())
+    unet = UNet2DConditionModel(**base_unet_config()) if start is None else copy.deepcopy(start).train()
+    unet.requires_grad_(True)
     ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = DDPMScheduler(**{k: v for k, v in SD1_SCHEDULER_CONFIG.items()
                                  if k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps")})
@@ -182,7 +186,7 @@ def train_unet(latents: torch.Tensor, text_states: torch.Tensor, caption_index: 
     started = time.time()
     for step in range(steps):
         for group in optimiser.param_groups:
-            group["lr"] = 1e-3 * min(1.0, (step + 1) / 100) * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.9 + 0.1)
+            group["lr"] = peak_lr * min(1.0, (step + 1) / 100) * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.9 + 0.1)
         rows = torch.randint(0, len(latents), (batch,), generator=generator)
         x0 = latents[rows]
         states = text_states[caption_index[rows]]
@@ -196,7 +200,7 @@ def train_unet(latents: torch.Tensor, text_states: torch.Tensor, caption_index: 
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        decay = 0.0 if step < 100 else 0.995
+        decay = 0.0 if step < 100 and start is None else 0.995
         for kept, live in zip(ema.parameters(), unet.parameters()):
             kept.mul_(decay).add_(live.detach(), alpha=1 - decay)
         if step % 50 == 0 or step == steps - 1:
@@ -230,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(two processes can then share the work); all: every stage not done yet, then export")
     parser.add_argument("--images", type=int, default=1500)
     parser.add_argument("--unet-steps", type=int, default=700)
+    parser.add_argument("--unet-more-steps", type=int, default=800,
+                        help="then continue from that UNet for this many steps (peak learning rate 5e-4)")
     parser.add_argument("--unet-batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -290,6 +296,14 @@ def main(argv: list[str] | None = None) -> int:
         unet = train_unet(latents, text_states, caption_index, empty, args.seed, args.unet_steps, args.unet_batch,
                           log, checkpoint)
         unet.save_pretrained(unet_path)
+    more_path = args.work / "unet_more"
+    if args.unet_more_steps and (more_path / "config.json").is_file():
+        unet = UNet2DConditionModel.from_pretrained(more_path).eval()
+        log(f"reusing the continued UNet in {more_path}")
+    elif args.unet_more_steps:
+        unet = train_unet(latents, text_states, caption_index, empty, args.seed + 1, args.unet_more_steps,
+                          args.unet_batch, log, checkpoint, start=unet, peak_lr=5e-4)
+        unet.save_pretrained(more_path)
     if args.stage == "unet":
         return 0
     folder = write_folder(args.work / "model", unet, tuned, text_encoder)

@@ -629,7 +629,7 @@ def test_caption_extension_picks_the_caption_files(demo_dir, tmp_path):
         with_txt = build_data(job_from_values(demo_values(demo_dir, tmp_path, caption_extension=".txt")), 1, events)
         with_other = build_data(job_from_values(demo_values(demo_dir, tmp_path, caption_extension=".caption")), 1,
                                 events)
-    assert all(i.caption.startswith("shapes, ") and i.caption != "shapes" for i in with_txt.plan.images)
+    assert all(i.caption.startswith("a zqx ") and i.caption.endswith(" background") for i in with_txt.plan.images)
     assert all(i.caption != j.caption for i, j in zip(with_txt.plan.images, with_other.plan.images))
 
 
