@@ -37,6 +37,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_warning(args: argparse.Namespace) -> str | None:
+    """A warning when the page can be reached from other machines without a password: whoever reaches it can
+    start runs and write files wherever this user can."""
+    open_to = [what for what, on in ((f"--listen {args.listen}", args.listen not in LOOPBACK),
+                                     ("--share", args.share)) if on]
+    if not open_to or args.username:
+        return None
+    return (f"WARNING: {' and '.join(open_to)} without --username/--password: anyone who can reach this port can "
+            "train, read run folders and write files as you. Set --username and --password.")
+
+
 def ensure_demo(demo_dir: Path) -> Path:
     """``demo_dir/job.toml``, building the demo in a subprocess (the GUI process never imports torch)."""
     job = demo_dir / "job.toml"
@@ -62,18 +76,41 @@ def job_values(job_path: Path) -> dict:
     return values
 
 
+def drive_queue(runs_dir: Path) -> None:
+    """Run the queue in a thread; on SIGTERM stop the queued run in progress (it saves and says ``stopped``)
+    before the app exits, so a restarted app reports it as stopped and carries on with the next job."""
+    import signal
+
+    from trainer.queue_runner import QueueRunner
+
+    runner = QueueRunner(runs_dir)
+    runner.start_thread()
+
+    def on_term(signum, frame) -> None:
+        stopped = runner.shutdown()
+        print(f"SIGTERM: stopped queued run {stopped.name}" if stopped else "SIGTERM: exiting", flush=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    warning = exposure_warning(args)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     runs_dir = Path(args.runs_dir).expanduser().resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     job_path = Path(args.job).expanduser().resolve() if args.job else ensure_demo(Path(args.demo_dir).resolve())
     user_presets = Path(args.user_presets).expanduser().resolve() if args.user_presets else runs_dir.parent / "user_presets"
 
-    from gui.page import CSS, AppConfig, build_app
+    from gui.page import AppConfig, build_app
+    from gui.page_style import CSS, HEAD
 
     config = AppConfig(runs_dir=runs_dir, user_presets_dir=user_presets, job_values=job_values(job_path))
     app = build_app(config)
     app.queue(default_concurrency_limit=4)
+    drive_queue(runs_dir)
     app.launch(
         server_name=args.listen,
         server_port=args.port,
@@ -81,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         auth=(args.username, args.password) if args.username else None,
         allowed_paths=[str(runs_dir)],
         css=CSS,
+        head=HEAD,
         show_error=True,
         quiet=False,
     )

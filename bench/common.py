@@ -8,7 +8,6 @@ only the shapes (and so the arithmetic and memory) are those of SD1.5. About 4 G
 """
 from __future__ import annotations
 
-import resource
 from pathlib import Path
 
 import torch
@@ -97,8 +96,10 @@ def build_sd15_random(folder: str | Path, seed: int = 0) -> dict[str, int]:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size since it started (``ru_maxrss``, kilobytes on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident set size since it started (``VmHWM``: the trainer's own measure)."""
+    from trainer.memory_plan import measured_peak
+
+    return measured_peak("cpu")
 
 
 def reset_peak_rss() -> bool:

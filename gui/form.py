@@ -1,25 +1,27 @@
 """The settings form, built from the schema: one widget and one error note per setting, no per-setting code.
 
-bool → Checkbox, choice → Dropdown, int/float → Number, str/path → Textbox, text → multi-line Textbox;
-label = setting.label, info = setting.help, ``elem_id="setting-<key>"``; the note under each field has
-``elem_id="error-<key>"`` and stays hidden while the field is fine. Handlers receive values by name:
+bool → Checkbox, choice → Dropdown, int/float → one-line Textbox (numbers as text, so a blank stays blank:
+see ``gui.values``), str/path → Textbox, text → multi-line Textbox. Label = setting.label, help = the
+widget's ``info`` (the page's CSS shows it as a tip on hover or focus), ``elem_id="setting-<key>"``; the
+note under each field has ``elem_id="error-<key>"`` and stays hidden while the field is fine. A setting that
+does not apply (``visible_when``) is disabled and its label says why. Handlers receive values by name:
 ``Form.values(data)`` turns Gradio's {component: value} dict into {key: value}.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 
 from gui.values import (
+    applies,
     coerce_values,
+    display_value,
     field_error_text,
-    is_visible,
+    field_label,
     problems_by_setting,
     range_note,
-    sections_of,
-    settings_of_tab,
 )
 from trainer.spec import SETTINGS, SETTINGS_BY_KEY, Problem, Setting
 
@@ -41,12 +43,13 @@ class Form:
 
     def value_updates(self, values: dict[str, Any]) -> dict:
         """{widget: new value} for every setting in ``values`` (presets, imports, opening a run)."""
-        return {self.fields[k]: _display_value(SETTINGS_BY_KEY[k], v) for k, v in values.items() if k in self.fields}
+        return {self.fields[k]: display_value(SETTINGS_BY_KEY[k], v) for k, v in values.items() if k in self.fields}
 
-    def visibility_updates(self, values: dict[str, Any]) -> dict:
-        """Show or hide settings whose ``visible_when`` depends on another setting's value."""
+    def applicability_updates(self, values: dict[str, Any]) -> dict:
+        """Enable or disable (with the reason in the label) the settings whose ``visible_when`` depends on
+        another setting's value. Only the label and interactivity change: the value stays in the job."""
         return {
-            self.fields[s.key]: gr.update(visible=is_visible(s, values))
+            self.fields[s.key]: gr.update(label=field_label(s, values), interactive=s.implemented and applies(s, values))
             for s in SETTINGS if s.visible_when is not None and s.key in self.fields
         }
 
@@ -60,66 +63,36 @@ class Form:
         return updates
 
 
-def _display_value(setting: Setting, value: Any) -> Any:
-    """What the widget can show: a value it cannot hold (text in a number box, an unknown choice from a
-    hand-edited job file) shows blank; validation names the setting in the messages panel."""
-    if setting.kind in ("str", "path", "text"):
-        return "" if value is None else value
-    if setting.kind in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        return None
-    if setting.kind == "choice" and value not in setting.choices:
-        return None
-    return value
-
-
-def make_widget(setting: Setting, value: Any, visible: bool = True) -> gr.components.Component:
-    """The widget for one setting (see the module docstring for the mapping)."""
-    label = setting.label if setting.implemented else f"{setting.label} (not implemented yet)"
+def make_widget(setting: Setting, values: dict[str, Any]) -> gr.components.Component:
+    """The widget for one setting (see the module docstring for the mapping), showing ``values[key]``."""
     common = dict(
-        label=label,
+        label=field_label(setting, values),
         info=setting.help + range_note(setting),
         elem_id=f"setting-{setting.key}",
-        interactive=setting.implemented,
-        visible=visible,
+        elem_classes=["loom-field"],
+        interactive=setting.implemented and applies(setting, values),
+        min_width=150,
     )
-    value = _display_value(setting, value)
+    value = display_value(setting, values.get(setting.key, setting.default))
     if setting.kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if setting.kind == "choice":
         choices = list(setting.choices) + ([None] if setting.optional else [])
         return gr.Dropdown(choices=[(str(c) if c is not None else "(blank)", c) for c in choices],
                            value=value, **common)
-    if setting.kind in ("int", "float"):
-        # No minimum/maximum on the widget: Gradio would reject an out-of-range value with a bare toast
-        # before our handler runs; validation names the setting under the field instead.
-        return gr.Number(value=value, precision=None, step=setting.step or (1 if setting.kind == "int" else None),
-                         **common)
     if setting.kind == "text":
-        return gr.Textbox(value=value, lines=4, max_lines=20, **common)
+        return gr.Textbox(value=value, lines=3, max_lines=20, **common)
+    text_input = gr.components.textbox.InputHTMLAttributes(autocomplete="off", spellcheck=False)
     if setting.secret:
-        return gr.Textbox(value=value, type="password", **common)
-    return gr.Textbox(value=value, lines=1, max_lines=1, **common)
+        return gr.Textbox(value=value, type="password", html_attributes=text_input, **common)
+    placeholder = "blank" if setting.optional else None
+    return gr.Textbox(value=value, lines=1, max_lines=1, placeholder=placeholder, html_attributes=text_input,
+                      **common)
 
 
-def build_tab_fields(form: Form, tab: str, values: dict[str, Any], problems: list[Problem] = (),
-                     after: dict[str, Callable[[], Any]] | None = None) -> None:
-    """Widgets of one tab, grouped by section, each with its error note (shown only for ``problems``).
-    ``after[key]()`` builds extra components right under that setting's field (the model note)."""
-    grouped = problems_by_setting(problems)
-    after = after or {}
-    for section, settings in sections_of(settings_of_tab(tab)):
-        if section:
-            gr.Markdown(f"#### {section}", elem_classes=["loom-section"])
-        with gr.Group():
-            for setting in settings:
-                _add_field(form, setting, values, grouped.get(setting.key, []))
-                if setting.key in after:
-                    after[setting.key]()
-
-
-def _add_field(form: Form, setting: Setting, values: dict[str, Any], problems: list[Problem]) -> None:
-    widget = make_widget(setting, values.get(setting.key, setting.default), is_visible(setting, values))
-    form.fields[setting.key] = widget
+def add_field(form: Form, setting: Setting, values: dict[str, Any], problems: list[Problem]) -> None:
+    """The widget of ``setting`` and the error note under it, registered in ``form``."""
+    form.fields[setting.key] = make_widget(setting, values)
     form.errors[setting.key] = gr.Markdown(field_error_text(setting.key, problems), visible=bool(problems),
                                            elem_id=f"error-{setting.key}",
                                            elem_classes=["loom-field-error"])

@@ -25,7 +25,7 @@ from gui.run_view import (
     progress_html,
     read_new_events,
 )
-from gui.runs import LOG_FILE, RunError, pid_alive, read_pid, run_status, stop_requests, tail_text
+from gui.runs import LOG_FILE, RunError, run_status, stop_requests, tail_text, trainer_alive
 from gui.values import has_errors, problem_messages, split_secrets
 
 PLAN_SETTLE_S = 1.0  # the plan is made again once edits have paused this long (it costs a subprocess)
@@ -54,8 +54,8 @@ def view_state(view: RunView) -> str:
     """running / completed / stopped / failed / killed / died for the run a view watches."""
     if view.finished is not None:
         return str(view.finished.get("status", "completed"))
-    run_dir = Path(view.run_dir)
-    if pid_alive(read_pid(run_dir), run_dir):
+    run_dir = Path(view.run_dir or ".")
+    if trainer_alive(run_dir):
         return "running"
     read_new_events(view)  # the trainer may have written its last lines just before exiting
     if view.finished is not None:
@@ -77,7 +77,7 @@ class Handlers:
         gr.on(triggers, self.check_fields, inputs=form.inputs | {area.state},
               outputs=field_outputs, show_progress="hidden", trigger_mode="always_last")
         for key in {s_key for s_key in self._controlling_keys()}:
-            form.fields[key].change(self.visibility, inputs=form.inputs, outputs=self._dependents(),
+            form.fields[key].change(self.applicability, inputs=form.inputs, outputs=self._dependents(),
                                     show_progress="hidden")
         area.start.click(self.start, inputs=form.inputs | {area.state},
                          outputs=[*form.errors.values(), *run_outputs, area.runs])
@@ -113,6 +113,7 @@ class Handlers:
                                outputs=[area.preset, area.preset_report])
         area.kohya_file.upload(self.import_kohya, inputs=form.inputs | {area.kohya_file},
                                outputs=value_outputs).then(**check)
+        area.export_job.click(self.export_job, inputs=form.inputs, outputs=[area.job_file, area.preset_report])
 
     def run_outputs(self) -> list:
         a = self.area
@@ -148,8 +149,8 @@ class Handlers:
         note = model_note(values.get(MODEL_KEY, ""), values.get("v2", False), values.get("v_parameterization", False))
         return {self.area.model_note: note}
 
-    def visibility(self, data: dict) -> dict:
-        return self.form.visibility_updates(self.form.values(data))
+    def applicability(self, data: dict) -> dict:
+        return self.form.applicability_updates(self.form.values(data))
 
     def _messages(self, session: SessionState) -> str:
         return messages_markdown(session.notes + session.view.messages)
@@ -251,7 +252,9 @@ class Handlers:
         a, view = self.area, session.view
         state = view_state(view)
         running = state == "running"
-        stops = stop_requests(Path(view.run_dir))
+        stops = stop_requests(Path(view.run_dir or "."))
+        # Sample now / Save now act once steps are running (the trainer answers after a step), until Stop
+        trains = running and bool(view.plan) and not stops and bool(view.last_step or view.phase == "training")
         if not running and state != "died":  # "died" is looked at again: late last words revise it
             session.settled = state
             session.notes = [n for n in session.notes if n[0] != "info"]  # "Stopping…" is over
@@ -264,17 +267,17 @@ class Handlers:
             a.loss_plot: frame(loss_rows(view), LOSS_COLUMNS),
             a.lr_plot: frame(lr_rows(view), LR_COLUMNS),
             a.outputs: outputs_markdown(view),
-            a.log: tail_text(Path(view.run_dir) / LOG_FILE, max_lines=25),
+            a.log: tail_text(Path(view.run_dir or ".") / LOG_FILE, max_lines=25),
             a.messages: self._messages(session),
             a.start: gr.update(interactive=not running),
             a.stop: gr.update(interactive=running, value="Stop again to kill now" if running and stops == 1
                               else "Stop training"),
-            a.sample_now: gr.update(interactive=running and bool(view.plan) and not stops),
-            a.save_now: gr.update(interactive=running and bool(view.plan) and not stops),
+            a.sample_now: gr.update(interactive=trains),
+            a.save_now: gr.update(interactive=trains),
         }
         if len(view.samples) != session.samples_shown:
             session.samples_shown = len(view.samples)
-            updates[a.gallery] = [(self._servable(p), c) for p, c in view.samples if Path(p).is_file()]
+            updates[a.gallery] = [(self._servable(p), c) for p, c in reversed(view.samples) if Path(p).is_file()]
         if view.plan and not session.plan_shown:
             session.plan_shown = True
             updates[a.plan_md] = plan_markdown(view.plan)
@@ -291,7 +294,7 @@ class Handlers:
             return image.copy()
 
     def _runs_update(self, selected: str | None):
-        choices = [(f"{p.name} — {run_status(p).state}", p.name) for p in self.manager.list_runs()[:50]]
+        choices = [(f"{p.name} — {run_status(p).outcome}", p.name) for p in self.manager.list_runs()[:50]]
         return gr.update(choices=choices, value=selected)
 
     # ----- plan and dataset -------------------------------------------------------------------------
@@ -344,7 +347,7 @@ class Handlers:
 
     # ----- presets ----------------------------------------------------------------------------------
     def _preset_choices(self) -> list[tuple[str, str]]:
-        return [tuple(c) for c in presets_panel.preset_choices(self.config.user_presets_dir)]
+        return [(c.label, c.path) for c in presets_panel.preset_choices(self.config.user_presets_dir)]
 
     def load_preset(self, data: dict) -> dict:
         path = data[self.area.preset]
@@ -364,6 +367,16 @@ class Handlers:
             return {self.area.preset_report: f"❌ {error}"}
         return {self.area.preset: gr.update(choices=self._preset_choices(), value=str(path)),
                 self.area.preset_report: f"Saved preset **{path.stem}** to {path}."}
+
+    def export_job(self, data: dict) -> dict:
+        """The form as a job file to download: what Start would write, secrets left out."""
+        try:
+            path = presets_panel.export_job_file(split_secrets(self.form.values(data))[0])
+        except ValueError as error:
+            return {self.area.job_file: gr.update(visible=False), self.area.preset_report: f"❌ {error}"}
+        return {self.area.job_file: gr.update(value=str(path), visible=True),
+                self.area.preset_report: f"Saved the form as **{path.name}** at {time.strftime('%H:%M:%S')}: "
+                                         f"download it beside the button."}
 
     def import_kohya(self, data: dict) -> dict:
         path = data[self.area.kohya_file]

@@ -37,7 +37,7 @@ def suggestions(info: ModelInfo, v2: bool, v_parameterization: bool) -> list[str
         lines.append("- 💡 Its weights say SD2.x, and **SD2.x model** (`v2`) is off. The family is detected "
                      "either way; turn `v2` on to make the run insist on an SD2.x model, as kohya_ss does.")
     if info.family != "sd2" and v2:
-        lines.append(f"- ⚠️ **SD2.x model** (`v2`) is on, but the weights say {FAMILY_NAMES[info.family]}: "
+        lines.append(f"- ⚠️ **SD2.x model** (`v2`) is on, but the weights say {FAMILY_NAMES.get(info.family or '', 'another family')}: "
                      "the run will refuse this model. Clear `v2` or choose an SD2.x model.")
     if info.v_prediction and not v_parameterization:
         lines.append("- ℹ️ The model declares v-prediction; it is used even with **v-parameterization** off.")

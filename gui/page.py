@@ -1,4 +1,6 @@
-"""The page: presets row, settings tabs built from the schema, plan panel and run area, wired to handlers.
+"""The page: on the left the presets row and the settings tabs built from the schema; on the right, in view
+while editing, the run column (Start / Stop / Sample now / Save now, progress, messages, loss and LR
+curves, newest samples, the LoRA files) and the plan. One column on a phone (see ``gui.page_style``).
 
 Layout only; what each button does lives in ``gui.handlers``. ``build_app(config)`` returns the Blocks.
 """
@@ -11,24 +13,17 @@ from typing import Any
 import gradio as gr
 
 from gui.blocks_table import blocks_markdown
-from gui.form import Form, build_tab_fields
+from gui.form import Form
+from gui.form_layout import build_tab_fields, fold
 from gui.handlers import Handlers, SessionState
 from gui.model_note import MODEL_KEY, model_note
+from gui.queue_panel import QueuePanel, build_queue_panel
 from gui.run_view import MOVING_AVERAGE_LABEL, RunView, messages_markdown, progress_html
-from gui.values import problem_messages
 from gui.runs import RunManager
+from gui.values import problem_messages
 
 LR_COLORS = {"unet": "#2563eb", "text_encoder": "#16a34a"}
-CSS = """
-.loom-progress { padding: 8px 4px; }
-.loom-headline { font-weight: 600; margin-bottom: 6px; }
-.loom-bar { height: 14px; background: var(--neutral-200); border-radius: 7px; overflow: hidden; }
-.loom-fill { height: 100%; background: var(--color-accent); transition: width 0.5s; }
-.loom-details { font-size: 0.9em; margin-top: 4px; opacity: 0.85; }
-.loom-field-error, .loom-field-error * { color: var(--error-text-color, #b91c1c) !important; }
-.loom-field-error { font-size: 0.9em; padding: 0 8px 6px; }
-.loom-section { margin-top: 10px; }
-"""
+INNER_TABS = (("weights", "Weights"), ("blocks", "Blocks"), ("conv", "Conv"))
 
 
 @dataclass
@@ -43,9 +38,10 @@ class AppConfig:
 
 @dataclass
 class RunArea:
-    """The run area's components (handlers update them by name)."""
+    """The page's components other than the settings (handlers update them by name)."""
 
     start: Any = None
+    add_to_queue: Any = None
     stop: Any = None
     sample_now: Any = None
     save_now: Any = None
@@ -70,21 +66,34 @@ class RunArea:
     preset_name: Any = None
     preset_save: Any = None
     kohya_file: Any = None
+    export_job: Any = None
+    job_file: Any = None
     preset_report: Any = None
     state: Any = None
     timer: Any = None
 
 
 def _presets_row(area: RunArea) -> None:
-    with gr.Row(equal_height=True):
-        area.preset = gr.Dropdown(label="Preset", choices=[], value=None, scale=3, elem_id="preset-choice")
-        area.preset_load = gr.Button("Load preset", scale=1)
-        area.preset_name = gr.Textbox(label="Save current settings as", placeholder="my preset", scale=3,
-                                      elem_id="preset-name")
-        area.preset_save = gr.Button("Save as preset", scale=1)
-        area.kohya_file = gr.File(label="Import kohya_ss config (.json / .toml)", file_types=[".json", ".toml"],
-                                  type="filepath", scale=3, height=120, elem_id="kohya-import")
+    with gr.Column(elem_id="presets-area"):
+        _presets_controls(area)
     area.preset_report = gr.Markdown("", elem_id="preset-report")
+
+
+def _presets_controls(area: RunArea) -> None:
+    with gr.Row(equal_height=True):
+        gr.HTML("<h1>LoRA Loom</h1>", elem_id="loom-title", padding=False, scale=1, min_width=170)
+        area.preset = gr.Dropdown(label="Preset", choices=[], value=None, scale=3, min_width=180,
+                                  elem_id="preset-choice")
+        area.preset_load = gr.Button("Load preset", scale=1, min_width=90, size="sm")
+        area.preset_name = gr.Textbox(label="Save current settings as", placeholder="my preset", scale=3,
+                                      min_width=180, elem_id="preset-name")
+        area.preset_save = gr.Button("Save as preset", scale=1, min_width=90, size="sm")
+    with gr.Row(equal_height=True):
+        area.kohya_file = gr.File(label="Import kohya_ss config (.json / .toml)", file_types=[".json", ".toml"],
+                                  type="filepath", scale=3, min_width=180, height=90, elem_id="kohya-import")
+        area.export_job = gr.Button("Save job file", scale=1, min_width=90, size="sm", elem_id="export-job-button")
+        area.job_file = gr.File(label="Job file (the form as it is now)", scale=3, min_width=180, height=90,
+                                interactive=False, visible=False, elem_id="job-file")
 
 
 def _settings_tabs(form: Form, values: dict, area: RunArea, problems: list) -> None:
@@ -100,56 +109,62 @@ def _settings_tabs(form: Form, values: dict, area: RunArea, problems: list) -> N
         with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
             gr.Markdown("The folders found in the image folder (and the regularization folder), as the "
                         "trainer will read them.")
-            area.scan_button = gr.Button("Scan folders")
+            area.scan_button = gr.Button("Scan folders", size="sm")
             area.dataset_md = gr.Markdown("", elem_id="dataset-table")
         for tab_id, title in (("basic", "Basic"), ("advanced", "Advanced")):
             with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}"):
                 build_tab_fields(form, tab_id, values, problems)
         with gr.Tab("Blocks/Conv", id="blocks-conv", elem_id="tab-blocks-conv"):
             with gr.Tabs():
-                for tab_id, title in (("weights", "Weights"), ("blocks", "Blocks"), ("conv", "Conv")):
+                for tab_id, title in INNER_TABS:
                     with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}"):
                         build_tab_fields(form, tab_id, values, problems)
-            with gr.Accordion("Which UNet modules each block holds", open=False):
+            with fold("Which UNet modules each block holds", "fold-blocks-table"):
                 gr.Markdown(blocks_markdown())
         with gr.Tab("Samples", id="samples", elem_id="tab-samples"):
             build_tab_fields(form, "samples", values, problems)
 
 
-def _plan_panel(area: RunArea) -> None:
-    with gr.Accordion("Plan: what this run will do", open=True, elem_id="plan-panel"):
-        with gr.Row():
-            with gr.Column(scale=1):
-                area.plan_button = gr.Button("Update plan")
-                area.plan_md = gr.Markdown("", elem_id="plan-table")
-            with gr.Column(scale=2):
-                area.plan_plot = gr.LinePlot(x="step", y="lr", color="group", title="Learning rate (preview)",
-                                             color_map=LR_COLORS,
-                                             height=240, elem_id="plan-lr-plot")
-
-
 def _run_area(area: RunArea, opening_messages: str) -> None:
-    with gr.Row(equal_height=True):
-        area.start = gr.Button("Start training", variant="primary", elem_id="start-button", scale=2)
-        area.stop = gr.Button("Stop training", variant="stop", elem_id="stop-button", scale=1)
-        area.sample_now = gr.Button("Sample now", elem_id="sample-now-button", scale=1, interactive=False)
-        area.save_now = gr.Button("Save now", elem_id="save-now-button", scale=1, interactive=False)
-        area.runs = gr.Dropdown(label="Runs", choices=[], value=None, scale=3, elem_id="runs-choice")
-        area.open_run = gr.Button("Open run", scale=1, elem_id="open-run-button")
-    area.progress = gr.HTML(progress_html(RunView(), "idle"), elem_id="run-progress")
+    """Buttons start enabled only where they can act: nothing runs yet, so Start and Add to queue."""
+    with gr.Row(equal_height=True, elem_id="run-actions"):
+        area.start = gr.Button("Start training", variant="primary", elem_id="start-button", scale=2, min_width=0)
+        area.add_to_queue = gr.Button("Add to queue", elem_id="add-queue-button", scale=1, min_width=0)
+        area.stop = gr.Button("Stop training", variant="stop", elem_id="stop-button", scale=2, min_width=0,
+                              interactive=False)
+        area.sample_now = gr.Button("Sample now", elem_id="sample-now-button", scale=1, min_width=0,
+                                    interactive=False)
+        area.save_now = gr.Button("Save now", elem_id="save-now-button", scale=1, min_width=0, interactive=False)
+    area.progress = gr.HTML(progress_html(RunView(), "idle"), elem_id="run-progress", padding=False)
     area.messages = gr.Markdown(opening_messages, elem_id="messages")
-    with gr.Row():
-        area.loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=280,
+    with gr.Row(equal_height=True):
+        area.loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=200, min_width=200,
                                      color_map={"loss": "#93c5fd", MOVING_AVERAGE_LABEL: "#ea580c"},
                                      elem_id="loss-plot")
-        area.lr_plot = gr.LinePlot(x="step", y="lr", color="group", title="Learning rate", height=280,
-                                   color_map=LR_COLORS,
-                                   elem_id="lr-plot")
-    area.gallery = gr.Gallery(label="Samples", columns=6, height=260, elem_id="sample-gallery",
+        area.lr_plot = gr.LinePlot(x="step", y="lr", color="group", title="Learning rate", height=200,
+                                   min_width=200, color_map=LR_COLORS, elem_id="lr-plot")
+    area.gallery = gr.Gallery(label="Newest samples", columns=4, height=170, elem_id="sample-gallery",
                               show_label=True, allow_preview=True)
     area.outputs = gr.Markdown("", elem_id="run-outputs")
-    area.log = gr.Textbox(label="Trainer log (last lines)", lines=10, max_lines=10, interactive=False,
-                          autoscroll=True, elem_id="run-log")
+
+
+def _plan_panel(area: RunArea) -> None:
+    with gr.Row(equal_height=False, elem_id="plan-panel"):
+        with gr.Column(scale=1, min_width=200):
+            area.plan_md = gr.Markdown("", elem_id="plan-table")
+            area.plan_button = gr.Button("Update plan", size="sm")
+        area.plan_plot = gr.LinePlot(x="step", y="lr", color="group", title="Planned learning rate",
+                                     color_map=LR_COLORS, height=200, min_width=200, scale=1,
+                                     elem_id="plan-lr-plot")
+
+
+def _runs_and_log(area: RunArea) -> None:
+    with gr.Row(equal_height=True):
+        area.runs = gr.Dropdown(label="Runs", choices=[], value=None, scale=3, min_width=160, elem_id="runs-choice")
+        area.open_run = gr.Button("Open run", scale=1, min_width=80, size="sm", elem_id="open-run-button")
+    with fold("Trainer log (last lines)", "fold-log"):
+        area.log = gr.Textbox(show_label=False, lines=10, max_lines=10, interactive=False, autoscroll=True,
+                              elem_id="run-log")
 
 
 def build_app(config: AppConfig) -> gr.Blocks:
@@ -161,14 +176,20 @@ def build_app(config: AppConfig) -> gr.Blocks:
     opening_notes = problem_messages(problems)
     form, area = Form(), RunArea()
     manager = RunManager(config.runs_dir, config.trainer_command)
-    with gr.Blocks(title="LoRA Loom", analytics_enabled=False) as app:
-        gr.Markdown("# LoRA Loom\nTrain LoRA adapters for Stable Diffusion.")
-        _presets_row(area)
-        _settings_tabs(form, values, area, problems)
-        _plan_panel(area)
-        _run_area(area, messages_markdown(opening_notes))
+    with gr.Blocks(title="LoRA Loom", analytics_enabled=False, fill_width=True) as app:
+        with gr.Row(equal_height=False, elem_id="main-row"):
+            with gr.Column(scale=3, min_width=400, elem_id="settings-column"):
+                _presets_row(area)
+                _settings_tabs(form, values, area, problems)
+            with gr.Column(scale=2, min_width=400, elem_id="run-column"):
+                _run_area(area, messages_markdown(opening_notes))
+                _plan_panel(area)
+                _runs_and_log(area)
+                queue_widgets = build_queue_panel(area.add_to_queue)
         area.state = gr.State(SessionState(notes=opening_notes))
         area.timer = gr.Timer(1.0)
         area.plan_timer = gr.Timer(1.0)
-        Handlers(form, area, manager, config).wire(app)
+        handlers = Handlers(form, area, manager, config)
+        handlers.wire(app)
+        QueuePanel(queue_widgets, handlers).wire(app)
     return app

@@ -5,6 +5,8 @@ page shows, above all a report of every kohya_ss key that was not imported (neve
 """
 from __future__ import annotations
 
+import re
+import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,6 +56,20 @@ def import_kohya_values(path: str, current: dict[str, Any]) -> Applied:
         raise ValueError(f"{Path(path).name} was not imported: {error}") from None
     values = presets.apply_preset(current, result.values)
     return Applied(values, import_report(Path(path).name, result.values, result.unmapped, result.notes))
+
+
+def export_job_file(values: dict[str, Any]) -> Path:
+    """``values`` written as a job file (the same text Start writes into a run folder) in a new temporary
+    folder, named after the output name. Raises ValueError naming every setting at fault."""
+    from trainer.spec import JobError, job_from_values, write_job_toml
+
+    try:
+        job_from_values(values)
+    except JobError as error:
+        raise ValueError("The job was not saved; fix these first: "
+                         + "; ".join(str(p) for p in error.problems)) from None
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(values.get("output_name") or "")).strip("._") or "job"
+    return write_job_toml(values, Path(tempfile.mkdtemp(prefix="loom-job-")) / f"{name}.toml")
 
 
 def import_report(file_name: str, imported: dict, unmapped: list, notes: list[str]) -> str:

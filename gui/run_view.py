@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.events import EVENTS_FILE, read_events
+from trainer.events import EVENTS_FILE, max_norm_words, read_events
 
 MAX_PLOT_POINTS = 600
 MOVING_AVERAGE_LABEL = "moving average"
@@ -147,8 +147,8 @@ def headline(view: RunView, state: str) -> str:
         "completed": f"Completed: {where}.",
         "stopped": f"Stopped by you at {where}.",
         "failed": f"Failed at {where}.",
-        "killed": f"Killed at {where} (second Stop): the last step was not saved.",
-        "died": f"The trainer died at {where} without finishing; its log is below.",
+        "killed": f"Failed: killed at {where} (second Stop); the last step was not saved.",
+        "died": f"Failed: the trainer died at {where} without finishing; its log is below.",
     }
     return words.get(state, f"{state}: {where}.")
 
@@ -169,6 +169,8 @@ def progress_html(view: RunView, state: str) -> str:
         details.append(f"{speed:.2f} it/s")
     if state == "running":
         details.append(f"ETA {format_duration(eta)}")
+    if view.last_step.get("keys_scaled") is not None:  # scale_weight_norms: what the max-norm step did
+        details.append(max_norm_words(view.last_step).strip())
     text = html.escape(headline(view, state))
     return (
         f"<div class='loom-progress {html.escape(state)}' data-state='{html.escape(state)}'>"
@@ -189,7 +191,21 @@ def outputs_markdown(view: RunView) -> str:
             kind = "Save now" if checkpoint.get("requested") else checkpoint.get("kind", "")
             lines.append(f"- {checkpoint['path']} ({kind}, step {checkpoint.get('step')})"
                          f"{_size(checkpoint['path'])}")
-    return ("### LoRA files\n" + "\n".join(lines)) if lines else ""
+    memory = memory_line((view.finished or {}).get("memory"))
+    text = ("### LoRA files\n" + "\n".join(lines)) if lines else ""
+    return text + ("\n\n" + memory if memory and text else memory or "")
+
+
+def memory_line(memory: dict | None) -> str:
+    """'Peak memory: 4.48 GiB measured, 4.67 GiB estimated before the start.' from a ``finished`` event."""
+    if not memory or not isinstance(memory.get("measured_peak_bytes"), (int, float)):
+        return ""
+    kind = "GPU memory" if memory.get("device") == "cuda" else "RAM"
+    text = f"Peak {kind}: {memory['measured_peak_bytes'] / 2**30:.2f} GiB measured"
+    estimate = memory.get("estimated_peak_bytes")
+    if isinstance(estimate, (int, float)):
+        text += f", {estimate / 2**30:.2f} GiB estimated before the start"
+    return text + "."
 
 
 def _size(path: str) -> str:

@@ -1,14 +1,17 @@
 """Pure helpers between the form's raw widget values and the schema's settings (no gradio here).
 
-Widgets hand back loosely typed values (a Number gives 2.0 for an int, a blank box gives None, a Dropdown
-may give "75" for the choice 75); the job model is strict, so ``coerce_value`` turns each raw value into the
-setting's own type where that is lossless, and leaves anything else for validation to name.
+The form's one promise: what a job holds is what the page gives back, whatever was opened or left alone.
+``display_value`` is what a setting's widget shows, ``coerce_value`` turns the widget's value back into the
+setting's type, and ``coerce_value(s, display_value(s, v)) == v`` for every value the job model accepts
+(tested for every setting). Numbers are shown as text, not in number inputs: a browser number input turns
+a blank into 0 when it is drawn, so merely opening a tab changed the job. Anything that cannot convert
+losslessly is returned as it is, for validation to name.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable
 
-from trainer.spec import SETTINGS, Problem, Setting
+from trainer.spec import SETTINGS, SETTINGS_BY_KEY, Problem, Setting
 
 SECRET_ENVIRONMENT = {"wandb_api_key": "WANDB_API_KEY"}
 
@@ -33,16 +36,42 @@ def coerce_value(setting: Setting, raw: Any) -> Any:
     return raw
 
 
+def display_value(setting: Setting, value: Any) -> Any:
+    """What ``setting``'s widget shows for ``value``: numbers as text (blank for None), text as it is, a choice
+    or a flag as itself. A choice the dropdown cannot hold (an unknown one from a hand-edited job) shows blank;
+    validation names it in the messages panel."""
+    if setting.kind in ("str", "path", "text"):
+        return "" if value is None else value
+    if setting.kind in ("int", "float"):
+        return number_text(value)
+    if setting.kind == "choice" and value not in setting.choices:
+        return None
+    return value
+
+
+def number_text(value: Any) -> str:
+    """A number as the text that converts back to exactly it: 8, 0.0001, 1e-05, 8.0 (a float stays a float);
+    None is blank; anything else (text in a hand-edited job) is shown as it is, for validation to name."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
 def _as_int(raw: Any) -> Any:
     if isinstance(raw, bool):
         return raw
     if isinstance(raw, float) and raw.is_integer():
         return int(raw)
     if isinstance(raw, str):
+        text = raw.strip()
         try:
-            return int(raw.strip())
+            return int(text)
         except ValueError:
-            return raw
+            pass
+        number = _as_float(text)  # "8.0" or "1e3" is a whole number written another way
+        return int(number) if isinstance(number, float) and number.is_integer() else raw
     return raw
 
 
@@ -76,12 +105,41 @@ def _is_secret(key: str) -> bool:
     return any(s.key == key and s.secret for s in SETTINGS)
 
 
-def is_visible(setting: Setting, values: dict[str, Any]) -> bool:
-    """A setting with ``visible_when=(other, allowed)`` shows only while ``values[other]`` is allowed."""
+def applies(setting: Setting, values: dict[str, Any]) -> bool:
+    """A setting with ``visible_when=(other, allowed)`` applies only while ``values[other]`` is allowed."""
     if setting.visible_when is None:
         return True
     other, allowed = setting.visible_when
     return values.get(other) in allowed
+
+
+def not_applicable_reason(setting: Setting) -> str:
+    """Why a setting with ``visible_when`` is off, from the schema: 'only with LoRA type DyLoRA', or 'not
+    with LR Scheduler constant or adafactor' when that is the shorter list."""
+    if setting.visible_when is None:
+        return ""
+    other_key, allowed = setting.visible_when
+    other = SETTINGS_BY_KEY[other_key]
+    excluded = [c for c in other.choices if c not in allowed]
+    if other.kind == "choice" and excluded and len(excluded) < len(allowed):
+        return f"not with {other.label} {_or_list(excluded)}"
+    if other.kind == "bool":
+        return f"only with {other.label} {'on' if True in allowed else 'off'}"
+    return f"only with {other.label} {_or_list(allowed)}"
+
+
+def _or_list(items) -> str:
+    words = [str(i) for i in items]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def field_label(setting: Setting, values: dict[str, Any]) -> str:
+    """The label the page shows: the setting's, plus why it is switched off when it is."""
+    if not setting.implemented:
+        return f"{setting.label} (not implemented yet)"
+    if not applies(setting, values):
+        return f"{setting.label} — {not_applicable_reason(setting)}"
+    return setting.label
 
 
 def settings_of_tab(tab: str) -> list[Setting]:

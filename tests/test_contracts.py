@@ -77,3 +77,17 @@ def test_the_page_reads_events_only_through_the_trainer_module():
         source = module.read_text(encoding="utf-8")
         assert not re.search(r"""b['"]\\?["']?(finished|started|step)""", source), f"{module.name} scans raw bytes"
         assert "json.loads" not in source or module.name == "plan_panel.py", f"{module.name} parses JSON itself"
+
+
+def test_every_job_parameter_is_typed_so_the_type_checker_sees_its_keys():
+    import ast
+
+    untyped = []
+    for root in ("trainer", "gui"):
+        for module in sorted((PROJECT_ROOT / root).rglob("*.py")):
+            for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    for arg in node.args.args + node.args.kwonlyargs:
+                        if arg.arg == "job" and (arg.annotation is None or "Job" not in ast.unparse(arg.annotation)):
+                            untyped.append(f"{module.relative_to(PROJECT_ROOT)}:{node.lineno} {node.name}")
+    assert not untyped, "annotate these `job` parameters as Job (mypy skips what it cannot type): " + ", ".join(untyped)

@@ -12,7 +12,7 @@ import pytest
 from gui.blocks_table import block_rows
 from gui.plan_panel import compute_plan, dataset_markdown, plan_markdown
 from gui.presets_panel import load_preset_values, save_preset_values
-from gui.values import coerce_value, field_error_text, is_visible, split_secrets
+from gui.values import applies, coerce_value, field_error_text, split_secrets
 from trainer.spec import SETTINGS_BY_KEY, Problem, defaults, validate_values
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +39,8 @@ def test_field_note_names_the_setting_and_visibility_follows_its_controller():
     note = field_error_text("train_batch_size", [Problem("train_batch_size", "must be ≥ 1 (got 0)")])
     assert note == "❌ `train_batch_size`: must be ≥ 1 (got 0)"
     conv_dim = SETTINGS_BY_KEY["conv_dim"]
-    assert not is_visible(conv_dim, {"LoRA_type": "Standard"})
-    assert is_visible(conv_dim, {"LoRA_type": "LoCon"})
+    assert not applies(conv_dim, {"LoRA_type": "Standard"})
+    assert applies(conv_dim, {"LoRA_type": "LoCon"})
 
 
 def test_secrets_go_to_the_environment_not_the_job():
@@ -65,6 +65,8 @@ def test_plan_markdown_and_dataset_table_on_the_demo(demo_dir):
     text = plan_markdown(plan)
     assert "| **Total steps** | **200** |" in text and "| Warmup steps | 20 |" in text
     assert "after step 100" in text and "| Images × repeats per epoch | 80 |" in text
+    assert "| Length set by | Epoch |" in text
+    assert "| Length set by | Max train steps (Epoch is not read) |" in plan_markdown({**plan, "governed_by": "max_train_steps"})
     table = dataset_markdown(str(demo_dir / "data"), "", ".txt")
     assert "| 10_shapes | training | 10 | 8 | 8 | 80 |" in table
     missing = dataset_markdown(str(demo_dir / "nowhere"), "", ".txt")
@@ -266,3 +268,94 @@ def test_page_block_tables_match_the_trainers_block_map(family, demo_dir, sdxl_d
     for label, modules in described.items():
         assert modules <= table[label], (label, modules - table[label])
     assert any(table[label] and not described[label] for label in table) or family == "sdxl"  # tiny SD1 lacks some
+
+
+def _sample_values(setting) -> list:
+    """Values the job model accepts for ``setting``: its default, blank when optional, its limits and choices,
+    and the awkward floats (1e-05 and an int-valued float) a text box must give back as they were."""
+    values = [setting.default] + ([None] if setting.optional else [])
+    if setting.kind in ("int", "float"):
+        cast = int if setting.kind == "int" else float
+        values += [cast(x) for x in (setting.minimum, setting.maximum) if x is not None]
+        values += [cast(7), cast(2**40)] if setting.kind == "int" else [1e-05, 8.0, 0.3, 5e-7]
+    if setting.kind == "choice":
+        values += list(setting.choices)
+    if setting.kind == "bool":
+        values += [True, False]
+    if setting.kind in ("str", "path", "text"):
+        values += ["", " spaced  ", "line one\nline two"]
+    return values
+
+
+def test_every_setting_reads_back_from_its_widget_exactly():
+    """The form's one promise (issue 9): coerce(display(v)) is v, same type, for every setting and value, blanks
+    included; a number is shown as text that converts back to exactly it."""
+    from gui.values import display_value
+    from trainer.spec import SETTINGS
+
+    for setting in SETTINGS:
+        for value in _sample_values(setting):
+            back = coerce_value(setting, display_value(setting, value))
+            assert back == value and type(back) is type(value), (setting.key, value, back)
+    assert display_value(SETTINGS_BY_KEY["seed"], None) == ""
+    assert display_value(SETTINGS_BY_KEY["learning_rate"], 1e-05) == "1e-05"
+    assert coerce_value(SETTINGS_BY_KEY["network_dim"], " 8.0 ") == 8  # typed another way, still whole
+    assert coerce_value(SETTINGS_BY_KEY["network_dim"], "8.5") == "8.5"  # left for validation to name
+
+
+def test_presets_and_the_demo_read_back_from_the_widgets_exactly(demo_dir, tmp_path):
+    from gui.values import coerce_values, display_value
+    from trainer import presets
+    from trainer.spec import read_job_toml
+
+    jobs = [read_job_toml(demo_dir / "job.toml")]
+    jobs += [presets.apply_preset(defaults(), presets.read_preset(i.path).values)
+             for i in presets.list_presets(tmp_path / "no-user-presets")]
+    for job in jobs:
+        job.pop("spec_version", None)
+        shown = {key: display_value(SETTINGS_BY_KEY[key], value) for key, value in job.items()}
+        assert coerce_values(shown) == job
+
+
+def test_settings_that_do_not_apply_say_why_from_the_schema():
+    from gui.values import field_label
+
+    s = SETTINGS_BY_KEY
+    assert field_label(s["unit"], {"LoRA_type": "Standard"}) == "DyLoRA unit — only with LoRA type DyLoRA"
+    assert field_label(s["unit"], {"LoRA_type": "DyLoRA"}) == "DyLoRA unit"
+    assert field_label(s["lr_warmup"], {"lr_scheduler": "constant"}).endswith(
+        "— not with LR Scheduler adafactor or constant")
+    assert applies(s["lr_warmup"], {"lr_scheduler": "cosine"})
+    assert not applies(s["lr_scheduler_num_cycles"], {"lr_scheduler": "cosine"})
+    assert not applies(s["conv_block_dims"], {"LoRA_type": "Standard"})
+    assert applies(s["conv_block_dims"], {"LoRA_type": "LoHa"})
+
+
+def test_the_form_is_laid_out_in_rows_of_two_to_four_fields():
+    from gui.form_layout import ROW_SLOTS, bands, pack_rows, slots
+    from gui.values import sections_of, settings_of_tab
+    from trainer.spec import TABS
+
+    for tab in TABS:
+        rows = [row for _, settings in sections_of(settings_of_tab(tab)) for row in pack_rows(settings)]
+        assert all(sum(slots(s) for s in row) <= ROW_SLOTS for row in rows)
+    basic = [row for _, settings in sections_of(settings_of_tab("basic")) for row in pack_rows(settings)]
+    fields = sum(len(row) for row in basic)
+    assert len(basic) <= -(-fields // 2) and max(len(row) for row in basic) == 4  # two or more to a row
+    s = SETTINGS_BY_KEY  # small neighbouring sections share a row
+    small = [("Loss", [s["prior_loss_weight"]]), ("Noise", [s["noise_offset"]])]
+    assert [[section for section, _ in band] for band in bands(small)] == [["Loss", "Noise"]]
+
+
+def test_the_job_file_the_page_saves_is_what_start_writes(tmp_path, demo_dir):
+    from gui.presets_panel import export_job_file
+    from trainer.spec import read_job_toml, write_job_toml
+
+    values = read_job_toml(demo_dir / "job.toml")
+    values.pop("spec_version")
+    values.pop("seed")
+    saved = export_job_file(values)
+    assert saved.name == "demo_lora.toml" and "seed" not in saved.read_text()
+    assert saved.read_text() == write_job_toml(values, tmp_path / "job.toml").read_text()
+    with pytest.raises(ValueError, match="train_batch_size"):
+        export_job_file({**values, "train_batch_size": 0})

@@ -18,7 +18,7 @@ F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 DECISIONS = [
     (("no", False, "cpu", True), (F32, F32, None, False, [])),
     (("no", False, "cuda", True), (F32, F32, None, False, [])),
-    (("bf16", False, "cpu", True), (F32, F32, BF16, False, [])),  # frozen weights stay fp32 on CPU
+    (("bf16", False, "cpu", True), (BF16, F32, BF16, False, [])),  # frozen weights in bf16 on CPU too
     (("bf16", False, "cuda", True), (BF16, F32, BF16, False, [])),
     (("bf16", False, "cuda", False), (F16, F32, F16, True, ["mixed_precision"])),  # old GPU: fp16 instead
     (("fp16", False, "cuda", True), (F16, F32, F16, True, [])),  # fp32 master LoRA weights
@@ -92,7 +92,7 @@ def _gpu_decision_on_cpu(monkeypatch):
     import trainer.session
 
     monkeypatch.setattr(trainer.session, "choose_precision",
-                        lambda mode, full, device_type, bf16: choose_precision(mode, full, "cuda", bf16))
+                        lambda mode, full, device_type, bf16, *rest: choose_precision(mode, full, "cuda", bf16, *rest))
 
 
 def test_full_fp16_gpu_decision_through_the_real_session_and_loop(demo_dir, tmp_path, monkeypatch):
@@ -124,4 +124,4 @@ def test_full_fp16_with_torch_adamw_goes_nan_which_validation_warns_about(demo_d
     assert [(p.setting, p.level) for p in problems if p.setting == "full_fp16"] == [("full_fp16", "warning")]
     _gpu_decision_on_cpu(monkeypatch)
     run = run_in_session(demo_dir, tmp_path, **values)
-    assert any("nan" in message for message in run.warnings_for("learning_rate"))
+    assert any("nan" in message for message in run.warnings_for("full_fp16"))  # the likely setting is blamed

@@ -10,14 +10,15 @@ import pytest
 
 from tests.effects_runs import max_difference, read_lora, run_demo, run_in_session
 
-RESUMABLE = dict(epoch=2, save_state=True, save_every_n_steps=3, lr_warmup=25, lr_scheduler="cosine",
+RESUMABLE = dict(epoch=2, save_state=True, save_every_n_steps=3, save_every_n_epochs=1, lr_warmup=25, lr_scheduler="cosine",
                  stop_text_encoder_training=50, mixed_precision="no", save_precision="float")
 TOTAL_STEPS = 8
 
 
 @pytest.fixture(scope="module")
 def reference(demo_dir, tmp_path_factory):
-    """The uninterrupted run; it also leaves training states after steps 3 and 6 (save_every_n_steps=3)."""
+    """The uninterrupted run; it also leaves training states after steps 3 and 6 (save_every_n_steps=3), at the end
+    of epoch 1 (step 4) and the final one (step 8)."""
     run = run_demo(demo_dir, tmp_path_factory.mktemp("reference"), **RESUMABLE)
     assert run.status == "completed"
     assert [e["step"] for e in run.steps] == list(range(1, TOTAL_STEPS + 1))
@@ -45,7 +46,7 @@ def _assert_continues(resumed, reference, k: int) -> None:
 
 def test_reference_saves_states_where_the_plan_says(reference):
     states = [e for e in reference.of("checkpoint") if e["kind"] == "state"]
-    assert [e["step"] for e in states] == [3, 6, TOTAL_STEPS]
+    assert [e["step"] for e in states] == [3, 4, 6, TOTAL_STEPS]
     info = json.loads((reference.output_dir / "demo_lora-step00000003-state" / "train_state.json").read_text())
     assert (info["step"], info["epoch"], info["batches_done_in_epoch"]) == (3, 1, 3)
     assert info["train_text_encoder"] is True
@@ -62,6 +63,23 @@ def test_resume_from_a_step_state_matches_the_uninterrupted_run(reference, demo_
     _assert_continues(resumed, reference, k)
     notes = [e.get("note", "") for e in resumed.of("status")]
     assert any(f"at step {k}" in note for note in notes)
+
+
+def test_resume_from_an_epoch_end_state_matches_the_uninterrupted_run(reference, demo_dir, tmp_path):
+    """Issue 16, item 1: the state saved at the end of epoch 1 goes on with epoch 2 (it used to repeat epoch 1:
+    steps 5–12 of an 8-step plan, the LR schedule run past its end)."""
+    state = reference.output_dir / "demo_lora-000001-state"
+    info = json.loads((state / "train_state.json").read_text())
+    assert (info["step"], info["epoch"], info["batches_done_in_epoch"]) == (4, 1, 4)
+    resumed = run_demo(demo_dir, tmp_path, **{**RESUMABLE, "save_state": False, "resume": str(state)})
+    _assert_continues(resumed, reference, 4)
+    assert [e["epoch"] for e in resumed.steps] == [2] * 4
+
+
+def test_resume_from_the_final_state_trains_nothing_more(reference, demo_dir, tmp_path):
+    resumed = run_demo(demo_dir, tmp_path, **{**RESUMABLE, "save_state": False,
+                                              "resume": str(reference.output_dir / "demo_lora-state")})
+    _assert_continues(resumed, reference, TOTAL_STEPS)
 
 
 def test_stopped_run_resumes_to_the_same_weights(reference, demo_dir, tmp_path):

@@ -40,15 +40,15 @@ CHILD = textwrap.dedent('''
     def emit(**event):
         event["time"] = time.time()
         events.write(json.dumps(event) + "\\n"); events.flush()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    open(os.path.join(run_dir, "grandchild"), "w").write(str(sleeper.pid))
     def on_sigint(signum, frame):
         emit(type="finished", status="stopped", outputs=["out/lora.safetensors"])
         sys.exit(0)
-    if os.environ.get("IGNORE_SIGINT"):
+    if os.environ.get("IGNORE_SIGINT"):  # before anything slow, as the real trainer does (issue 16)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     else:
         signal.signal(signal.SIGINT, on_sigint)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    open(os.path.join(run_dir, "grandchild"), "w").write(str(sleeper.pid))
     print("stand-in trainer running", flush=True)
     emit(type="started", plan={"total_steps": 1000})
     if os.environ.get("DIE_AT_ONCE"):
@@ -69,7 +69,7 @@ def standin(tmp_path):
 
 
 def demo_like_values(tmp_path: Path) -> dict:
-    return {"output_name": "my lora/1", "train_data_dir": str(tmp_path), "output_dir": str(tmp_path / "out")}
+    return {"output_name": "my lora 1", "train_data_dir": str(tmp_path), "output_dir": str(tmp_path / "out")}
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
@@ -98,7 +98,7 @@ def test_start_writes_job_launches_in_own_group_and_first_stop_interrupts(tmp_pa
     try:
         assert run_dir.parent == (tmp_path / "runs").resolve()
         assert run_dir.name.endswith("-my_lora_1")
-        assert 'output_name = "my lora/1"' in (run_dir / "job.toml").read_text()
+        assert 'output_name = "my lora 1"' in (run_dir / "job.toml").read_text()
         pid = read_pid(run_dir)
         assert os.getpgid(pid) == pid  # start_new_session: the trainer leads its own process group
         wait_for(lambda: (run_dir / "grandchild").is_file() and any(e["type"] == "step" for e in events_of(run_dir)))
@@ -281,7 +281,7 @@ def _cleanup(run_dir: Path) -> None:
     """Never leave a stray process behind, whatever the test did."""
     for name in ("pid", "grandchild"):
         try:
-            pid = int((run_dir / name).read_text())
+            pid = int((run_dir / name).read_text().split()[0])
             os.killpg(os.getpgid(pid), signal.SIGKILL)
         except (OSError, ValueError):
             pass

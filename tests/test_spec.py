@@ -125,7 +125,7 @@ def test_cross_setting_rules():
     assert ("color_aug", "error") in {(p.setting, p.level) for p in problems}
     _, problems = validate_values({"network_alpha": 16, "network_dim": 8}, for_training=False)
     assert ("network_alpha", "warning") in {(p.setting, p.level) for p in problems}
-    _, problems = validate_values({"unet_lr": 0, "text_encoder_lr": 0}, for_training=False)
+    _, problems = validate_values({"unet_lr": 0, "text_encoder_lr": 0, "learning_rate": 0}, for_training=False)
     assert "learning_rate" in {p.setting for p in problems if p.level == "error"}
     _, problems = validate_values({"sample_prompts": "a cat --w big"}, for_training=False)
     assert "sample_prompts" in {p.setting for p in problems}

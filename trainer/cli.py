@@ -1,4 +1,4 @@
-"""``python -m trainer`` — train, validate, plan, import-kohya, demo.
+"""``python -m trainer`` — train, validate, plan, import-kohya, demo, queue (see trainer/queue_cli.py).
 
 Exit codes: 0 success (a run that was stopped by the user also counts), 1 the run failed, 2 the job or the
 command line was refused before anything ran.
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,13 +15,14 @@ from pathlib import Path
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 
 
-def _print_problems(problems, stream=sys.stdout) -> None:
+def _print_problems(problems, stream=None) -> None:
     for problem in problems:
-        print(str(problem), file=stream)
+        print(str(problem), file=stream or sys.stdout)  # looked up now: stdout may be redirected
 
 
 def _load(path: str):
-    """(job or None, problems) for a job file: field errors, then cross-setting checks."""
+    """(job or None, problems) for a job file: field errors, then the checks before training (the page's
+    Start button makes the same, through ``trainer.spec.validate_values``)."""
     from trainer.spec import JobError, check_job, load_job
 
     try:
@@ -31,11 +33,7 @@ def _load(path: str):
 
 
 def cmd_validate(args) -> int:
-    from trainer.preflight import deep_checks
-
     job, problems = _load(args.job)
-    if job is not None:
-        problems += deep_checks(job)
     _print_problems(problems)
     errors = [p for p in problems if p.level == "error"]
     if not errors:
@@ -58,7 +56,7 @@ def cmd_plan(args) -> int:
         _print_problems(path_problems, sys.stderr)
         return EXIT_REFUSED
     try:
-        plan = make_plan(job)
+        plan = make_plan(job, with_memory=not args.no_memory)
     except DataError as error:
         print(f"error: {error.setting or 'train_data_dir'}: {error}", file=sys.stderr)
         return EXIT_REFUSED
@@ -73,26 +71,62 @@ def default_run_dir(job_path: str) -> Path:
 
 
 def cmd_train(args) -> int:
+    import signal
+
+    from trainer.run import catch_early_stop
+
+    previous = signal.getsignal(signal.SIGINT)
+    requests = catch_early_stop()  # first: a stop while the rest is imported is kept, not lost
+    try:
+        from trainer.distributed import launch_env
+
+        launch = launch_env()  # under accelerate launch / torchrun: only the main process writes events and files
+        code = _train(args, launch, requests)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if launch.world_size > 1:
+        # Everything is written and closed. The launcher ends when every process has: skip the interpreter's
+        # teardown of torch, diffusers and transformers (seconds on a busy machine), so Stop ends promptly.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _train(args, launch, requests) -> int:
     from trainer.events import EVENTS_FILE, EventWriter
     from trainer.spec import job_to_values, toml_text
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.job)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with EventWriter(run_dir / EVENTS_FILE, echo=sys.stdout) as events:
+    with EventWriter(run_dir / EVENTS_FILE if launch.is_main else None, echo=sys.stdout if launch.is_main else None) as events:
         job, problems = _load(args.job)
-        if job is not None:
-            from trainer.preflight import deep_checks
-
-            problems += deep_checks(job)
         for problem in problems:
             events.emit(problem.level, message=problem.message, setting=problem.setting)
         if job is None or any(p.level == "error" for p in problems):
-            events.emit("finished", status="failed", outputs=[], reason="invalid job")
+            first = next((p for p in problems if p.level == "error"), None)
+            events.emit("finished", status="failed", outputs=[], reason="invalid job",
+                        setting=first.setting if first else None)
             return EXIT_REFUSED
-        (run_dir / "job.toml").write_text(toml_text(job_to_values(job)), encoding="utf-8")
+        if launch.is_main:
+            (run_dir / "job.toml").write_text(toml_text(job_to_values(job)), encoding="utf-8")
+        if requests.stop and launch.world_size == 1:  # several processes agree on it in run_training
+            events.emit("finished", status="stopped", outputs=[], reason="stopped before training started")
+            return EXIT_OK
         from trainer.run import run_training
 
-        status = run_training(job, run_dir, events)
+        processes = None
+        if launch.world_size > 1:
+            from trainer.distributed import start_processes
+
+            try:
+                processes = start_processes(launch)
+            except Exception as error:  # noqa: BLE001 - no process group: the run cannot start
+                events.error(f"could not start process {launch.rank} of {launch.world_size}: "
+                             f"{type(error).__name__}: {error}", "num_processes")
+                events.emit("finished", status="failed", outputs=[])
+                return EXIT_FAILED
+        status = run_training(job, run_dir, events, processes, requests)
     return EXIT_OK if status in ("completed", "stopped") else EXIT_FAILED
 
 
@@ -132,9 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a job file; one line per problem")
     validate.add_argument("job")
     validate.set_defaults(func=cmd_validate)
-    plan = sub.add_parser("plan", help="print the steps arithmetic as JSON")
+    plan = sub.add_parser("plan", help="print the steps arithmetic and the memory estimate as JSON")
     plan.add_argument("job")
     plan.add_argument("--pretty", action="store_true")
+    plan.add_argument("--no-memory", action="store_true",
+                      help="leave out the memory estimate (it builds the model on the meta device: diffusers)")
     plan.set_defaults(func=cmd_plan)
     imp = sub.add_parser("import-kohya", help="convert a kohya_ss config JSON into a job file")
     imp.add_argument("config")
@@ -145,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--family", default="sd1", choices=("sd1", "sd2", "sdxl"),
                       help="model family of the tiny demo model (default sd1)")
     demo.set_defaults(func=cmd_demo)
+    from trainer.queue_cli import add_queue_parser
+
+    add_queue_parser(sub)
     return parser
 
 

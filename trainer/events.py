@@ -31,7 +31,9 @@ EVENT_TYPES: dict[str, EventType] = {
     # what the trainer is doing now; notes and progress counters ride along
     "status": EventType(("phase",), ("step", "note", "done", "total", "encoded", "reused")),
     # one optimizer step: its loss, one learning rate per parameter group, the running average and speed
-    "step": EventType(("step", "epoch", "loss", "lr"), ("loss_avg", "it_per_s", "eta_s")),
+    # with scale_weight_norms also sd-scripts' max-norm statistics: keys scaled, average and largest norm
+    "step": EventType(("step", "epoch", "loss", "lr"),
+                      ("loss_avg", "it_per_s", "eta_s", "keys_scaled", "average_key_norm", "max_key_norm")),
     # sample images drawn at a step; ``requested`` when the page asked for them (Sample now)
     "sample": EventType(("step", "epoch", "images"), ("requested",)),
     # a file or state folder written; ``requested`` when the page asked for it (Save now)
@@ -39,8 +41,8 @@ EVENT_TYPES: dict[str, EventType] = {
     # something a person can act on; ``setting`` names the setting to blame when there is one
     "warning": EventType(("message", "setting")),
     "error": EventType(("message", "setting")),
-    # the last event of every run
-    "finished": EventType(("status", "outputs"), ("reason",)),
+    # the last event of every run; ``memory``: the measured peak beside the plan's estimate
+    "finished": EventType(("status", "outputs"), ("reason", "setting", "memory")),
 }
 STATUS_PHASES = ("scanning data", "loading model", "caching latents", "training", "sampling", "saving", "stopping")
 CHECKPOINT_KINDS = ("epoch", "step", "final", "state")
@@ -78,18 +80,25 @@ def _clean(value: Any) -> Any:
 
 
 class EventWriter:
-    """Appends events to a file; optionally echoes a readable line to a text stream (the trainer's log)."""
+    """Appends events to a file; optionally echoes a readable line to a text stream (the trainer's log).
 
-    def __init__(self, path: str | Path, echo: TextIO | None = None):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = self.path.open("a", encoding="utf-8")
+    Without a path (the processes of a multi-process run other than the main one) events are checked and
+    dropped: one process writes the run's events."""
+
+    def __init__(self, path: str | Path | None, echo: TextIO | None = None):
+        self.path = Path(path) if path is not None else None
+        self._handle: TextIO | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("a", encoding="utf-8")
         self._echo = echo
         self.listeners: list = []  # callables receiving each event (e.g. the TensorBoard tracker)
 
     def emit(self, type_: str, **fields: Any) -> dict:
         check_event(type_, fields)
         event = {"type": type_, "time": round(time.time(), 3), **_clean(fields)}
+        if self._handle is None:
+            return event
         self._handle.write(json.dumps(event, ensure_ascii=False) + "\n")
         self._handle.flush()
         for listener in self.listeners:
@@ -109,13 +118,22 @@ class EventWriter:
         return self.emit("error", message=message, setting=setting)
 
     def close(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
 
     def __enter__(self) -> "EventWriter":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def max_norm_words(event: dict) -> str:
+    """" max-norm: 3 keys scaled, avg norm 0.41, max 1" for a step event that has the statistics, else ""."""
+    if event.get("keys_scaled") is None:
+        return ""
+    return (f" max-norm: {event['keys_scaled']} keys scaled, avg norm {event.get('average_key_norm', 0):.3g},"
+            f" max {event.get('max_key_norm', 0):.3g}")
 
 
 def describe(event: dict) -> str:
@@ -125,7 +143,7 @@ def describe(event: dict) -> str:
         lrs = " ".join(f"lr/{k}={v:.3g}" for k, v in (event.get("lr") or {}).items())
         loss = event.get("loss")
         return (f"step {event.get('step')} epoch {event.get('epoch')} loss={loss if loss is None else round(loss, 5)}"
-                f" avg={event.get('loss_avg') and round(event['loss_avg'], 5)} {lrs}")
+                f" avg={event.get('loss_avg') and round(event['loss_avg'], 5)} {lrs}" + max_norm_words(event))
     if kind in ("warning", "error"):
         where = f"{event['setting']}: " if event.get("setting") else ""
         return f"{kind.upper()}: {where}{event.get('message')}"

@@ -9,8 +9,8 @@ so one odd value never sinks the whole import. Facts: ../shared/reference/kohya-
 from __future__ import annotations
 
 import json
+import tomllib
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,9 @@ from typing import Any
 from trainer.kohya_unmapped import Unmapped, explain_unmapped, is_neutral
 from trainer.spec import SETTINGS, SETTINGS_BY_KEY, JobError, job_from_values, job_to_values, write_job_toml
 from trainer.spec.checks import parse_additional_parameters
+from trainer.spec.network_checks import check_network_options
+from trainer.spec.rules import lycoris_algo
+from trainer.spec.tables import LYCORIS_TYPES
 
 # Old kohya_ss key names → today's (kohya's own `update_my_data` migration, plus renamed block fields).
 RENAMED_KEYS = {"lora_network_weights": "network_weights", "conv_dims": "conv_block_dims",
@@ -27,11 +30,17 @@ LORA_TYPE_FROM_KOHYA = {  # "LoCon" is the legacy name kohya_ss migrates to LyCO
     "Standard": "Standard", "LoCon": "LoCon", "Kohya LoCon": "LoCon", "LyCORIS/LoCon": "LoCon",
     "LoHa": "LoHa", "Kohya LoHa": "LoHa", "LyCORIS/LoHa": "LoHa",
     "DyLoRA": "DyLoRA", "Kohya DyLoRA": "DyLoRA", "LyCORIS/DyLoRA": "DyLoRA",
+    **{name: name for name in LYCORIS_TYPES},
+}
+# SD-family types kohya_ss offers that LoRA Loom does not train: an import of one is refused as a whole.
+REFUSED_LORA_TYPES = {
+    "Kohya LoKr": "sd-scripts' own networks.lokr (kohya_ss offers it for SDXL only); LyCORIS/LoKr is supported",
+    "LoRA-FA": "sd-scripts' networks.lora_fa (a LoRA with a frozen down projection) is not supported yet",
 }
 # networks.lora with conv_dim (Kohya LoCon) and networks.dylora take block-wise dims, as ours do; kohya_ss
 # allows its own "Kohya LoHa" only for SDXL, so LoHa goes out as the LyCORIS one.
 LORA_TYPE_TO_KOHYA = {"Standard": "Standard", "LoCon": "Kohya LoCon", "LoHa": "LyCORIS/LoHa",
-                      "DyLoRA": "Kohya DyLoRA"}
+                      "DyLoRA": "Kohya DyLoRA", **{name: name for name in LYCORIS_TYPES}}
 
 REFUSED_FAMILY_CHECKBOXES = {"flux1_checkbox": "Flux.1", "sd3_checkbox": "SD3",
                              "hunyuan_image_checkbox": "HunyuanImage-2.1", "anima_checkbox": "Anima",
@@ -41,6 +50,9 @@ REFUSED_FAMILY_LORA_TYPES = {"Flux1": "Flux.1", "Flux1 OFT": "Flux.1", "Anima": 
 # Settings where kohya_ss writes 0 (or "") for "unset" and we write a blank (None) or, for clip_skip, 1.
 ZERO_MEANS_BLANK = frozenset({"seed", "max_train_epochs", "lr_scheduler_num_cycles"})
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+REJECTED = "not accepted by LoRA Loom"  # how the report of a value the schema refuses begins
 
 
 class KohyaImportError(ValueError):
@@ -64,16 +76,23 @@ def read_kohya_config(source: str | Path | dict) -> tuple[dict[str, Any], str]:
     if isinstance(source, dict):
         return dict(source), "the kohya_ss config"
     path = Path(source)
+    is_toml = path.suffix.lower() == ".toml"
+    kind = "TOML" if is_toml else "JSON"
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        config = tomllib.loads(text) if is_toml else json.loads(text)
     except FileNotFoundError:
         raise KohyaImportError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise KohyaImportError(f"{path}: cannot be read ({error})") from None
-    except json.JSONDecodeError as error:
-        raise KohyaImportError(f"{path} is not valid JSON: {error}") from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        raise KohyaImportError(f"{path} is not valid {kind}: {error}") from None
+    except RecursionError:
+        raise KohyaImportError(f"{path} is not a kohya_ss config: its {kind} is nested too deeply") from None
     if not isinstance(config, dict):
-        raise KohyaImportError(f"{path} is not a kohya_ss config: expected a JSON object of settings")
+        raise KohyaImportError(f"{path} is not a kohya_ss config: expected a {kind} object of settings")
+    if is_toml:
+        config.pop("spec_version", None)  # a LoRA Loom job file: its keys are kohya_ss's
     return config, str(path)
 
 
@@ -98,17 +117,17 @@ def _is_blank(raw: Any) -> bool:
 
 def _to_float(raw: Any) -> float:
     if isinstance(raw, bool):
-        raise ValueError(f"expected a number, got {raw!r}")
+        raise ValueError(f"expected a number, got {short_repr(raw)}")
     try:
         return float(raw.strip() if isinstance(raw, str) else raw)
     except (TypeError, ValueError):
-        raise ValueError(f"expected a number, got {raw!r}") from None
+        raise ValueError(f"expected a number, got {short_repr(raw)}") from None
 
 
 def _to_int(raw: Any) -> int:
     number = _to_float(raw)
     if not number.is_integer():
-        raise ValueError(f"expected a whole number, got {raw!r}")
+        raise ValueError(f"expected a whole number, got {short_repr(raw)}")
     return int(number)
 
 
@@ -120,7 +139,7 @@ def _to_bool(raw: Any) -> bool:
         return True
     if text in ("false", "0", "0.0", "no", "off", ""):
         return False
-    raise ValueError(f"expected true or false, got {raw!r}")
+    raise ValueError(f"expected true or false, got {short_repr(raw)}")
 
 
 def _to_choice(setting, raw: Any):
@@ -131,14 +150,15 @@ def _to_choice(setting, raw: Any):
         text = str(raw).strip()
         value = {str(c).lower(): c for c in setting.choices}.get(text.lower(), text)
     if value not in setting.choices:
-        raise ValueError(f"{raw!r} is not {setting.describe_range()}")
+        raise ValueError(f"{short_repr(raw)} is not {setting.describe_range()}")
     return value
 
 
 def _lora_type(raw: Any) -> str:
     name = str(raw).strip()
     if name not in LORA_TYPE_FROM_KOHYA:
-        raise ValueError(f"{name!r} is a kohya_ss LoRA type LoRA Loom does not support yet (it has "
+        why = REFUSED_LORA_TYPES.get(name, "not a type LoRA Loom trains")
+        raise ValueError(f"{name!r} is a kohya_ss LoRA type LoRA Loom does not support ({why}; it has "
                          f"{', '.join(LORA_TYPE_TO_KOHYA)})")
     return LORA_TYPE_FROM_KOHYA[name]
 
@@ -151,18 +171,12 @@ def _xformers(raw: Any) -> bool:
 
 
 def _additional_parameters(raw: Any) -> str:
-    """kohya_ss hands these to sd-scripts untouched; ours take only LoRA Loom settings as --name value."""
+    """kohya_ss hands these to sd-scripts untouched; we take every sd-scripts argument that maps to one of our
+    settings (``trainer.spec.extra_args``) and refuse the line, naming each argument, when one does not."""
     text = "" if raw is None else str(raw)
     _, problems = parse_additional_parameters(text, SETTINGS_BY_KEY)
     if not problems:
         return text
-    try:
-        words = shlex.split(text)
-    except ValueError:
-        words = []
-    foreign = [w for w in words if w.startswith("--") and w[2:].replace("-", "_") not in SETTINGS_BY_KEY]
-    if foreign:
-        raise ValueError(f"holds sd-scripts arguments that are not LoRA Loom settings ({', '.join(foreign)})")
     raise ValueError("; ".join(p.message for p in problems))
 
 
@@ -175,6 +189,8 @@ def convert_value(key: str, raw: Any) -> Any:
         return _xformers(raw)
     if key == "additional_parameters":
         return _additional_parameters(raw)
+    if key == "save_model_as":
+        return "safetensors"  # the only format we write (a note says so when the file asked for another)
     if key == "log_with" and _is_blank(raw):
         return setting.default  # kohya_ss's "" means its default logger
     if setting.kind in ("int", "float", "choice") and _is_blank(raw):
@@ -191,7 +207,7 @@ def convert_value(key: str, raw: Any) -> Any:
     if setting.kind == "choice":
         return _to_choice(setting, raw)
     if isinstance(raw, (dict, list)):
-        raise ValueError(f"expected text, got {raw!r}")
+        raise ValueError(f"expected text, got {short_repr(raw)}")
     return "" if raw is None else str(raw)
 
 
@@ -225,11 +241,25 @@ def import_kohya_config(source: str | Path | dict) -> ImportResult:
                 unmapped.append(_rejected(key, raw, target, str(error)))
     notes = _apply_legacy_flags(config, values, origin, unmapped)
     unmapped += _drop_rejected_values(config, values, origin)
+    refuse_lost_network_values(label, unmapped, values)
     notes += _advice(config, values)
     for key in [k for k in ("unet_lr", "text_encoder_lr") if k in values and values[k] is None]:
         values[key] = explicit_blank_rates(values)[key]
         notes.append(f"blank {key} means 'use the learning rate': imported as {values[key]:g}")
     return ImportResult(values, unmapped, notes)
+
+
+def refuse_lost_network_values(label: str, unmapped: list[Unmapped], values: dict[str, Any]) -> None:
+    """The network (its type, ranks, LyCORIS options, regularizers) is what the file is about: a value of it
+    that cannot be honoured refuses the whole import (KohyaImportError, nothing written), never a default."""
+    lost = [u for u in unmapped if u.reason.startswith(REJECTED) and RENAMED_KEYS.get(u.key, u.key) in SETTINGS_BY_KEY
+            and SETTINGS_BY_KEY[RENAMED_KEYS.get(u.key, u.key)].group == "network"]
+    problems = [f"{u.key} = {u.value!r}: {u.reason.split('; left at the default')[0]}" for u in lost]
+    problems += [f"{p.setting}: {p.message}" for p in check_network_options(job_from_values(values))
+                 if p.level == "error"]
+    if problems:
+        raise KohyaImportError(f"{label}: cannot be trained as it asks, so nothing was imported: "
+                               + "; ".join(problems))
 
 
 def explicit_blank_rates(values: dict[str, Any]) -> dict[str, Any]:
@@ -254,7 +284,7 @@ def _convert_implemented(key: str, raw: Any) -> Any:
 def _rejected(file_key: str, raw: Any, key: str, problem: str) -> Unmapped:
     default = SETTINGS_BY_KEY[key].default
     name = key if key == file_key else f"{key}, kohya_ss's {file_key}"
-    return Unmapped(file_key, raw, f"not accepted by LoRA Loom, {name}: {problem}; left at the default "
+    return Unmapped(file_key, raw, f"{REJECTED}, {name}: {problem}; left at the default "
                                    f"({default!r})")
 
 
@@ -316,6 +346,14 @@ def _advice(config: dict[str, Any], values: dict[str, Any]) -> list[str]:
     if values.get("lr_scheduler") == "cosine_with_restarts" and values.get("lr_scheduler_num_cycles") is None:
         notes.append(f"kohya_ss used the epoch count ({values.get('epoch', 1)}) as the number of restarts when "
                      f"'LR number of cycles' is blank; LoRA Loom's blank means 1 restart, set it to match")
+    if str(config.get("save_model_as", "safetensors")).strip().lower() not in ("safetensors", ""):
+        notes.append(f"save_model_as {config['save_model_as']!r} was imported as safetensors: LoRA Loom does not "
+                     "write pickle files (.ckpt/.pt can run code when loaded); every LoRA loader reads .safetensors")
+    stop = values.get("stop_text_encoder_training")
+    if stop:
+        notes.append(f"stop_text_encoder_training = {stop:g}%: kohya_ss's LoRA tab ignores it (\"not yet supported\" "
+                     f"there), LoRA Loom applies it: the text encoder stops learning after {stop:g}% of the steps. "
+                     "Set it to 0 to train as kohya_ss did")
     if values.get("wandb_api_key"):
         notes.append("the file holds a WANDB API key: it is used for this run but never written to job files")
     return notes
@@ -328,9 +366,15 @@ def import_kohya_to_toml(source: str | Path, destination: str | Path) -> ImportR
     return result
 
 
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a report line, not a copy of a 50 MB value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text):,} characters)"
+
+
 def report_lines(result: ImportResult) -> list[str]:
     """The import report for people: what was not imported (neutral keys in one line at the end), notes."""
-    lines = [f"not imported: {u.key} = {u.value!r}: {u.reason}" for u in result.unmapped if not u.neutral]
+    lines = [f"not imported: {u.key} = {short_repr(u.value)}: {u.reason}" for u in result.unmapped if not u.neutral]
     neutral = [u.key for u in result.unmapped if u.neutral]
     if neutral:
         lines.append(f"not imported, kohya_ss's off/default values (nothing lost): {', '.join(neutral)}")
@@ -344,14 +388,14 @@ def export_kohya_config(values: dict[str, Any]) -> dict[str, Any]:
     """A kohya_ss LoRA config dict (save it as JSON) for LoRA Loom settings; missing keys take our defaults.
 
     Blanks become kohya's explicit equivalents (seed → 0 "random", max_train_epochs → 0 "no cap", cycles and
-    power → 1, the UNet / text-encoder rates → the learning rate), secrets are left blank, and max_train_steps
-    is 0 so kohya_ss computes the length from the epochs as we do.
+    power → 1, the UNet / text-encoder rates → the learning rate), secrets are left blank; max_train_steps 0
+    makes kohya_ss compute the length from the epochs as we do.
     """
     job = job_to_values(job_from_values(values))
     blank_as = {"seed": 0, "max_train_epochs": 0, "lr_scheduler_num_cycles": 1, "lr_scheduler_power": 1.0,
                 "block_lr_zero_threshold": "", "unet_lr": job["learning_rate"],
                 "text_encoder_lr": job["learning_rate"]}
-    config: dict[str, Any] = {"max_train_steps": 0, "lr_warmup_steps": 0}
+    config: dict[str, Any] = {}
     for setting in SETTINGS:
         value = job[setting.key]
         if setting.secret:
@@ -360,6 +404,8 @@ def export_kohya_config(values: dict[str, Any]) -> dict[str, Any]:
             value = blank_as.get(setting.key, "")
         config[setting.key] = value
     config["LoRA_type"] = LORA_TYPE_TO_KOHYA[job["LoRA_type"]]
+    if job["LoRA_type"] == "LoCon" and lycoris_algo("LoCon", job):  # kohya_ss sends LyCORIS options only then
+        config["LoRA_type"] = "LyCORIS/LoCon"
     config["xformers"] = "xformers" if job["xformers"] else "sdpa"
     config["sdxl"] = _is_sdxl_model(job["pretrained_model_name_or_path"])  # kohya_ss picks its SDXL trainer by it
     return dict(sorted(config.items()))

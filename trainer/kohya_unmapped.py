@@ -23,22 +23,17 @@ class Unmapped:
 FAMILY_KEY_PREFIXES = {"flux1_": "Flux.1", "sd3_": "SD3", "hunyuan_": "HunyuanImage-2.1",
                        "anima_": "Anima", "lumina_": "Lumina", "ggpo_": "Flux.1", "train_lora_ggpo": "Flux.1",
                        "t5xxl": "Flux.1/SD3", "clip_l": "Flux.1/SD3", "clip_g": "SD3"}
-ACCELERATE_KEYS = frozenset({"num_processes", "num_machines", "multi_gpu", "gpu_ids", "main_process_port",
-                             "dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic",
-                             "extra_accelerate_launch_args"})
 # Keys with a specific explanation; anything else that is not ours is "not a LoRA Loom setting".
 EXPLAINED_KEYS = {
-    "save_model_as": "LoRA Loom always saves .safetensors",
-    "training_comment": "a note for the LoRA's metadata, not a LoRA Loom setting",
     "model_list": "a hidden kohya_ss GUI field, not a setting",
     "save_as_bool": "a kohya_ss GUI field that leaked into saved files, not a setting",
     "use_8bit_adam": "an old kohya_ss flag, used only in files without the optimizer setting",
     "use_wandb": "an old kohya_ss flag, used only in files without the log_with setting",
-    "max_train_steps": "a kohya_ss feature LoRA Loom does not support yet (it sets the length by Epoch "
-                       "and Max train epoch)",
-    "lr_warmup_steps": "a kohya_ss feature LoRA Loom does not support yet (warmup is the LR warmup percent)",
     "dataset_config": "a kohya_ss feature LoRA Loom does not support yet (dataset TOML files; use the "
                       "Image folder with N_name sub-folders)",
+    "fp8_base": "fp8 base weights need a CUDA GPU and fp8 matmuls LoRA Loom does not have yet",
+    "highvram": "only changes sd-scripts' CUDA cache clearing, which LoRA Loom never does",
+    "train_inpainting": "LoRA Loom trains 4-channel UNets only (9-channel inpainting models are refused)",
     "sdxl": "marks an SDXL config; LoRA Loom reads the model family from the checkpoint's weights, so the "
             "flag is not needed",
     "sdxl_no_half_vae": "LoRA Loom always keeps an SDXL model's VAE in fp32 (its fp16 VAE overflows)",
@@ -46,23 +41,17 @@ EXPLAINED_KEYS = {
                                        "encoders are not trained",
 }
 # Keys whose meaning LoRA Loom applies by itself, whatever their value: leaving them out loses nothing.
-SELF_APPLIED_KEYS = frozenset({"sdxl", "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs"})
+SELF_APPLIED_KEYS = frozenset({"sdxl", "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs", "highvram"})
 UNSUPPORTED_FEATURES = frozenset({
-    "scale_weight_norms", "network_dropout", "rank_dropout", "module_dropout", "min_timestep", "max_timestep",
-    "ip_noise_gamma", "ip_noise_gamma_random_strength", "noise_offset_random_strength", "masked_loss",
-    "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "loss_type",
-    "huber_schedule", "huber_c", "huber_scale", "full_bf16", "fp8_base", "fp8_base_unet", "highvram", "lowvram",
-    "skip_cache_check", "lr_scheduler_args", "lr_scheduler_type", "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
-    "loraplus_text_encoder_lr_ratio", "save_last_n_steps_state", "save_last_n_epochs",
-    "save_last_n_epochs_state", "save_state_on_train_end", "vae", "train_inpainting", "LyCORIS_preset",
-    "factor", "bypass_mode", "dora_wd", "use_cp", "use_tucker", "use_scalar", "rank_dropout_scale", "constrain",
-    "rescaled", "train_norm", "decompose_both", "train_on_input", "wandb_run_name", "log_config",
-    "log_tracker_name", "log_tracker_config", "blocks_to_swap", "caption_separator", "token_warmup_step",
+    "scale_weight_norms", "network_dropout", "rank_dropout", "module_dropout", "masked_loss", "fp8_base_unet",
+    "lowvram", "skip_cache_check",
+    "LyCORIS_preset", "factor", "bypass_mode", "dora_wd", "use_cp", "use_tucker", "use_scalar", "rank_dropout_scale",
+    "constrain", "rescaled", "train_norm", "decompose_both", "train_on_input", "blocks_to_swap", "caption_separator",
+    "token_warmup_step",
 })
 # kohya_ss defaults that mean "off" beyond the plain False / "" / 0 (so nothing is lost by leaving them out).
 NEUTRAL_KOHYA_VALUES = {"max_timestep": 1000, "factor": -1, "train_on_input": True, "LyCORIS_preset": "full",
-                        "save_model_as": "safetensors", "model_list": "custom", "dynamo_backend": "no",
-                        "dynamo_mode": "default", "num_processes": 1, "num_machines": 1, "loss_type": "l2",
+                        "save_model_as": "safetensors", "model_list": "custom", "loss_type": "l2",
                         "huber_schedule": "snr", "huber_c": 0.1, "huber_scale": 1.0, "ggpo_sigma": 0.03,
                         "ggpo_beta": 0.01}
 def is_neutral(key: str, raw: Any) -> bool:
@@ -91,8 +80,6 @@ def _explanation(key: str) -> str:
             return f"an option of the {family} model family, which LoRA Loom does not support yet"
     if key.startswith("sdxl_"):
         return "an SDXL option LoRA Loom does not have"
-    if key in ACCELERATE_KEYS:
-        return "an accelerate launch option; LoRA Loom trains on one device (several GPUs are not supported yet)"
     if key.startswith("huggingface_") or key in ("save_state_to_huggingface", "resume_from_huggingface",
                                                  "async_upload"):
         return "uploading to Hugging Face, which LoRA Loom does not do (nothing leaves this machine)"

@@ -9,7 +9,6 @@ save now, stop).
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 from collections import deque
@@ -18,9 +17,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from trainer.data.captions import process_caption
+from trainer.distributed import batch_tracer
+from trainer.divergence import NonFiniteLoss
 from trainer.events import EventWriter
-from trainer.loss import add_noise, prediction_target, training_loss
-from trainer.noise import sample_timesteps, training_noise
+from trainer.loss import add_noise, loss_options, prediction_target, training_loss
+from trainer.noise import input_perturbation, sample_timesteps, training_noise
 from trainer.precision import grad_scaler
 from trainer.saving import Saver
 from trainer.sampling import generate_samples
@@ -68,9 +69,13 @@ def batch_loss(session: Session, batch, epoch: int, step: int) -> torch.Tensor:
     noise = training_noise(latents, session.noise_generator, noise_offset_type=job.noise_loss.noise_offset_type,
                            noise_offset=job.noise_loss.noise_offset, adaptive_noise_scale=job.noise_loss.adaptive_noise_scale,
                            multires_noise_iterations=job.noise_loss.multires_noise_iterations,
-                           multires_noise_discount=job.noise_loss.multires_noise_discount)
-    timesteps = sample_timesteps(latents.shape[0], session.noise_generator).to(device)
-    noisy = add_noise(latents, noise, timesteps, session.alphas_cumprod)
+                           multires_noise_discount=job.noise_loss.multires_noise_discount,
+                           noise_offset_random_strength=job.noise_loss.noise_offset_random_strength)
+    timesteps = sample_timesteps(latents.shape[0], session.noise_generator, job.noise_loss.min_timestep,
+                                 job.noise_loss.max_timestep).to(device)
+    input_noise = input_perturbation(noise, job.noise_loss.ip_noise_gamma, job.noise_loss.ip_noise_gamma_random_strength,
+                                     session.noise_generator)
+    noisy = add_noise(latents, input_noise, timesteps, session.alphas_cumprod)
     with torch.set_grad_enabled(session.train_text_encoder), autocast(session):
         states, pooled = session.text_conditioning(processed_captions(session, batch, epoch, step))
     dtype = session.precision.weight_dtype
@@ -79,7 +84,8 @@ def batch_loss(session: Session, batch, epoch: int, step: int) -> torch.Tensor:
         prediction = session.base.unet(noisy.to(dtype), timesteps, states.to(dtype), **extra).sample
     target = prediction_target(latents, noise, timesteps, session.alphas_cumprod, session.base.v_prediction)
     return training_loss(prediction, target, timesteps, session.alphas_cumprod, sample_weights=batch.loss_weights,
-                         min_snr_gamma=job.noise_loss.min_snr_gamma, v_prediction=session.base.v_prediction)
+                         min_snr_gamma=job.noise_loss.min_snr_gamma, v_prediction=session.base.v_prediction,
+                         **loss_options(job.noise_loss, timesteps, session.alphas_cumprod))
 
 
 def current_lrs(session: Session) -> dict[str, float]:
@@ -87,7 +93,7 @@ def current_lrs(session: Session) -> dict[str, float]:
     last = session.lr_scheduler.get_last_lr()
     lrs = {}
     for index, name in enumerate(session.group_names):
-        lrs[name] = 0.0 if name == "text_encoder" and not session.train_text_encoder else float(last[index])
+        lrs[name] = 0.0 if name.startswith("text_encoder") and not session.train_text_encoder else float(last[index])
     return lrs
 
 
@@ -107,6 +113,15 @@ def optimizer_step(session: Session, scaler) -> dict[str, float]:
     session.lr_scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)
     return lrs
+
+
+def max_norm_statistics(session: Session) -> dict:
+    """scale_weight_norms after the step (sd-scripts' max-norm regularisation), and what it logs."""
+    max_norm = session.job.network.scale_weight_norms
+    if not max_norm:
+        return {}
+    scaled, average, largest = session.network.apply_max_norm(max_norm)
+    return {"keys_scaled": scaled, "average_key_norm": average, "max_key_norm": largest}
 
 
 class Progress:
@@ -142,47 +157,66 @@ def sample(session: Session, events: EventWriter, step: int, epoch: int | None, 
 
 
 def train(session: Session, events: EventWriter, requests: RunRequests, saver: Saver) -> str:
-    """Run the plan; returns "completed" or "stopped" (the LoRA is saved either way)."""
+    """Run the plan; returns "completed" or "stopped" (the LoRA is saved either way).
+
+    In a multi-process run every process runs this on its share of each epoch (``session.processes``):
+    the gradients are averaged before each update, and what was asked (stop, sample, save) is agreed on
+    after it, so all act at the same step; the main process alone samples and writes."""
     job, plan = session.job, session.schedule
+    processes = session.processes
     accumulation = job.optimisation.gradient_accumulation_steps
-    precision = session.precision
-    scaler = grad_scaler(precision.device.type, precision.adapter_dtype) if precision.use_grad_scaler else None
+    scaler = session.scaler
     progress = Progress(plan.total_steps, window=plan.batches_per_epoch, start_step=saver.start_step)
     step, epoch = saver.start_step, saver.start_epoch
+    session.network.set_training(True)  # as sd-scripts: the adapters train (dropouts on), the base stays as it is
+    non_finite = NonFiniteLoss(job)
+    trace = batch_tracer(processes.rank)
     events.status("training")
     for epoch in range(saver.start_epoch, plan.epochs + 1):
-        batches = session.data.epoch(epoch)
-        last_index = plan.batches_per_epoch - 1
+        batches = session.data.epoch(epoch, select=processes.shard if processes.world_size > 1 else None)
+        last_index = processes.local_batches(plan.batches_per_epoch) - 1
         for index, batch in enumerate(batches):
             if epoch == saver.start_epoch and index < saver.skip_batches:
                 continue
+            if trace:
+                trace(epoch, index, batch.image_paths)
             loss = batch_loss(session, batch, epoch, step)
-            if not math.isfinite(loss.item()):
-                events.warning(f"loss is {loss.item()} at step {step + 1}; this batch is skipped", "learning_rate")
+            if not processes.all_finite(loss):  # every process skips a batch that is not finite in any
                 session.optimizer.zero_grad(set_to_none=True)
+                non_finite.skipped(loss.item(), step, events)  # ends the run after several in a row
                 continue
+            non_finite.finite()
             (scaler.scale(loss / accumulation) if scaler else loss / accumulation).backward()
             if (index + 1) % accumulation and index != last_index:
                 continue
+            processes.average_gradients(session.network.trainable_parameters())
             lrs = optimizer_step(session, scaler)
             step += 1
-            events.emit("step", step=step, epoch=epoch, loss=loss.item(), lr=lrs, **progress.update(step, loss.item()))
+            loss_value = processes.mean(loss.item())
+            events.emit("step", step=step, epoch=epoch, loss=loss_value, lr=lrs, **progress.update(step, loss_value),
+                        **max_norm_statistics(session))
             if plan.text_encoder_stop_step is not None and step == plan.text_encoder_stop_step and session.train_text_encoder:
                 session.stop_text_encoder()
                 events.status("training", note=f"text encoder training stopped after step {step}")
-            # Save now / Sample now, asked during this step; at a planned point the one file or set is marked
+            # Save now / Sample now / Stop, asked during this step (in a multi-process run: of any process,
+            # agreed on by all, so that all act at this step)
             save_asked, requests.save = requests.save, False
             sample_asked, requests.sample = requests.sample, False
+            requests.stop, sample_asked, save_asked = processes.agree(requests.stop, sample_asked, save_asked)
+            # at a planned point the one file or set is marked
             if step in plan.save_steps or save_asked:
                 saver.save_step(step, epoch, index + 1, requested=save_asked)
-            if (step in plan.sample_steps and not plan.sample_epochs) or sample_asked:
+            if ((step in plan.sample_steps and not plan.sample_epochs) or sample_asked) and processes.is_main:
                 sample(session, events, step, None, requested=sample_asked)
             if requests.stop:
                 saver.save_final(step, epoch, stopped=True, batches_done=index + 1)
                 return "stopped"
+            if step >= plan.total_steps:
+                break  # max_train_steps ends the last epoch part-way, as in sd-scripts
         if epoch in plan.save_epochs:
             saver.save_epoch(step, epoch)
-        if epoch in plan.sample_epochs:
+        if epoch in plan.sample_epochs and processes.is_main:
             sample(session, events, step, epoch)
+    non_finite.check_end()
     saver.save_final(step, plan.epochs, stopped=False)
     return "completed"

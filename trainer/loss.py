@@ -6,6 +6,8 @@ images, 1 otherwise), then by the min-SNR weight, then averaged over the batch.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -69,6 +71,74 @@ def prediction_target(
     return (alphas.sqrt() * noise.float() - (1.0 - alphas).sqrt() * latents.float()).to(noise.dtype)
 
 
+LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")
+HUBER_SCHEDULES = ("snr", "exponential", "constant")
+SNR_CAP = 1000.0  # sd-scripts caps the SNR at 1000 in the v-pred-like and debiased weights
+
+
+def huber_threshold(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, schedule: str, huber_c: float,
+                    huber_scale: float, num_timesteps: int = 1000) -> torch.Tensor:
+    """Huber's ``c`` per sample, as sd-scripts' ``get_huber_threshold_if_needed`` (Khrapov et al. 2024,
+    "Improving Diffusion Models's Data-Corruption Resistance using Scheduled Pseudo-Huber Loss"):
+
+    - ``snr``: ``(1 − c)/(1 + σ_t)² + c`` with ``σ_t = √((1 − ᾱ_t)/ᾱ_t)``;
+    - ``exponential``: ``exp(−(−ln c / T) · t) · scale`` (c at t = T, scale at t = 0);
+    - ``constant``: ``c · scale``.
+    """
+    if schedule == "exponential":
+        rate = -math.log(huber_c) / num_timesteps
+        return torch.exp(-rate * timesteps.float()) * huber_scale
+    if schedule == "snr":
+        alphas = alphas_cumprod.to(timesteps.device, torch.float32)[timesteps.long()]
+        sigmas = ((1.0 - alphas) / alphas) ** 0.5
+        return (1.0 - huber_c) / (1.0 + sigmas) ** 2 + huber_c
+    if schedule == "constant":
+        return torch.full(timesteps.shape, huber_c * huber_scale, dtype=torch.float32, device=timesteps.device)
+    raise ValueError(f"huber_schedule: {schedule!r} is not one of {', '.join(HUBER_SCHEDULES)}")
+
+
+def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss_type: str = "l2",
+                     huber_c: torch.Tensor | None = None) -> torch.Tensor:
+    """sd-scripts' ``conditional_loss`` (reduction none, float32): l2 ``(p − y)²``; l1 ``|p − y|``;
+    huber (pseudo-Huber) ``2c(√((p − y)² + c²) − c)``; smooth_l1 ``2(√((p − y)² + c²) − c)``, with ``c``
+    per sample (:func:`huber_threshold`)."""
+    p, y = prediction.float(), target.float()
+    if loss_type == "l2":
+        return F.mse_loss(p, y, reduction="none")
+    if loss_type == "l1":
+        return F.l1_loss(p, y, reduction="none")
+    if loss_type not in ("huber", "smooth_l1"):
+        raise ValueError(f"loss_type: {loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+    if huber_c is None:
+        raise ValueError(f"loss_type {loss_type} needs Huber's c")
+    c = _per_sample(huber_c.float(), p)
+    root = torch.sqrt((p - y) ** 2 + c**2) - c
+    return 2 * c * root if loss_type == "huber" else 2 * root
+
+
+def snr_post_weights(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, *, v_prediction: bool,
+                     scale_v_pred_loss_like_noise_pred: bool = False, v_pred_like_loss: float = 0.0,
+                     debiased_estimation_loss: bool = False) -> torch.Tensor:
+    """The per-sample factor sd-scripts' ``post_process_loss`` applies after min-SNR, with ``S = min(SNR_t,
+    1000)`` (``custom_train_functions``):
+
+    - scale_v_pred_loss_like_noise_pred (v-prediction models only): × ``S/(S + 1)``;
+    - v_pred_like_loss x: ``loss + x · loss / (S/(S + 1))``, i.e. × ``1 + x (S + 1)/S``;
+    - debiased_estimation_loss: × ``1/√S`` (ε) or ``1/(S + 1)`` (v) (Yu et al. 2024, "Debias the Training
+      of Diffusion Models").
+    The three multiply, so their order does not matter.
+    """
+    capped = torch.clamp(snr(timesteps, alphas_cumprod), max=SNR_CAP)
+    weight = torch.ones_like(capped)
+    if scale_v_pred_loss_like_noise_pred and v_prediction:
+        weight = weight * capped / (capped + 1.0)
+    if v_pred_like_loss:
+        weight = weight * (1.0 + v_pred_like_loss * (capped + 1.0) / capped)
+    if debiased_estimation_loss:
+        weight = weight * (1.0 / (capped + 1.0) if v_prediction else 1.0 / torch.sqrt(capped))
+    return weight
+
+
 def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error over every axis but the batch, in float32: shape (B,)."""
     squared = F.mse_loss(prediction.float(), target.float(), reduction="none")
@@ -84,14 +154,37 @@ def training_loss(
     sample_weights: torch.Tensor | None = None,
     min_snr_gamma: float = 0.0,
     v_prediction: bool = False,
+    loss_type: str = "l2",
+    huber_c: torch.Tensor | None = None,
+    scale_v_pred_loss_like_noise_pred: bool = False,
+    v_pred_like_loss: float = 0.0,
+    debiased_estimation_loss: bool = False,
 ) -> torch.Tensor:
-    """The scalar loss: ``mean_b( MSE_b · sample_weight_b · min_snr_weight_b )``.
+    """The scalar loss: ``mean_b( L_b · sample_weight_b · min_snr_weight_b · post_weight_b )``, in sd-scripts'
+    order: the element-wise loss (:func:`elementwise_loss`) averaged over C, H, W; the sample weight; then
+    min-SNR and the other SNR weights (:func:`snr_post_weights`).
 
     ``sample_weights`` (B,) carries ``prior_loss_weight`` for regularization images and 1 for the others;
     None means all ones.
     """
-    loss = per_sample_mse(prediction, target)
+    elements = elementwise_loss(prediction, target, loss_type, huber_c)
+    loss = elements.mean(dim=tuple(range(1, elements.dim())))
     if sample_weights is not None:
         loss = loss * sample_weights.to(loss.device, torch.float32)
     loss = loss * min_snr_weight(timesteps, alphas_cumprod, min_snr_gamma, v_prediction).to(loss.device)
-    return loss.mean()
+    post = snr_post_weights(timesteps, alphas_cumprod, v_prediction=v_prediction,
+                            scale_v_pred_loss_like_noise_pred=scale_v_pred_loss_like_noise_pred,
+                            v_pred_like_loss=v_pred_like_loss, debiased_estimation_loss=debiased_estimation_loss)
+    return (loss * post.to(loss.device)).mean()
+
+
+def loss_options(noise_loss, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> dict:
+    """The :func:`training_loss` keywords the job's noise/loss section sets (Huber's c from its schedule)."""
+    huber_c = None
+    if noise_loss.loss_type in ("huber", "smooth_l1"):
+        huber_c = huber_threshold(timesteps, alphas_cumprod, noise_loss.huber_schedule, noise_loss.huber_c,
+                                  noise_loss.huber_scale)
+    return {"loss_type": noise_loss.loss_type, "huber_c": huber_c,
+            "scale_v_pred_loss_like_noise_pred": noise_loss.scale_v_pred_loss_like_noise_pred,
+            "v_pred_like_loss": noise_loss.v_pred_like_loss,
+            "debiased_estimation_loss": noise_loss.debiased_estimation_loss}

@@ -14,21 +14,31 @@ MULTIRES_DEFAULT_DISCOUNT = 0.3  # "Multires noise discount" 0 means this value 
 NUM_TRAIN_TIMESTEPS = 1000
 
 
+def random_strength(value: float, generator: torch.Generator) -> float:
+    """``U(0, 1) · value``: one draw per batch, as sd-scripts' ``*_random_strength`` options (``torch.rand(1)``)."""
+    return float(torch.rand((), generator=generator, device=generator.device).item()) * value
+
+
 def apply_noise_offset(
     noise: torch.Tensor,
     latents: torch.Tensor,
     offset: float,
     adaptive_scale: float,
     generator: torch.Generator,
+    random_offset: bool = False,
 ) -> torch.Tensor:
     """``noise + o · z`` with ``z ~ N(0, 1)`` of shape (B, C, 1, 1): one constant per sample and channel.
 
     ``o = offset``, or with an adaptive scale ``o = max(0, offset + adaptive_scale · |mean_{h,w}(latents)|)``
     per (sample, channel). ``offset == 0`` returns ``noise`` unchanged and draws nothing (sd-scripts skips an
-    unset offset, and the adaptive scale only works together with it). Draws: one ``randn(B, C, 1, 1)``.
+    unset offset, and the adaptive scale only works together with it). ``random_offset``
+    (noise_offset_random_strength): ``offset`` is first replaced by ``U(0, 1) · offset``, one per batch.
+    Draws: (with ``random_offset``, one ``rand(())``), then one ``randn(B, C, 1, 1)``.
     """
     if offset == 0:
         return noise
+    if random_offset:
+        offset = random_strength(offset, generator)
     strength: float | torch.Tensor = offset
     if adaptive_scale != 0:
         channel_means = latents.float().mean(dim=(2, 3), keepdim=True).abs()
@@ -84,6 +94,7 @@ def training_noise(
     adaptive_noise_scale: float = 0.0,
     multires_noise_iterations: int = 0,
     multires_noise_discount: float = 0.0,
+    noise_offset_random_strength: bool = False,
 ) -> torch.Tensor:
     """The noise for one batch: ``randn_like(latents)`` then the chosen noise-offset type.
 
@@ -93,7 +104,8 @@ def training_noise(
     noise = torch.randn(latents.shape, generator=generator, device=generator.device, dtype=latents.dtype)
     noise = noise.to(latents.device)
     if noise_offset_type == "Original":
-        return apply_noise_offset(noise, latents, noise_offset, adaptive_noise_scale, generator)
+        return apply_noise_offset(noise, latents, noise_offset, adaptive_noise_scale, generator,
+                                  noise_offset_random_strength)
     if noise_offset_type == "Multires":
         return pyramid_noise(noise, multires_noise_iterations, multires_noise_discount, generator)
     raise ValueError(f"noise_offset_type: {noise_offset_type!r} is not 'Original' or 'Multires'")
@@ -116,3 +128,17 @@ def sample_timesteps(
         constant = min(min_t, NUM_TRAIN_TIMESTEPS - 1)
         return torch.full((batch_size,), constant, dtype=torch.long, device=generator.device)
     return torch.randint(min_t, max_t, (batch_size,), generator=generator, device=generator.device)
+
+
+def input_perturbation(noise: torch.Tensor, gamma: float, random: bool, generator: torch.Generator) -> torch.Tensor:
+    """The noise the latents are noised with under ip_noise_gamma: ``noise + γ · ε'``, ``ε' ~ N(0, 1)``, while
+    the target stays ``noise`` (Ning et al. 2023, "Input Perturbation Reduces Exposure Bias in Diffusion
+    Models", arXiv 2301.11706; sd-scripts' ``--ip_noise_gamma``). With ``random`` γ becomes ``U(0, 1) · γ``.
+    ``gamma == 0`` returns ``noise`` and draws nothing. Draws (after the timesteps, as sd-scripts): with
+    ``random`` one ``rand(())``, then one ``randn`` shaped like ``noise``."""
+    if gamma == 0:
+        return noise
+    if random:
+        gamma = random_strength(gamma, generator)
+    extra = torch.randn(noise.shape, generator=generator, device=generator.device, dtype=noise.dtype)
+    return noise + gamma * extra.to(noise.device)

@@ -102,6 +102,8 @@ def _parse_toml(raw: bytes, path: Path) -> dict[str, Any]:
         return tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise PresetError(f"{path} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise PresetError(f"{path}: its TOML is nested too deeply to be a preset") from None
 
 
 def _parse_json(raw: bytes, path: Path) -> dict[str, Any]:
@@ -109,6 +111,8 @@ def _parse_json(raw: bytes, path: Path) -> dict[str, Any]:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise PresetError(f"{path} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise PresetError(f"{path}: its JSON is nested too deeply to be a preset") from None
     if not isinstance(data, dict):
         raise PresetError(f"{path}: expected a JSON object of settings")
     return data
@@ -132,6 +136,12 @@ def safe_file_stem(name: str) -> str:
     return stem
 
 
+def comment_safe(name: str) -> str:
+    """The name on one line of printable characters, so that it stays inside the file's comment line (a line
+    break in a name typed through the API would otherwise start a line of settings)."""
+    return "".join(ch for ch in " ".join(name.split()) if ch.isprintable())
+
+
 def save_preset(name: str, values: dict[str, Any], user_dir: str | Path,
                 builtin_dir: str | Path = BUILTIN_DIR) -> Path:
     """Write the settings that differ from the defaults as ``<user_dir>/<name>.toml`` and return its path.
@@ -150,7 +160,7 @@ def save_preset(name: str, values: dict[str, Any], user_dir: str | Path,
         job = job_from_values(explicit_blank_rates(values))
     except JobError as error:
         raise PresetError(f"preset {name!r} not saved: " + "; ".join(str(p) for p in error.problems)) from None
-    text = f"# LoRA Loom preset: {name.strip()}\n" + toml_text(sparse_values(job_to_values(job)))
+    text = f"# LoRA Loom preset: {comment_safe(name)}\n" + toml_text(sparse_values(job_to_values(job)))
     user_dir.mkdir(parents=True, exist_ok=True)
     path = user_dir / f"{stem}.toml"
     tmp = path.with_name(path.name + ".tmp")

@@ -14,12 +14,16 @@ import torch
 
 from trainer.events import EventWriter
 from trainer.network import read_lora_file, save_lora_file
+from trainer.distributed import process_seed
+from trainer.plan import global_batch_size
 from trainer.precision import mixed_precision_name
 from trainer.session import Session, TrainingError
 from trainer.spec import SETTINGS, job_to_values
+from trainer.saving_extra import epoch_to_prune, extra_metadata, state_keep_last
+from trainer.spec.checks import check_network_weights_kept, output_files_pattern
+from trainer.spec.names import parse_output_name
 from trainer.spec.rules import effective_lrs
 from trainer.spec.sections import Job
-from trainer.spec.checks import check_network_weights_kept
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STATE_FILE = "train_state.json"
@@ -42,6 +46,39 @@ def step_to_prune(step: int, keep_last: int, every: int) -> int | None:
         return None
     remove = (step - keep_last - 1) - ((step - keep_last - 1) % every)
     return remove if remove > 0 else None
+
+
+def stale_temporaries(output_dir: Path, output_name: str) -> list[Path]:
+    """What a killed run of ``output_name`` can leave in its output folder: a LoRA file's temporary
+    (``.<file>.<random>.tmp``, see ``save_lora_file``), a half-written state folder (``…-state.tmp``) and a
+    replaced one (``…-state.old.tmp``).
+    Other names' files are left alone: another run may be writing them."""
+    if not output_dir.is_dir():
+        return []
+    pattern = output_files_pattern(output_name)
+    found = []
+    for path in output_dir.iterdir():
+        name = path.name
+        if name.endswith(".tmp") and name.startswith("."):
+            name = name[1:].rsplit(".", 2)[0]  # ".x.safetensors.abc123.tmp" → "x.safetensors"
+        elif name.endswith("-state.old.tmp"):  # a replaced state not yet deleted (Saver.save_state)
+            name = name.removesuffix(".old.tmp")
+        elif not name.endswith("-state.tmp"):
+            continue
+        if pattern.fullmatch(name):
+            found.append(path)
+    return sorted(found)
+
+
+def remove_stale_temporaries(output_dir: Path, output_name: str) -> list[Path]:
+    """Delete what :func:`stale_temporaries` finds; returns what was removed."""
+    removed = stale_temporaries(output_dir, output_name)
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
 
 
 def dataset_metadata(data) -> dict:
@@ -148,7 +185,7 @@ def training_metadata(session: Session) -> dict[str, str]:
         "ss_prior_loss_weight": job.noise_loss.prior_loss_weight,
         "ss_min_snr_gamma": job.noise_loss.min_snr_gamma,
         "ss_batch_size_per_device": job.data.train_batch_size,
-        "ss_total_batch_size": job.data.train_batch_size * job.optimisation.gradient_accumulation_steps,
+        "ss_total_batch_size": global_batch_size(job, session.processes.world_size),
         "ss_resolution": f"({resolution[0]}, {resolution[1]})",
         "ss_color_aug": job.data.color_aug,
         "ss_flip_aug": job.data.flip_aug,
@@ -173,6 +210,7 @@ def training_metadata(session: Session) -> dict[str, str]:
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.prediction_type": "v" if session.base.v_prediction else "epsilon",
         "modelspec.encoder_layer": job.captions.clip_skip,
+        **extra_metadata(job),
         "lora_loom.job": json.dumps(values, sort_keys=True),
     }
     return {key: _text(value) for key, value in meta.items()}
@@ -191,14 +229,28 @@ class Saver:
         self.job = session.job
         for problem in check_network_weights_kept(self.job):  # validation refuses this too; never write over it
             raise TrainingError(problem.message, problem.setting)
+        try:  # validation refuses such names; never let one reach a path
+            parse_output_name(self.job.saving.output_name)
+        except ValueError as error:
+            raise TrainingError(str(error), "output_name") from None
         self.output_dir = Path(self.job.saving.output_dir).expanduser()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        try:  # validation checks this before the model loads; a job that skipped it still gets the setting
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TrainingError(f"{self.output_dir} cannot be created ({error.strerror or error})",
+                                "output_dir") from None
+        removed = remove_stale_temporaries(self.output_dir, self.job.saving.output_name)
+        if removed:
+            events.status("saving", note=f"removed {len(removed)} temporary file(s) left by an interrupted run: "
+                                         + ", ".join(p.name for p in removed))
         self.base_metadata = {**training_metadata(session), **session.network.metadata()}
         self.outputs: list[str] = []
         self.kept_steps: set[int] = set()  # step files asked for from the page: save_last_n_steps leaves them
         self.start_step, self.start_epoch, self.skip_batches = 0, 1, 0
 
     def _write(self, path: Path, step: int, epoch: int, kind: str, requested: bool = False) -> Path:
+        if not self.session.processes.is_main:  # one process writes the run's files
+            return path
         self.events.status("saving", step=step)
         metadata = {**self.base_metadata, "ss_training_finished_at": _text(time.time()),
                     "ss_steps": _text(step), "ss_epoch": _text(epoch)}
@@ -212,9 +264,20 @@ class Saver:
         return path
 
     def save_epoch(self, step: int, epoch: int) -> None:
-        self._write(self.output_dir / epoch_file_name(self.job.saving.output_name, epoch), step, epoch, "epoch")
-        if self.job.saving.save_state:
-            self.save_state(self.output_dir / f"{self.job.saving.output_name}-{epoch:06d}-state", step, epoch, 0)
+        saving = self.job.saving
+        self._write(self.output_dir / epoch_file_name(saving.output_name, epoch), step, epoch, "epoch")
+        if saving.save_state:  # the epoch is done: a resume from here starts the next one
+            self.save_state(self.output_dir / f"{saving.output_name}-{epoch:06d}-state", step, epoch,
+                            self.session.processes.local_batches(self.session.schedule.batches_per_epoch))
+        if not self.session.processes.is_main:
+            return
+        old = epoch_to_prune(epoch, saving.save_last_n_epochs, saving.save_every_n_epochs)
+        if old is not None:
+            (self.output_dir / epoch_file_name(saving.output_name, old)).unlink(missing_ok=True)
+        old = epoch_to_prune(epoch, state_keep_last(saving.save_last_n_epochs_state, saving.save_last_n_epochs),
+                             saving.save_every_n_epochs)
+        if old is not None:
+            shutil.rmtree(self.output_dir / f"{saving.output_name}-{old:06d}-state", ignore_errors=True)
 
     def save_step(self, step: int, epoch: int, batches_done: int, requested: bool = False) -> None:
         """A step file (and state), then save_last_n_steps' pruning of an older one. A file ``requested``
@@ -225,40 +288,56 @@ class Saver:
         if self.job.saving.save_state:
             self.save_state(self.output_dir / f"{self.job.saving.output_name}-step{step:08d}-state", step, epoch,
                             batches_done)
-        old = step_to_prune(step, self.job.saving.save_last_n_steps, self.job.saving.save_every_n_steps)
+        saving = self.job.saving
+        if not self.session.processes.is_main:
+            return
+        old = step_to_prune(step, saving.save_last_n_steps, saving.save_every_n_steps)
         if old is not None and old not in self.kept_steps:
-            stale = self.output_dir / step_file_name(self.job.saving.output_name, old)
-            if stale.exists():
-                stale.unlink()
-                shutil.rmtree(self.output_dir / f"{self.job.saving.output_name}-step{old:08d}-state", ignore_errors=True)
+            (self.output_dir / step_file_name(saving.output_name, old)).unlink(missing_ok=True)
+        old = step_to_prune(step, state_keep_last(saving.save_last_n_steps_state, saving.save_last_n_steps),
+                            saving.save_every_n_steps)
+        if old is not None and old not in self.kept_steps:
+            shutil.rmtree(self.output_dir / f"{saving.output_name}-step{old:08d}-state", ignore_errors=True)
 
     def save_final(self, step: int, epoch: int, stopped: bool, batches_done: int | None = None) -> None:
         self._write(self.output_dir / f"{self.job.saving.output_name}.safetensors", step, epoch, "final")
-        if self.job.saving.save_state:
-            done = batches_done if batches_done is not None else self.session.schedule.batches_per_epoch
+        if self.job.saving.save_state or self.job.saving.save_state_on_train_end:
+            every_batch = self.session.processes.local_batches(self.session.schedule.batches_per_epoch)
+            done = batches_done if batches_done is not None else every_batch
             self.save_state(self.output_dir / f"{self.job.saving.output_name}-state", step, epoch, done)
 
     # ---- training state (optimizer, scheduler, RNGs, position) for an exact resume ----------------
 
     def save_state(self, folder: Path, step: int, epoch: int, batches_done: int) -> None:
+        """Every process calls this (each hands in its random generators); the main one writes the folder."""
         s = self.session
+        rngs = s.processes.gather({"noise_generator": s.noise_generator.get_state(), "torch_rng": torch.get_rng_state()})
+        if not s.processes.is_main:
+            return
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_lora_file(tmp / "network.safetensors", s.network.kohya_state_dict(), {})
         torch.save({"optimizer": s.optimizer.state_dict(), "lr_scheduler": s.lr_scheduler.state_dict(),
-                    "noise_generator": s.noise_generator.get_state(), "torch_rng": torch.get_rng_state()},
+                    "noise_generator": rngs[0]["noise_generator"], "torch_rng": rngs[0]["torch_rng"],
+                    "process_rngs": rngs[1:], "grad_scaler": s.scaler.state_dict() if s.scaler is not None else None},
                    tmp / "state.pt")
         (tmp / STATE_FILE).write_text(json.dumps({
             "step": step, "epoch": epoch, "batches_done_in_epoch": batches_done, "seed": s.seed,
-            "train_text_encoder": s.train_text_encoder,
+            "train_text_encoder": s.train_text_encoder, "num_processes": s.processes.world_size,
         }), encoding="utf-8")
-        shutil.rmtree(folder, ignore_errors=True)
+        old = folder.with_name(folder.name + ".old.tmp")  # never a half-deleted state under the real name
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            os.replace(folder, old)
         os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
         self.events.emit("checkpoint", step=step, epoch=epoch, path=str(folder), kind="state")
 
     def load_state(self, folder: Path) -> None:
-        """Continue from a state folder: weights, optimizer, schedule, generators and the position in the data."""
+        """Continue from a state folder: weights, optimizer, schedule, grad scaler, each process's generators
+        and the position in the data. Exact with the process count that saved it; with another, the step, the
+        LR and the weights carry on, but the data position is converted and the noise differs (a warning)."""
         s = self.session
         info_path = folder / STATE_FILE
         if not info_path.exists():
@@ -269,14 +348,28 @@ class Saver:
         state = torch.load(folder / "state.pt", weights_only=True)
         s.optimizer.load_state_dict(state["optimizer"])
         s.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        s.noise_generator.set_state(state["noise_generator"])
-        torch.set_rng_state(state["torch_rng"])
+        if s.scaler is not None and state.get("grad_scaler"):
+            s.scaler.load_state_dict(state["grad_scaler"])
+        rank, saved_processes = s.processes.rank, int(info.get("num_processes", 1))
+        rngs = [{"noise_generator": state["noise_generator"], "torch_rng": state["torch_rng"]}, *state.get("process_rngs", [])]
+        if rank < len(rngs):
+            s.noise_generator.set_state(rngs[rank]["noise_generator"])
+            torch.set_rng_state(rngs[rank]["torch_rng"])
+        else:
+            s.noise_generator.manual_seed(process_seed(s.seed, rank))
         if not info.get("train_text_encoder", True) and s.train_text_encoder:
             s.stop_text_encoder()
         self.start_step = info["step"]
-        per_epoch = s.schedule.batches_per_epoch
-        if info["batches_done_in_epoch"] >= per_epoch:
+        per_epoch = s.processes.local_batches(s.schedule.batches_per_epoch)
+        done = info["batches_done_in_epoch"]
+        if saved_processes != s.processes.world_size:
+            done = done * saved_processes // s.processes.world_size  # the same share of the epoch
+            self.events.warning(f"the state was saved by {saved_processes} process(es) and this run has "
+                                f"{s.processes.world_size}: training goes on from step {self.start_step} with the "
+                                "same weights, optimizer and learning rate, but not exactly as it would have "
+                                "(other noise, the epoch's batches shared out differently)", "num_processes")
+        if done >= per_epoch:
             self.start_epoch, self.skip_batches = info["epoch"] + 1, 0
         else:
-            self.start_epoch, self.skip_batches = info["epoch"], info["batches_done_in_epoch"]
+            self.start_epoch, self.skip_batches = info["epoch"], done
         self.events.status("training", note=f"resumed from {folder} at step {self.start_step}")

@@ -17,15 +17,19 @@ import torch
 from trainer.data.dataset_plan import data_options_from_job
 from trainer.data.folders import scan_dataset
 from trainer.data.training_data import TrainingData
+from trainer.distributed import SingleProcess, process_seed
 from trainer.events import EventWriter
 from trainer.loss import sd_alphas_cumprod
+from trainer.memory_plan import estimate_for_run
 from trainer.models.loading import BaseModel, load_base_model
 from trainer.network import LoraNetwork, apply_network, read_lora_file
 from trainer.network.from_job import network_config_from_job
 from trainer.optim.optimizers import build_optimizer, optimizer_warnings, parse_optimizer_args
+from trainer.optim.loraplus import loraplus_groups, loraplus_ratios, up_parameter_ids
+from trainer.optim.scheduler_type import build_typed_scheduler
 from trainer.optim.schedulers import build_lr_scheduler
-from trainer.plan import Schedule, lr_preview, schedule_for_job
-from trainer.precision import choose_precision
+from trainer.plan import Schedule, global_batch_size, lr_preview, schedule_for_job
+from trainer.precision import choose_precision, grad_scaler
 from trainer.text_encoding import TextEmbeddingCache, encode_captions, encode_captions_sdxl
 from trainer.spec.rules import effective_lrs
 from trainer.spec.setting import SettingError
@@ -62,8 +66,11 @@ class Session:
     text_cache: TextEmbeddingCache | None
     alphas_cumprod: torch.Tensor
     noise_generator: torch.Generator
+    processes: SingleProcess = field(default_factory=SingleProcess)  # this process's place in a multi-process run
+    scaler: Any = None  # torch.amp.GradScaler for fp16 gradients
     started_at: float = field(default_factory=time.time)
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    memory_estimate: dict | None = None  # the plan's memory estimate (trainer.memory_plan), made before loading
 
     def text_states(self, captions: list[str]) -> torch.Tensor:
         """The UNet's conditioning for these (already processed) captions."""
@@ -98,15 +105,18 @@ def text_embedding_cache(base: BaseModel) -> TextEmbeddingCache:
                               text_encoder_2=base.text_encoder_2)
 
 
-def resolve_precision(job: Job, events: EventWriter) -> Precision:
+def resolve_precision(job: Job, events: EventWriter, device: torch.device | None = None) -> Precision:
     """Mixed precision (and full_fp16) where the device has it; otherwise fall back with a warning naming the
-    setting (no fp16 on CPU). The rules are :func:`trainer.precision.choose_precision`."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    setting (no fp16 on CPU). The rules are :func:`trainer.precision.choose_precision`. ``device``: accelerate's
+    choice for this process in a multi-process run."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16_supported = device.type != "cuda" or torch.cuda.is_bf16_supported()
     try:
-        choice = choose_precision(job.launch.mixed_precision, job.launch.full_fp16, device.type, bf16_supported)
+        choice = choose_precision(job.launch.mixed_precision, job.launch.full_fp16, device.type, bf16_supported,
+                                  job.launch.full_bf16)
     except ValueError as error:
-        raise TrainingError(str(error), "full_fp16" if job.launch.full_fp16 else "mixed_precision") from None
+        blamed = "full_fp16" if job.launch.full_fp16 else "full_bf16" if job.launch.full_bf16 else "mixed_precision"
+        raise TrainingError(str(error), blamed) from None
     for setting, message in choice.warnings:
         events.warning(message, setting)
     return Precision(device, choice.autocast_dtype, choice.weight_dtype, choice.use_grad_scaler,
@@ -159,6 +169,18 @@ def configure_attention(job: Job, base: BaseModel, device: torch.device, events:
         base.unet.train()
 
 
+def compile_unet(job: Job, base: BaseModel) -> None:
+    """TorchDynamo on the UNet with the job's backend, mode, fullgraph and dynamic (accelerate's plugin)."""
+    launch = job.launch
+    if launch.dynamo_backend == "no":
+        return
+    from accelerate.utils import TorchDynamoPlugin
+
+    plugin = TorchDynamoPlugin(backend=launch.dynamo_backend.upper(), mode=launch.dynamo_mode,
+                               fullgraph=launch.dynamo_use_fullgraph, dynamic=launch.dynamo_use_dynamic)
+    base.unet = torch.compile(base.unet, **plugin.to_kwargs())
+
+
 def build_data(job: Job, seed: int, events: EventWriter) -> TrainingData:
     scan = scan_dataset(job.data.train_data_dir, job.data.reg_data_dir or None, job.data.caption_extension or ".caption")
     data = TrainingData(scan, data_options_from_job(job), seed)
@@ -169,17 +191,23 @@ def build_data(job: Job, seed: int, events: EventWriter) -> TrainingData:
     return data
 
 
-def build_session(job: Job, run_dir: Path, events: EventWriter) -> Session:
+def build_session(job: Job, run_dir: Path, events: EventWriter, processes: SingleProcess | None = None) -> Session:
+    processes = processes or SingleProcess()
     torch.set_num_threads(job.launch.num_cpu_threads_per_process)
     seed = job.optimisation.seed if job.optimisation.seed is not None else random.SystemRandom().randrange(2**31)
+    seed = int(processes.gather(seed)[0])  # a seed chosen at start: the main process's, for all
     random.seed(seed)
     torch.manual_seed(seed)
-    precision = resolve_precision(job, events)
+    precision = resolve_precision(job, events, processes.device)
+    if processes.world_size != job.launch.num_processes:
+        events.warning(f"the job asks for {job.launch.num_processes} process(es) but {processes.world_size} "
+                       "were started; the plan follows the processes that run", "num_processes")
     events.status("scanning data")
     data = build_data(job, seed, events)
-    sched = schedule_for_job(job, data.steps_per_epoch)
+    sched = schedule_for_job(job, data.steps_per_epoch, processes.world_size)
     plan = {"dataset": data.plan.summary(), **sched.__dict__, "seed": seed,
-            "lr_curve": lr_preview(job, sched)}
+            "global_batch_size": global_batch_size(job, processes.world_size), "lr_curve": lr_preview(job, sched)}
+    plan["memory"] = estimate_for_run(job, data.plan, precision.device.type)
     events.emit("started", plan=plan)
 
     events.status("loading model")
@@ -191,6 +219,7 @@ def build_session(job: Job, run_dir: Path, events: EventWriter) -> Session:
         events.warning("clip_skip is ignored for SDXL: it always conditions on the penultimate layer of both "
                        "text encoders (as sd-scripts does)", "clip_skip")
     configure_attention(job, base, precision.device, events)
+    compile_unet(job, base)
     unet_lr, text_lr = effective_lrs(job.optimisation)
     tensors = read_lora_file(job.network.network_weights)[0] if job.network.network_weights else None
     try:
@@ -219,23 +248,43 @@ def build_session(job: Job, run_dir: Path, events: EventWriter) -> Session:
         except ValueError as error:
             raise TrainingError(f"{job.network.network_weights} does not fit this network: {error}", "network_weights") from None
 
+    processes.share_parameters([p for adapter in network.adapters for p in adapter.parameters()])
     groups = network.param_groups(unet_lr, text_lr)
+    unet_ratio, text_ratio = loraplus_ratios(job.optimisation.loraplus_lr_ratio, job.optimisation.loraplus_unet_lr_ratio,
+                                             job.optimisation.loraplus_text_encoder_lr_ratio)
+    if unet_ratio or text_ratio:
+        up_ids = up_parameter_ids((n, p) for a in network.adapters for n, p in a.layer.named_parameters())
+        groups = loraplus_groups(groups, up_ids, unet_ratio, text_ratio)
     if not groups:
         raise TrainingError("nothing to train: no LoRA modules were created with these settings", "network_dim")
     optimizer_args = parse_optimizer_args(job.optimisation.optimizer_args)
     for setting, message in optimizer_warnings(job.optimisation.optimizer, optimizer_args, {g["name"]: g["lr"] for g in groups}):
         events.warning(message, setting)
     optimizer = build_optimizer(job.optimisation.optimizer, groups, job.optimisation.learning_rate, optimizer_args)
-    lr_scheduler = build_lr_scheduler(optimizer, scheduler=job.optimisation.lr_scheduler, total_steps=sched.total_steps,
-                                      warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
-                                      power=job.optimisation.lr_scheduler_power or 1.0)
-    train_te = any(g["name"] == "text_encoder" for g in groups)
+    if job.optimisation.lr_scheduler_type:
+        lr_scheduler = build_typed_scheduler(optimizer, job.optimisation.lr_scheduler_type, job.optimisation.lr_scheduler_args)
+    else:
+        lr_scheduler = build_lr_scheduler(optimizer, scheduler=job.optimisation.lr_scheduler, total_steps=sched.total_steps,
+                                          warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
+                                          power=job.optimisation.lr_scheduler_power or 1.0)
+    train_te = any(g["name"].startswith("text_encoder") for g in groups)
     text_cache = None if train_te else text_embedding_cache(base)
     noise_generator = torch.Generator(device=precision.device).manual_seed(seed)
     return Session(job=job, run_dir=run_dir, seed=seed, precision=precision, data=data, schedule=sched,
                    base=base, network=network, optimizer=optimizer, lr_scheduler=lr_scheduler,
                    group_names=[g["name"] for g in groups], train_text_encoder=train_te, text_cache=text_cache,
-                   alphas_cumprod=sd_alphas_cumprod().to(precision.device), noise_generator=noise_generator)
+                   alphas_cumprod=sd_alphas_cumprod().to(precision.device), noise_generator=noise_generator,
+                   processes=processes,
+                   scaler=grad_scaler(precision.device.type, precision.adapter_dtype) if precision.use_grad_scaler else None,
+                   memory_estimate=plan["memory"])
+
+
+def start_process_noise(session: Session) -> None:
+    """From here each process draws its own noise: the main one goes on with the run's generator (what one
+    process would draw), the others restart theirs from their own seed. Called after the latent cache, which
+    every process encodes alike."""
+    if session.processes.rank:
+        session.noise_generator.manual_seed(process_seed(session.seed, session.processes.rank))
 
 
 def _report_progress(events: EventWriter, done: int, total: int) -> None:
@@ -247,6 +296,10 @@ def cache_latents(session: Session, events: EventWriter) -> None:
     job, base, device = session.job, session.base, session.precision.device
     if not (job.data.cache_latents or job.data.cache_latents_to_disk):
         return
+    processes = session.processes
+    disk_first = job.data.cache_latents_to_disk and processes.world_size > 1
+    if disk_first and not processes.is_main:
+        processes.barrier()  # the main process writes the disk cache first; the others then read it
     events.status("caching latents")
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
@@ -260,3 +313,5 @@ def cache_latents(session: Session, events: EventWriter) -> None:
         progress=lambda done, total: _report_progress(events, done, total))
     events.status("caching latents", encoded=encoded, reused=reused,
                   note=f"{encoded} image(s) encoded by the VAE, {reused} reused from the disk cache")
+    if disk_first and processes.is_main:
+        processes.barrier()

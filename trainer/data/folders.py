@@ -84,14 +84,6 @@ class DatasetScan:
     subsets: list[Subset]
     warnings: list[DataWarning]
 
-    @property
-    def train_subsets(self) -> list[Subset]:
-        return [s for s in self.subsets if not s.is_reg]
-
-    @property
-    def reg_subsets(self) -> list[Subset]:
-        return [s for s in self.subsets if s.is_reg]
-
 
 def image_extensions() -> tuple[str, ...]:
     """The lower-case extensions read as images: sd-scripts' list, plus .avif when Pillow reads it."""

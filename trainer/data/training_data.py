@@ -53,10 +53,6 @@ class TrainingData:
     def warnings(self):
         return self.plan.warnings
 
-    @property
-    def latents_cached(self) -> bool:
-        return self._latents is not None
-
     # ---- latent cache -------------------------------------------------------------------------
 
     def cache_latents(self, encode: Callable[[torch.Tensor], torch.Tensor], vae_batch_size: int = 0,
@@ -192,13 +188,16 @@ class TrainingData:
             offsets = (item.resized[0] - item.bucket[0] - offsets[0], offsets[1])
         return tensor, flip, offsets
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        """Yield the batches of a 1-based epoch; deterministic from seed and epoch.
+    def epoch(self, epoch: int, select: Callable[[list[BatchSlot]], list[BatchSlot]] | None = None) -> Iterator[Batch]:
+        """Yield the batches of a 1-based epoch; deterministic from seed and epoch. ``select`` picks this
+        process's share of the epoch's batches in a multi-process run (``trainer.distributed``).
 
         With ``num_workers`` > 0 the batches are built in data-loader worker processes
         (``min(num_workers, cpu count)``), kept between epochs with ``persistent_workers``.
         """
         slots = self.batch_slots(epoch)
+        if select is not None:
+            slots = select(slots)
         workers = min(self.options.num_workers, os.cpu_count() or 1)
         if workers <= 0:
             for slot in slots:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 
 from trainer.models.errors import ModelLoadError
 from trainer.models.ldm_text import SD1_TEXT_PREFIX, SD2_TEXT_PREFIX, SDXL_TEXT_PREFIXES
@@ -27,12 +28,12 @@ VAE_SCALE = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
 CLIP_BOS, CLIP_EOS = 49406, 49407
 
 
-def _indices(shapes: dict, pattern: str) -> set[int]:
+def _indices(shapes: Mapping, pattern: str) -> set[int]:
     regex = re.compile(pattern)
     return {int(m.group(1)) for name in shapes for m in [regex.match(name)] if m}
 
 
-def _shape(shapes: dict, name: str) -> tuple:
+def _shape(shapes: Mapping, name: str) -> tuple:
     if name not in shapes:
         raise ModelLoadError(f"the checkpoint has no {name!r}: it is not a complete Stable Diffusion model")
     value = shapes[name]  # a shape, or a tensor (anything with .shape)
@@ -47,7 +48,7 @@ def declared_heads(metadata: dict) -> dict:
         return {}
 
 
-def unet_levels(unet: dict) -> tuple[int, int]:
+def unet_levels(unet: Mapping) -> tuple[int, int]:
     """(levels, layers_per_block) from the LDM input-block numbering (names without the UNet prefix)."""
     level_count = len(_indices(unet, r"input_blocks\.(\d+)\.0\.op\.weight")) + 1
     block_count = max(_indices(unet, r"input_blocks\.(\d+)\.")) + 1
@@ -57,7 +58,7 @@ def unet_levels(unet: dict) -> tuple[int, int]:
     return level_count, layers
 
 
-def unet_config_from_ldm(unet: dict, family: str, heads: list[int] | None = None,
+def unet_config_from_ldm(unet: Mapping, family: str, heads: list[int] | None = None,
                          v_prediction: bool = False, norm_groups: int = 32) -> dict:
     """``UNet2DConditionModel`` arguments for LDM UNet shapes (names without ``model.diffusion_model.``)."""
     level_count, layers = unet_levels(unet)
@@ -91,7 +92,7 @@ def unet_config_from_ldm(unet: dict, family: str, heads: list[int] | None = None
     return config
 
 
-def vae_config_from_ldm(vae: dict, family: str, norm_groups: int = 32) -> dict:
+def vae_config_from_ldm(vae: Mapping, family: str, norm_groups: int = 32) -> dict:
     """``AutoencoderKL`` arguments for LDM VAE shapes (names without ``first_stage_model.``)."""
     level_count = len(_indices(vae, r"encoder\.down\.(\d+)\."))
     if level_count == 0:
@@ -120,7 +121,7 @@ def _clip_config(width: int, vocab: int, positions: int, inner: int, layers: int
     }
 
 
-def hf_clip_config_from_ldm(ldm: dict, prefix: str, heads: int | None) -> dict:
+def hf_clip_config_from_ldm(ldm: Mapping, prefix: str, heads: int | None) -> dict:
     """CLIPTextConfig arguments for an encoder in transformers' layout under ``prefix`` (quick_gelu)."""
     inner = prefix + ("text_model." if any(n.startswith(prefix + "text_model.") for n in ldm) else "")
     vocab, width = _shape(ldm, inner + "embeddings.token_embedding.weight")
@@ -134,7 +135,7 @@ def openclip_kept_layers(block_count: int, family: str) -> int:
     return block_count - 1 if family == "sd2" and block_count == OPENCLIP_H_BLOCKS else block_count
 
 
-def openclip_config_from_ldm(ldm: dict, prefix: str, family: str, heads: int | None) -> dict:
+def openclip_config_from_ldm(ldm: Mapping, prefix: str, family: str, heads: int | None) -> dict:
     """CLIPTextConfig arguments for an OpenCLIP text tower under ``prefix`` (gelu)."""
     vocab, width = _shape(ldm, prefix + "token_embedding.weight")
     blocks = len(_indices(ldm, re.escape(prefix) + r"transformer\.resblocks\.(\d+)\."))
@@ -144,7 +145,7 @@ def openclip_config_from_ldm(ldm: dict, prefix: str, family: str, heads: int | N
                         openclip_kept_layers(blocks, family), "gelu", heads, projection)
 
 
-def text_configs_from_ldm(ldm: dict, family: str, heads: dict) -> list[dict]:
+def text_configs_from_ldm(ldm: Mapping, family: str, heads: dict) -> list[dict]:
     """One CLIPTextConfig argument dict per text encoder of the family, in order."""
     if family == "sd1":
         return [hf_clip_config_from_ldm(ldm, SD1_TEXT_PREFIX, heads.get("text_encoder"))]

@@ -30,6 +30,8 @@ SDXL_VAE_SCALE_FACTOR = 0.13025
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder")
 TRAINABLE_FAMILIES = ("sd1", "sd2", "sdxl")
+# Single .safetensors files are read tensor by tensor into the model (False: read whole, then converted)
+STREAMS_SAFETENSORS = True
 FAMILY_WORDS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 
 
@@ -133,7 +135,10 @@ def _load_single_file(path: Path, v_prediction: bool | None) -> BaseModel:
             f"{path} is not a model checkpoint (expected a diffusers folder or one of "
             f"{', '.join(SINGLE_FILE_SUFFIXES)})."
         )
-    tensors, metadata = read_checkpoint(path)
+    if STREAMS_SAFETENSORS and path.suffix.lower() == ".safetensors":
+        tensors, metadata = _streamed_checkpoint(path)
+    else:
+        tensors, metadata = read_checkpoint(path)
     family = _single_file_family(path, tensors)
     notes = []
     if v_prediction is None:
@@ -150,6 +155,18 @@ def _load_single_file(path: Path, v_prediction: bool | None) -> BaseModel:
         v_prediction=v_prediction, source_path=path,
         text_encoder_2=encoders[1] if len(encoders) > 1 else None, tokenizer_2=tokenizer_2, notes=notes,
     )
+
+
+def _streamed_checkpoint(path: Path):
+    """A ``.safetensors`` file as tensors read one at a time (:class:`StreamedTensors`), and its metadata."""
+    from trainer.models.detect import ModelFileError
+    from trainer.models.streamed_file import StreamedTensors
+
+    try:
+        tensors = StreamedTensors(path)
+    except (ModelFileError, OSError, KeyError, ValueError) as error:
+        raise ModelLoadError(f"{path} is corrupt and cannot be read: {error}") from error
+    return tensors, tensors.metadata
 
 
 def read_json(path: Path) -> dict:

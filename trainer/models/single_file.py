@@ -9,6 +9,7 @@ looks that up, so a parameter the file lacks is reported by name instead of left
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from functools import partial
 
 import torch
@@ -100,38 +101,83 @@ def heads_metadata(unet, text_encoders: list, vae=None) -> dict[str, str]:
     return {HEADS_METADATA_KEY: json.dumps(record)}
 
 
-def _strip(tensors: dict, prefix: str) -> dict:
-    return {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+class _Prefixed(Mapping):
+    """The tensors under ``prefix``, named without it; a view, so a streamed file is still read lazily."""
+
+    def __init__(self, tensors: Mapping, prefix: str):
+        self.tensors, self.prefix = tensors, prefix
+        self.names = [name[len(prefix):] for name in tensors if name.startswith(prefix)]
+
+    def __contains__(self, name: object) -> bool:  # by name: Mapping's own would read the tensor
+        return isinstance(name, str) and (self.prefix + name) in self.tensors
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[self.prefix + name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
-def _fill(model: torch.nn.Module, state: dict, what: str) -> torch.nn.Module:
-    """Load ``state`` (target names) into an empty model, every parameter required."""
+class _Renamed(Mapping):
+    """Target name → the LDM tensor (reshaped where the layouts differ), looked up when asked for."""
+
+    def __init__(self, ldm: Mapping, mapping: dict[str, str], reshape=None):
+        self.ldm, self.reshape = ldm, reshape
+        self.mapping = {name: ldm_name for name, ldm_name in mapping.items() if ldm_name in ldm}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.mapping
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor = self.ldm[self.mapping[name]]
+        return self.reshape(name, tensor) if self.reshape else tensor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.mapping)
+
+    def __len__(self) -> int:
+        return len(self.mapping)
+
+
+def _strip(tensors: Mapping, prefix: str) -> Mapping:
+    return _Prefixed(tensors, prefix)
+
+
+def _streamed(tensors: Mapping) -> bool:
+    from trainer.models.streamed_file import StreamedTensors
+
+    return isinstance(tensors, StreamedTensors) or (isinstance(tensors, _Prefixed) and _streamed(tensors.tensors))
+
+
+def _fill(model: torch.nn.Module, state: Mapping, what: str, fresh: bool = False) -> torch.nn.Module:
+    """Load ``state`` (target names) into an empty model, every parameter required. ``fresh``: each access
+    to ``state`` reads a new tensor (a streamed file), which the model takes as it is."""
     expected = set(model.state_dict())
     missing = sorted(expected - set(state))
     if missing:
         raise ModelLoadError(f"the checkpoint's {what} lacks {len(missing)} weights (first: {missing[0]}); "
                              "the file is incomplete or of another architecture")
-    # Fresh, aligned copies: tensors sliced out of a file buffer can take other (equally valid) SIMD paths,
+    # Fresh, aligned tensors: tensors sliced out of a file buffer can take other (equally valid) SIMD paths,
     # which would make a model loaded from a file differ from the same model loaded from a folder in the
-    # last bits. Copies also free the file's buffer once the caller drops it.
-    model.load_state_dict({name: state[name].clone() for name in expected}, strict=True, assign=True)
+    # last bits. Copies also free the file's buffer once the caller drops it; a streamed file's tensors are
+    # fresh allocations already, read one at a time, so the model's weights are never held twice.
+    model.load_state_dict({name: state[name] if fresh else state[name].clone() for name in sorted(expected)},
+                          strict=True, assign=True)
     return model
 
 
-def _fill_from_ldm(model, ldm: dict, to_ldm, what: str, reshape=None) -> torch.nn.Module:
+def _fill_from_ldm(model, ldm: Mapping, to_ldm, what: str, reshape=None) -> torch.nn.Module:
     try:
         mapping = name_map(model.state_dict(), to_ldm)
     except LayoutError as error:
         raise ModelLoadError(f"the {what} has an unexpected structure: {error}") from error
-    state = {}
-    for name, ldm_name in mapping.items():
-        if ldm_name in ldm:
-            tensor = ldm[ldm_name]
-            state[name] = reshape(name, tensor) if reshape else tensor
-    return _fill(model, state, what)
+    return _fill(model, _Renamed(ldm, mapping, reshape), what, fresh=_streamed(ldm))
 
 
-def unet_from_ldm(unet_tensors: dict, config: dict) -> UNet2DConditionModel:
+def unet_from_ldm(unet_tensors: Mapping, config: dict) -> UNet2DConditionModel:
     """A UNet2DConditionModel holding the LDM UNet tensors (names without ``model.diffusion_model.``)."""
     with init_empty_weights():
         unet = UNet2DConditionModel(**config)
@@ -143,10 +189,12 @@ def _vae_matrix(name: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(tensor.shape[:2]) if is_vae_attention_matrix(name) and tensor.ndim == 4 else tensor
 
 
-def vae_from_ldm(vae_tensors: dict, family: str, norm_groups: int = 32) -> AutoencoderKL:
-    """An AutoencoderKL holding LDM VAE tensors (names without ``first_stage_model.``)."""
+def vae_from_ldm(vae_tensors: Mapping, family: str, shapes: Mapping | None = None,
+                 norm_groups: int = 32) -> AutoencoderKL:
+    """An AutoencoderKL holding LDM VAE tensors (names without ``first_stage_model.``); ``shapes``: the same
+    names as meta tensors, for a streamed file (its config comes from shapes, nothing read twice)."""
     with init_empty_weights():
-        vae = AutoencoderKL(**vae_config_from_ldm(vae_tensors, family, norm_groups))
+        vae = AutoencoderKL(**vae_config_from_ldm(vae_tensors if shapes is None else shapes, family, norm_groups))
     to_ldm = partial(vae_name_to_ldm, layout=VaeLayout.from_config(vae.config))
     return _fill_from_ldm(vae, vae_tensors, to_ldm, "VAE", reshape=_vae_matrix)
 
@@ -160,34 +208,42 @@ def _text_state(ldm: dict, family: str, index: int, config: dict) -> dict:
                                                  with_projection=True))
 
 
-def text_encoders_from_ldm(ldm: dict, family: str, heads: dict) -> list:
-    """The family's text encoders (transformers models) from the full LDM tensor table."""
+def text_encoders_from_ldm(ldm: Mapping, family: str, heads: dict, shapes: Mapping | None = None) -> list:
+    """The family's text encoders (transformers models) from the full LDM tensor table (``shapes``: the same
+    names as meta tensors, for a streamed file; its text encoders' tensors are then read, converted, and
+    dropped before the UNet is read)."""
     encoders = []
-    for index, config in enumerate(text_configs_from_ldm(ldm, family, heads)):
+    if shapes is not None:
+        prefixes = {"sd1": (SD1_TEXT_PREFIX,), "sd2": (SD2_TEXT_PREFIX,)}.get(family, tuple(SDXL_TEXT_PREFIXES))
+        ldm = {name: ldm[name] for name in ldm if name.startswith(prefixes)}
+    for index, config in enumerate(text_configs_from_ldm(ldm if shapes is None else shapes, family, heads)):
         model_class = CLIPTextModelWithProjection if family == "sdxl" and index == 1 else CLIPTextModel
         with init_empty_weights():
             encoder = model_class(CLIPTextConfig(**config))
         try:
-            state = _text_state(ldm, family, index, config)
+            state = _text_state(ldm if isinstance(ldm, dict) else dict(ldm), family, index, config)
         except TextLayoutError as error:
             raise ModelLoadError(f"text encoder {index + 1}: {error}") from error
         encoders.append(_fill(encoder, state, f"text encoder {index + 1}"))
     return encoders
 
 
-def models_from_ldm(tensors: dict, metadata: dict, family: str, v_prediction: bool = False):
-    """(unet, vae, [text encoders]) from a single file's tensors; ModelLoadError when something is missing."""
+def models_from_ldm(tensors: Mapping, metadata: dict, family: str, v_prediction: bool = False):
+    """(unet, vae, [text encoders]) from a single file's tensors (a dict, or a :class:`StreamedTensors`
+    read one tensor at a time); ModelLoadError when something is missing."""
     _check_family(family)
     heads = declared_heads(metadata)
-    text_encoders = text_encoders_from_ldm(tensors, family, heads)
+    shapes = tensors.shapes() if _streamed(tensors) else None  # type: ignore[attr-defined]
+    text_encoders = text_encoders_from_ldm(tensors, family, heads, shapes)
     unet_tensors = _strip(tensors, UNET_PREFIX)
-    config = unet_config_from_ldm(unet_tensors, family, heads.get("unet"), v_prediction,
-                                  heads.get("unet_norm_groups", 32))
+    config = unet_config_from_ldm(_strip(shapes, UNET_PREFIX) if shapes else unet_tensors, family, heads.get("unet"),
+                                  v_prediction, heads.get("unet_norm_groups", 32))
     if config["in_channels"] != 4:
         raise ModelLoadError(f"the UNet takes {config['in_channels']} input channels (an inpainting or "
                              "instruct model?); LoRA training needs a plain text-to-image model (4 channels)")
     if family == "sdxl":
         config["addition_time_embed_dim"] = sdxl_time_embed_dim(config, text_encoders[1].config.projection_dim)
     vae_tensors = _strip(tensors, VAE_PREFIX)
-    vae = vae_from_ldm(vae_tensors, family, heads.get("vae_norm_groups", 32))
+    vae_shapes = _strip(shapes, VAE_PREFIX) if shapes else None
+    vae = vae_from_ldm(vae_tensors, family, vae_shapes, heads.get("vae_norm_groups", 32))
     return unet_from_ldm(unet_tensors, config), vae, text_encoders

@@ -18,8 +18,10 @@ from trainer.network.blocks import unet_group_name
 from trainer.network.config import NetworkConfig, network_metadata
 from trainer.network.dylora import replace_with_dylora
 from trainer.network.kohya_keys import PEFT_ADAPTER_NAME, expected_shapes, export_adapter, import_adapter
+from trainer.network.lycoris_adapters import apply_max_norm, attach, make_lycoris_module, module_options
+from trainer.network.lycoris_targets import keep_target, preset_targets, unet_classes_for_type
 from trainer.network.module_plan import ModulePlan, plan_modules
-from trainer.network.targets import text_encoder_prefixes, text_encoder_targets, unet_targets
+from trainer.network.targets import Target, text_encoder_prefixes, text_encoder_targets, unet_targets
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,13 @@ def _inject(model: torch.nn.Module, plans: list[ModulePlan], config: NetworkConf
     """
     if not plans:
         return []
+    if config.algo is not None:
+        model.requires_grad_(False)
+        options = module_options(config)
+        layers = [attach(layer, make_lycoris_module(p.target.kohya_name, layer, config.algo, p.dim, p.alpha, options,
+                                                    p.target.is_norm))
+                  for p in plans for layer in [model.get_submodule(p.target.path)]]
+        return [Adapter(plan, layer) for plan, layer in zip(plans, layers)]
     if config.lora_type == "DyLoRA":
         model.requires_grad_(False)
         layers = [replace_with_dylora(model, p.target.path, p.dim, p.alpha, config.unit, generator) for p in plans]
@@ -78,6 +87,25 @@ def _inject(model: torch.nn.Module, plans: list[ModulePlan], config: NetworkConf
     return [Adapter(plan, model.get_submodule(plan.target.path)) for plan in plans]
 
 
+def network_unet_targets(unet, config: NetworkConfig) -> list[Target]:
+    """The UNet layers the network adapts: sd-scripts' set, or for LyCORIS the preset's (with train_norm,
+    the norm layers of the same blocks too)."""
+    if config.algo is None:
+        return unet_targets(unet, config.adapts_conv_layers)
+    preset = preset_targets(config.preset)
+    classes = unet_classes_for_type(preset, config.lora_type, config.adapts_conv_layers)
+    found = unet_targets(unet, True, norms=config.train_norm, class_names=classes)
+    return [t for t in found if keep_target(t, preset)]
+
+
+def network_text_encoder_targets(text_encoder, prefix: str, config: NetworkConfig) -> list[Target]:
+    if config.algo is None:
+        return text_encoder_targets(text_encoder, prefix)
+    preset = preset_targets(config.preset)
+    found = text_encoder_targets(text_encoder, prefix, class_names=preset.text_encoder_classes)
+    return [t for t in found if keep_target(t, preset)]
+
+
 def apply_network(unet, text_encoders: list, config: NetworkConfig) -> "LoraNetwork":
     """Inject the adapters ``config`` asks for into ``unet`` and ``text_encoders`` (in place).
 
@@ -86,13 +114,15 @@ def apply_network(unet, text_encoders: list, config: NetworkConfig) -> "LoraNetw
     kohya prefix ``lora_te``, two (SDXL) ``lora_te1`` / ``lora_te2``.
     """
     generator = torch.Generator().manual_seed(config.seed)
+    if config.algo is not None:  # LyCORIS draws its initial weights from torch's global generator
+        torch.manual_seed(config.seed)
     adapters: list[Adapter] = []
     if config.train_text_encoder:
         for prefix, text_encoder in zip(text_encoder_prefixes(len(text_encoders)), text_encoders):
-            plans = plan_modules(text_encoder_targets(text_encoder, prefix), config)
+            plans = plan_modules(network_text_encoder_targets(text_encoder, prefix, config), config)
             adapters += _inject(text_encoder, plans, config, generator)
     if config.train_unet:
-        plans = plan_modules(unet_targets(unet, config.adapts_conv_layers), config)
+        plans = plan_modules(network_unet_targets(unet, config), config)
         adapters += _inject(unet, plans, config, generator)
     if not adapters:
         raise ValueError(
@@ -167,6 +197,17 @@ class LoraNetwork:
         check_state_dict_fits(expected, tensors)
         for adapter in self.adapters:
             import_adapter(adapter.layer, adapter.name, tensors)
+
+    def set_training(self, training: bool) -> None:
+        """Put the adapters (not the base layers) in training mode, where the dropouts act, or out of it."""
+        for adapter in self.adapters:
+            adapter.layer.train(training)
+
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+        """scale_weight_norms after a step: (keys scaled, average norm, largest norm); LyCORIS networks only."""
+        if self.config.algo is None:
+            raise ValueError("max-norm regularisation runs on LyCORIS modules only")
+        return apply_max_norm([a.layer for a in self.adapters], max_norm)
 
     def metadata(self) -> dict[str, str]:
         """ss_network_module, ss_network_dim, ss_network_alpha and ss_network_args (JSON)."""

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from trainer.network.blocks import block_labels, validate_block_values
 from trainer.spec.block_layout import layout_for
-from trainer.spec.rules import adapts_conv, dylora_rank_faults
+from trainer.spec.rules import adapts_conv, dylora_rank_faults, lycoris_algo, rank_limits
 from trainer.spec.setting import SettingError
-from trainer.spec.tables import LORA_TYPES
+from trainer.spec.tables import LORA_TYPES, LYCORIS_TYPES
 
 
 # ss_network_module as sd-scripts / LyCORIS write it for each type.
@@ -18,6 +18,13 @@ NETWORK_MODULES = {
     "LoHa": "lycoris.kohya",
     "DyLoRA": "networks.dylora",
 }
+LYCORIS_NETWORK_MODULE = "lycoris.kohya"
+
+# The LyCORIS options and regularizers of the config, as the job names them (also the network_args keys,
+# except constrain → constraint and network_dropout → dropout, which LyCORIS reads).
+LYCORIS_FIELDS = ("preset", "factor", "decompose_both", "use_tucker", "use_scalar", "dora_wd", "bypass_mode",
+                  "rank_dropout_scale", "train_norm", "constrain", "rescaled", "train_on_input")
+REGULARIZER_FIELDS = ("network_dropout", "rank_dropout", "module_dropout")
 
 
 @dataclass(frozen=True)
@@ -48,9 +55,34 @@ class NetworkConfig:
     block_lr_weights: tuple[float, ...] | None = None
     seed: int = 0
     family: str = "sd1"
+    # LyCORIS options (see the catalog's help); use_tucker includes kohya_ss's use_cp.
+    preset: str = "full"
+    factor: int = -1
+    decompose_both: bool = False
+    use_tucker: bool = False
+    use_scalar: bool = False
+    dora_wd: bool = False
+    bypass_mode: bool = False
+    rank_dropout_scale: bool = False
+    train_norm: bool = False
+    constrain: float = 0.0
+    rescaled: bool = False
+    train_on_input: bool = True
+    # Regularizers that act in the forward pass (scale_weight_norms acts after the step: the loop's).
+    network_dropout: float = 0.0
+    rank_dropout: float = 0.0
+    module_dropout: float = 0.0
+    scale_weight_norms: float = 0.0  # applied by the loop after each step; here because it needs LyCORIS
 
     def __post_init__(self):
         validate_network_config(self)
+
+    @property
+    def algo(self) -> str | None:
+        """The LyCORIS algorithm the network runs (lokr, ia3, locon, …), or None for our own modules."""
+        options = {name: getattr(self, name) for name in LYCORIS_FIELDS[3:10] + REGULARIZER_FIELDS}
+        return lycoris_algo(self.lora_type, {**options, "LyCORIS_preset": self.preset,
+                                             "scale_weight_norms": self.scale_weight_norms})
 
     @property
     def adapts_conv_layers(self) -> bool:
@@ -60,7 +92,8 @@ class NetworkConfig:
 
 # The job setting each field of the config comes from (what a SettingError blames).
 _SETTING_OF_FIELD = {"lora_type": "LoRA_type", "dim": "network_dim", "alpha": "network_alpha", "conv_dim": "conv_dim",
-                     "conv_alpha": "conv_alpha", "unit": "unit", "block_lr_weights": "down_lr_weight"}
+                     "conv_alpha": "conv_alpha", "unit": "unit", "block_lr_weights": "down_lr_weight",
+                     "preset": "LyCORIS_preset"}
 
 
 def validate_network_config(config: NetworkConfig) -> None:
@@ -73,6 +106,27 @@ def validate_network_config(config: NetworkConfig) -> None:
                                _SETTING_OF_FIELD[name])
     if config.dim == 0 and not config.block_dims:
         raise SettingError("network_dim must be at least 1", "network_dim")
+    for name, limit in zip(("dim", "conv_dim"), rank_limits(config.lora_type)):
+        if getattr(config, name) > limit:
+            raise SettingError(f"{_SETTING_OF_FIELD[name]} is at most {limit} for {config.lora_type} (100000, "
+                               "LyCORIS's full rank, is for LyCORIS/LoKr, BOFT and Diag-OFT)", _SETTING_OF_FIELD[name])
+    for name in REGULARIZER_FIELDS:
+        value = getattr(config, name)
+        if not 0 <= value <= 1:
+            raise SettingError(f"{name} must be from 0 to 1, got {value}", name)
+        if value and config.lora_type == "DyLoRA":
+            raise SettingError(f"{name} does not work with DyLoRA (sd-scripts' DyLoRA has no dropouts)", name)
+    if config.network_dropout and config.lora_type == "LyCORIS/Native Fine-Tuning":
+        raise SettingError("network_dropout does not work with native fine-tuning (LyCORIS's full module has no "
+                           "dropout)", "network_dropout")
+    if config.scale_weight_norms and config.lora_type == "DyLoRA":
+        raise SettingError("scale_weight_norms does not work with DyLoRA", "scale_weight_norms")
+    if config.lora_type == "DyLoRA" and any(getattr(config, name) for name in LYCORIS_FIELDS[3:11]):
+        raise SettingError("DyLoRA takes none of the LyCORIS options", "LoRA_type")
+    if config.lora_type in LYCORIS_TYPES and any(
+            getattr(config, name) is not None for name in ("block_dims", "block_alphas", "conv_block_dims",
+                                                           "conv_block_alphas", "block_lr_weights")):
+        raise SettingError(f"block dims, alphas and LR weights do not apply to {config.lora_type}", "block_dims")
     if config.unit < 1:
         raise SettingError(f"unit must be at least 1, got {config.unit}", "unit")
     for name in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "block_lr_weights"):
@@ -103,7 +157,11 @@ def _join(values) -> str:
 def network_args(config: NetworkConfig) -> dict[str, str]:
     """The network_args sd-scripts / LyCORIS would have been given, as strings (for ss_network_args)."""
     args: dict[str, str] = {}
-    if config.lora_type == "LoHa":
+    algo = config.algo
+    if algo is not None:
+        args["algo"] = algo
+        args.update(_lycoris_args(config, algo))
+    elif config.lora_type == "LoHa":
         args["algo"] = "loha"
     if config.adapts_conv_layers:
         args["conv_dim"] = str(config.conv_dim)
@@ -123,10 +181,24 @@ def network_args(config: NetworkConfig) -> dict[str, str]:
     return args
 
 
+def _lycoris_args(config: NetworkConfig, algo: str) -> dict[str, str]:
+    """The LyCORIS network_args kohya_ss sends, as strings; options at their defaults are left out."""
+    defaults = NetworkConfig()
+    args = {"preset": config.preset}
+    for name in LYCORIS_FIELDS[1:]:
+        value = getattr(config, name)
+        if value != getattr(defaults, name) or (name == "train_on_input" and algo == "ia3"):
+            args["constraint" if name == "constrain" else name] = str(value)
+    for name in REGULARIZER_FIELDS:
+        if getattr(config, name):
+            args["dropout" if name == "network_dropout" else name] = str(getattr(config, name))
+    return args
+
+
 def network_metadata(config: NetworkConfig) -> dict[str, str]:
     """ss_network_module, ss_network_dim, ss_network_alpha, ss_network_args as sd-scripts writes them."""
     return {
-        "ss_network_module": NETWORK_MODULES[config.lora_type],
+        "ss_network_module": LYCORIS_NETWORK_MODULE if config.algo else NETWORK_MODULES[config.lora_type],
         "ss_network_dim": str(config.dim),
         "ss_network_alpha": str(float(config.alpha)),
         "ss_network_args": json.dumps(network_args(config)),

@@ -6,6 +6,8 @@ from trainer.spec.block_layout import layout_for
 from trainer.spec.setting import SettingError
 from trainer.spec.rules import effective_lrs
 from trainer.spec.sections import Job
+from trainer.spec.catalog import SETTINGS_BY_KEY
+from trainer.spec.tables import LYCORIS_TYPES
 
 BLOCK_SETTINGS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
                   "down_lr_weight", "mid_lr_weight", "up_lr_weight")
@@ -55,6 +57,16 @@ def network_config_from_job(job: Job, seed: int = 0, family: str = "sd1") -> Net
     untrained)."""
     unet_lr, text_encoder_lr = effective_lrs(job.optimisation)
     blocks = parse_block_settings(job, family)
+    if job.network.LoRA_type in LYCORIS_TYPES:  # as in sd-scripts, LyCORIS takes no block settings (checks warns)
+        blocks = dict.fromkeys(blocks)
+    net = job.network
+
+    def applied(key: str):
+        """The setting's value where it applies to the type (kohya_ss sends it only then), else its default."""
+        setting = SETTINGS_BY_KEY[key]
+        shown = setting.visible_when is None or net.LoRA_type in setting.visible_when[1]
+        return job.get(key) if shown else setting.default
+
     return NetworkConfig(
         lora_type=job.network.LoRA_type,
         dim=job.network.network_dim,
@@ -74,4 +86,20 @@ def network_config_from_job(job: Job, seed: int = 0, family: str = "sd1") -> Net
         ),
         seed=seed,
         family=family,
+        preset=applied("LyCORIS_preset").strip() or "full",
+        factor=applied("factor"),
+        decompose_both=applied("decompose_both"),
+        use_tucker=applied("use_tucker") or applied("use_cp"),
+        use_scalar=applied("use_scalar"),
+        dora_wd=applied("dora_wd"),
+        bypass_mode=applied("bypass_mode"),
+        rank_dropout_scale=applied("rank_dropout_scale"),
+        train_norm=applied("train_norm"),
+        constrain=applied("constrain"),
+        rescaled=applied("rescaled"),
+        train_on_input=applied("train_on_input"),
+        network_dropout=applied("network_dropout"),
+        rank_dropout=applied("rank_dropout"),
+        module_dropout=applied("module_dropout"),
+        scale_weight_norms=applied("scale_weight_norms"),
     )

@@ -15,14 +15,16 @@ from __future__ import annotations
 import torch
 
 from trainer.network.dylora import DyLoraAdapter
+from trainer.network.lycoris_adapters import is_lycoris_module, load_lycoris_tensors, lycoris_state_dict
 
 PEFT_ADAPTER_NAME = "default"
-LORA_SUFFIXES = ("lora_down.weight", "lora_up.weight")
 LOHA_SUFFIXES = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
 
 def adapter_kind(layer: torch.nn.Module) -> str:
-    """"dylora", "loha" or "lora" for an injected layer."""
+    """"lycoris", "dylora", "loha" or "lora" for an injected layer."""
+    if is_lycoris_module(layer):
+        return "lycoris"
     if isinstance(layer, DyLoraAdapter):
         return "dylora"
     if hasattr(layer, "hada_w1_a"):
@@ -73,8 +75,11 @@ def export_adapter(layer: torch.nn.Module, name: str, dtype: torch.dtype | None)
 
     Without ``dtype`` weights keep their training dtype and alpha is float32 (as sd-scripts' buffer).
     """
-    tensors = {f"{name}.{suffix}": t.detach().to("cpu", copy=True) for suffix, t in weight_tensors(layer).items()}
-    tensors[f"{name}.alpha"] = torch.tensor(get_alpha(layer), dtype=torch.float32)
+    if adapter_kind(layer) == "lycoris":  # LyCORIS's own keys (alpha included where the algorithm has one)
+        tensors = {f"{name}.{suffix}": t.detach().to("cpu", copy=True) for suffix, t in lycoris_state_dict(layer).items()}
+    else:
+        tensors = {f"{name}.{suffix}": t.detach().to("cpu", copy=True) for suffix, t in weight_tensors(layer).items()}
+        tensors[f"{name}.alpha"] = torch.tensor(get_alpha(layer), dtype=torch.float32)
     if dtype is not None:
         tensors = {key: value.to(dtype) for key, value in tensors.items()}
     return {key: value.contiguous() for key, value in tensors.items()}
@@ -82,6 +87,8 @@ def export_adapter(layer: torch.nn.Module, name: str, dtype: torch.dtype | None)
 
 def expected_shapes(layer: torch.nn.Module, name: str) -> dict[str, tuple[int, ...]]:
     """The key → shape a file must hold for this adapter (alpha is 0-dim)."""
+    if adapter_kind(layer) == "lycoris":
+        return {f"{name}.{suffix}": tuple(t.shape) for suffix, t in lycoris_state_dict(layer).items()}
     shapes = {f"{name}.{suffix}": tuple(t.shape) for suffix, t in weight_tensors(layer).items()}
     shapes[f"{name}.alpha"] = ()
     return shapes
@@ -89,6 +96,10 @@ def expected_shapes(layer: torch.nn.Module, name: str) -> dict[str, tuple[int, .
 
 def import_adapter(layer: torch.nn.Module, name: str, tensors: dict[str, torch.Tensor]) -> None:
     """Copy this adapter's tensors from a kohya state dict (keys and shapes already checked)."""
+    if adapter_kind(layer) == "lycoris":
+        prefix = f"{name}."
+        load_lycoris_tensors(layer, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        return
     with torch.no_grad():
         if adapter_kind(layer) == "dylora":
             layer.load_full(tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"])

@@ -45,6 +45,8 @@ class Target:
     kohya_name: str
     part: str
     is_conv3x3: bool
+    block_class: str = ""  # class name of the block it was found in (what LyCORIS presets select by)
+    is_norm: bool = False  # a GroupNorm / LayerNorm (LyCORIS's train_norm)
 
 
 def kohya_name(prefix: str, module_path: str) -> str:
@@ -59,17 +61,26 @@ def text_encoder_prefixes(count: int) -> list[str]:
     return [f"lora_te{i + 1}" for i in range(count)]
 
 
+LYCORIS_CHILD = "lycoris_adapter"  # where a LyCORIS module hangs under the layer it adapts
+
+
 def _is_adapter_wrapper(module: torch.nn.Module) -> bool:
-    """A layer already wrapped by an adapter (peft or our DyLoRA keep the original as ``base_layer``)."""
-    return isinstance(getattr(module, "base_layer", None), torch.nn.Module)
+    """A layer already wrapped by an adapter (peft or our DyLoRA keep the original as ``base_layer``;
+    a layer adapted by LyCORIS holds the LyCORIS module as a child)."""
+    return isinstance(getattr(module, "base_layer", None), torch.nn.Module) or LYCORIS_CHILD in module._modules
 
 
 def _original_layer(module: torch.nn.Module) -> torch.nn.Module:
-    return module.base_layer if _is_adapter_wrapper(module) else module
+    base = getattr(module, "base_layer", None)
+    return base if isinstance(base, torch.nn.Module) else module
 
 
-def _is_adaptable(module: torch.nn.Module) -> bool:
-    return isinstance(_original_layer(module), (torch.nn.Linear, torch.nn.Conv2d))
+NORM_CLASSES = (torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+def _is_adaptable(module: torch.nn.Module, norms: bool = False) -> bool:
+    kinds = (torch.nn.Linear, torch.nn.Conv2d) + (NORM_CLASSES if norms else ())
+    return isinstance(_original_layer(module), kinds)
 
 
 def _is_conv3x3(module: torch.nn.Module) -> bool:
@@ -78,8 +89,9 @@ def _is_conv3x3(module: torch.nn.Module) -> bool:
     return isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
 
 
-def _children_of_classes(model: torch.nn.Module, class_names: tuple[str, ...]):
-    """Yield (full path, child) for every Linear/Conv2d inside a module whose class name is listed.
+def _children_of_classes(model: torch.nn.Module, class_names: tuple[str, ...], norms: bool = False):
+    """Yield (full path, child, block class) for every Linear/Conv2d (and with ``norms`` GroupNorm/LayerNorm)
+    inside a module whose class name is listed.
 
     On a model that already has adapters, the wrapped layer counts once, at its original path.
     """
@@ -92,25 +104,28 @@ def _children_of_classes(model: torch.nn.Module, class_names: tuple[str, ...]):
                 continue
             if _is_adapter_wrapper(child):
                 wrapped.append(child_path)
-            if _is_adaptable(child):
-                yield f"{block_path}.{child_path}" if block_path else child_path, child
+            if _is_adaptable(child, norms):
+                yield f"{block_path}.{child_path}" if block_path else child_path, child, type(block).__name__
 
 
-def unet_targets(unet: torch.nn.Module, include_conv_blocks: bool) -> list[Target]:
+def unet_targets(unet: torch.nn.Module, include_conv_blocks: bool, norms: bool = False,
+                 class_names: tuple[str, ...] | None = None) -> list[Target]:
     """The UNet modules sd-scripts adapts, in model order (no duplicates).
 
     Without ``include_conv_blocks`` only Transformer2DModel children; with it, ResnetBlock2D,
     Downsample2D and Upsample2D children too. 3×3 convs are marked ``is_conv3x3``. An SDXL UNet's
     modules get kohya names from their original-layout paths (``lora_unet_input_blocks_4_1_…``).
     """
-    class_names: tuple[str, ...] = UNET_LINEAR_BLOCK_CLASSES
-    if include_conv_blocks:
-        class_names = class_names + UNET_CONV_BLOCK_CLASSES
+    if class_names is None:
+        class_names = UNET_LINEAR_BLOCK_CLASSES
+        if include_conv_blocks:
+            class_names = class_names + UNET_CONV_BLOCK_CLASSES
     layout = UNetLayout.from_config(unet.config) if is_sdxl_unet(unet) else None
     found: dict[str, Target] = {}
-    for path, child in _children_of_classes(unet, class_names):
+    for path, child, block_class in _children_of_classes(unet, class_names, norms):
         kohya_path = sgm_module_path(path, layout) if layout else path
-        found.setdefault(path, Target(path, kohya_name(UNET_PREFIX, kohya_path), "unet", _is_conv3x3(child)))
+        found.setdefault(path, Target(path, kohya_name(UNET_PREFIX, kohya_path), "unet", _is_conv3x3(child),
+                                      block_class, isinstance(_original_layer(child), NORM_CLASSES)))
     return list(found.values())
 
 
@@ -126,10 +141,12 @@ def text_encoder_module_path_for_kohya(path: str, text_encoder: torch.nn.Module)
     return TEXT_MODEL_LEVEL + path
 
 
-def text_encoder_targets(text_encoder: torch.nn.Module, prefix: str) -> list[Target]:
+def text_encoder_targets(text_encoder: torch.nn.Module, prefix: str,
+                         class_names: tuple[str, ...] = TEXT_ENCODER_BLOCK_CLASSES) -> list[Target]:
     """The text-encoder modules sd-scripts adapts: q/k/v/out_proj and fc1/fc2 of every layer."""
     found: dict[str, Target] = {}
-    for path, child in _children_of_classes(text_encoder, TEXT_ENCODER_BLOCK_CLASSES):
+    for path, child, block_class in _children_of_classes(text_encoder, class_names):
         kohya_path = text_encoder_module_path_for_kohya(path, text_encoder)
-        found.setdefault(path, Target(path, kohya_name(prefix, kohya_path), "text_encoder", _is_conv3x3(child)))
+        found.setdefault(path, Target(path, kohya_name(prefix, kohya_path), "text_encoder", _is_conv3x3(child),
+                                      block_class))
     return list(found.values())

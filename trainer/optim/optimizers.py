@@ -16,14 +16,15 @@ from dataclasses import dataclass
 import torch
 
 from trainer.spec.setting import SettingError
-from trainer.spec.tables import OPTIMIZER_CLASSES, OPTIMIZERS, SELF_ADAPTING, OptimizerClass
+from trainer.spec.tables import ONE_LR_OPTIMIZERS, OPTIMIZER_CLASSES, OPTIMIZERS, SELF_ADAPTING, OptimizerClass
 
 
 class OptimizerSettingError(SettingError):
     """A bad optimizer setting; ``setting`` names the job key to blame."""
 
     def __init__(self, message: str, setting: str = "optimizer") -> None:
-        super().__init__(message, setting)
+        # the setting is named where the problem is shown ("optimizer_args: …"), so not twice
+        super().__init__(message.removeprefix(f"{setting}: "), setting)
 
 
 class OptimizerArgsError(OptimizerSettingError):
@@ -34,8 +35,9 @@ class OptimizerArgsError(OptimizerSettingError):
 
 
 OPTIMIZER_NAMES: tuple[str, ...] = OPTIMIZERS
-# These raise at their first step when param groups have different non-zero lrs; we refuse it up front.
-ONE_LR_ONLY = ("DAdaptation", "DAdaptAdam", "DAdaptLion", "DAdaptSGD", "Prodigy")
+# These raise at their first step when param groups have different non-zero lrs. sd-scripts warns that "only
+# the first one will take effect"; we make that true: every trained group gets the first group's lr.
+ONE_LR_ONLY = ONE_LR_OPTIMIZERS
 
 # Words accepted where a Python literal is expected, so "decouple=true growth_rate=inf" reads as meant.
 _SPECIAL_WORDS = {"true": True, "false": False, "none": None, "null": None, "inf": float("inf"), "-inf": float("-inf")}
@@ -227,15 +229,15 @@ def _trained_groups(param_groups: list[dict], lr: float) -> list[dict]:
     return groups
 
 
-def _check_group_lrs(name: str, param_groups: list[dict], lr: float) -> None:
-    """Refuse different non-zero group lrs for optimizers that would crash on them mid-training."""
+def one_lr_groups(name: str, param_groups: list[dict], lr: float) -> list[dict]:
+    """For the optimizers of :data:`ONE_LR_ONLY` (which raise at their first step on different group lrs):
+    every group gets the first group's lr, which is what sd-scripts' warning says happens ("only the first
+    one will take effect"; the text encoder comes first, as there). Others: the groups unchanged."""
     group_lrs = {group.get("lr", lr) for group in param_groups} - {0, 0.0}
-    if name in ONE_LR_ONLY and len(group_lrs) > 1:
-        raise OptimizerSettingError(
-            f"{name} needs one learning rate for every trained part (or 0 to freeze one), but got "
-            f"{sorted(group_lrs)}: make unet_lr and text_encoder_lr equal and leave block LR weights at 1",
-            setting="text_encoder_lr",
-        )
+    if name not in ONE_LR_ONLY or len(group_lrs) <= 1:
+        return param_groups
+    first = param_groups[0].get("lr", lr)
+    return [{**group, "lr": first} for group in param_groups]
 
 
 def build_optimizer(name: str, param_groups: list[dict], lr: float, args: dict) -> torch.optim.Optimizer:
@@ -243,14 +245,13 @@ def build_optimizer(name: str, param_groups: list[dict], lr: float, args: dict) 
 
     ``lr`` is the default learning rate (``learning_rate``); ``args`` come from :func:`parse_optimizer_args`.
     SGDNesterov(8bit) get ``nesterov=True, momentum=0.9`` unless args say otherwise. A relative-step Adafactor
-    gets no learning rate at all. The optimizers in :data:`ONE_LR_ONLY` refuse groups with different non-zero
-    lrs (they would raise at the first step). Groups with lr 0 are left out, as sd-scripts does: keep a
+    gets no learning rate at all. The optimizers in :data:`ONE_LR_ONLY` train every group at the first group's
+    lr (:func:`one_lr_groups`; :func:`optimizer_warnings` says so). Groups with lr 0 are left out, as sd-scripts does: keep a
     ``name`` key in each group to tell the remaining ones apart. The caller's groups are not modified.
     """
     canonical = canonical_optimizer_name(name)
     check_optimizer_args(canonical, args)
-    groups = _trained_groups(param_groups, lr)
-    _check_group_lrs(canonical, groups, lr)
+    groups = one_lr_groups(canonical, _trained_groups(param_groups, lr), lr)
     optimizer_class, entry = _optimizer_class(canonical)
     kwargs = {**dict(entry.preset), **args}
     call_lr: float | None = lr
@@ -279,8 +280,11 @@ def optimizer_warnings(name: str, args: dict, lrs: dict[str, float]) -> list[tup
                 f"{canonical} adapts its step size itself and expects learning rates near 1.0; got {lrs}",
             ))
         if len(set(lrs.values()) - {0, 0.0}) > 1:
-            must = "needs the same learning rate for every part" if canonical in ONE_LR_ONLY else (
-                "scales its adapted step differently per part with different learning rates"
-            )
+            if canonical in ONE_LR_ONLY:
+                first_name, first = next(iter(lrs.items()))
+                must = (f"takes one learning rate for every part; as in sd-scripts only the first ({first_name} "
+                        f"{first:g}) takes effect and every part trains at it")
+            else:
+                must = "scales its adapted step differently per part with different learning rates"
             warnings.append(("text_encoder_lr", f"{canonical} {must}: {lrs}"))
     return warnings

@@ -25,10 +25,13 @@ from .sections import Job
 
 
 def check_job(job: Job, *, for_training: bool = True) -> list[Problem]:
-    """Cross-setting rules, plus the file-system checks when the job is about to train."""
+    """Cross-setting rules, plus, when the job is about to train (Start, ``validate``, ``train``), the
+    file-system checks and the optimizer's own (``trainer.preflight``: it imports torch, never a model)."""
     problems = check_settings(job, SETTINGS)
     if for_training:
-        problems = check_paths(job) + problems
+        from trainer.preflight import deep_checks
+
+        problems = check_paths(job) + problems + deep_checks(job)
     return problems
 
 

@@ -2,7 +2,17 @@
 from __future__ import annotations
 
 from .fields import parse_block_alphas, parse_block_dims, parse_half_lr_weights, parse_mid_lr_weight
+from .names import parse_tracker_name
 from .setting import Setting
+from .tables import (
+    CONV_LORA_TYPES, LORA_TYPES, LYCORIS_TYPES, MAX_NORM_TYPES, RANK_DROPOUT_TYPES, REGULARIZED_TYPES,
+    SCHEDULERS_WITH_CYCLES, SCHEDULERS_WITH_POWER,
+)
+
+# Block settings: the types sd-scripts applies them to (networks.lora, networks.dylora; ours also LoHa).
+_BLOCK_TYPES = tuple(t for t in LORA_TYPES if t not in LYCORIS_TYPES)
+_CONV_BLOCK_TYPES = tuple(t for t in CONV_LORA_TYPES if t in _BLOCK_TYPES)
+_NOT_LYCORIS = " Not for the LyCORIS/… types (LyCORIS takes no block settings, as in sd-scripts)."
 
 SAMPLERS = (
     "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
@@ -10,31 +20,52 @@ SAMPLERS = (
 )
 
 WEIGHTS_BLOCKS_CONV = (
-    Setting("down_lr_weight", "str", "", "Down LR weights", tab="weights", group="network", parser=parse_half_lr_weights,
+    Setting("down_lr_weight", "str", "", "Down LR weights", tab="weights", group="network", visible_when=("LoRA_type", _BLOCK_TYPES), parser=parse_half_lr_weights,
             help="Learning-rate weight (0–1) of each of the 12 down blocks IN0–IN11, as 12 numbers (SDXL: 9, "
                  "IN00–IN08), or a curve: sine, cosine, linear, reverse_linear or zeros, optionally +base "
-                 "(e.g. sine+0.2). Blank: 1 everywhere."),
-    Setting("mid_lr_weight", "str", "", "Mid LR weights", tab="weights", group="network", parser=parse_mid_lr_weight,
+                 "(e.g. sine+0.2). Blank: 1 everywhere." + _NOT_LYCORIS),
+    Setting("mid_lr_weight", "str", "", "Mid LR weights", tab="weights", group="network", visible_when=("LoRA_type", _BLOCK_TYPES), parser=parse_mid_lr_weight,
             help="Learning-rate weight (0–1) of the middle block (SDXL: 3 numbers, one per middle block). "
-                 "Blank: 1."),
-    Setting("up_lr_weight", "str", "", "Up LR weights", tab="weights", group="network", parser=parse_half_lr_weights,
+                 "Blank: 1." + _NOT_LYCORIS),
+    Setting("up_lr_weight", "str", "", "Up LR weights", tab="weights", group="network", visible_when=("LoRA_type", _BLOCK_TYPES), parser=parse_half_lr_weights,
             help="Learning-rate weight (0–1) of each of the 12 up blocks OUT0–OUT11, as 12 numbers (SDXL: 9) "
-                 "or a curve."),
-    Setting("block_lr_zero_threshold", "float", None, "Blocks LR zero threshold", tab="weights", group="network",
+                 "or a curve." + _NOT_LYCORIS),
+    Setting("block_lr_zero_threshold", "float", None, "Blocks LR zero threshold", tab="weights", group="network", visible_when=("LoRA_type", _BLOCK_TYPES),
             minimum=0, maximum=1, optional=True,
-            help="Blocks whose LR weight is at or below this get no LoRA module at all. Blank: 0."),
+            help="Blocks whose LR weight is at or below this get no LoRA module at all. Blank: 0." + _NOT_LYCORIS),
     Setting("block_dims", "str", "", "Block dims", tab="blocks", group="network", parser=parse_block_dims,
+            visible_when=("LoRA_type", _BLOCK_TYPES),
             help="Rank of each of the 25 blocks IN0–IN11, MID, OUT0–OUT11 (whole numbers; 0 = no module); "
                  "SDXL: 23 blocks EMB, IN00–IN08, MID00–MID02, OUT00–OUT08, END. Blocks without attention "
-                 "ignore it. Blank: the network rank everywhere."),
+                 "ignore it. Blank: the network rank everywhere." + _NOT_LYCORIS),
     Setting("block_alphas", "str", "", "Block alphas", tab="blocks", group="network", parser=parse_block_alphas,
-            help="Alpha of each of the 25 blocks (SDXL: 23). Blank: the network alpha everywhere."),
+            visible_when=("LoRA_type", _BLOCK_TYPES),
+            help="Alpha of each of the 25 blocks (SDXL: 23). Blank: the network alpha everywhere." + _NOT_LYCORIS),
     Setting("conv_block_dims", "str", "", "Conv dims", tab="conv", group="network", parser=parse_block_dims,
+            visible_when=("LoRA_type", _CONV_BLOCK_TYPES),
             help="Rank of the 3×3 convolution adapters of each of the 25 blocks (SDXL: 23; LoCon-style types). "
-                 "Blank: the convolution rank everywhere."),
+                 "Blank: the convolution rank everywhere." + _NOT_LYCORIS),
     Setting("conv_block_alphas", "str", "", "Conv alphas", tab="conv", group="network", parser=parse_block_alphas,
+            visible_when=("LoRA_type", _CONV_BLOCK_TYPES),
             help="Alpha of the 3×3 convolution adapters of each of the 25 blocks (SDXL: 23). "
-                 "Blank: the convolution alpha."),
+                 "Blank: the convolution alpha." + _NOT_LYCORIS),
+)
+
+REGULARIZERS = (
+    Setting("scale_weight_norms", "float", 0.0, "Scale weight norms", tab="advanced", group="network",
+            section="Regularizers", minimum=0, maximum=10, visible_when=("LoRA_type", MAX_NORM_TYPES),
+            help="Max-norm regularisation: after each step every module whose weight change ΔW has a norm above "
+                 "this is scaled back to it (the run shows how many were scaled and the average and largest "
+                 "norm). 0: off; 1 is common."),
+    Setting("network_dropout", "float", 0.0, "Network dropout", tab="advanced", group="network",
+            section="Regularizers", minimum=0, maximum=1, visible_when=("LoRA_type", REGULARIZED_TYPES),
+            help="Dropout on the adapters' output while training (0: off; 0.1–0.5 typical)."),
+    Setting("rank_dropout", "float", 0.0, "Rank dropout", tab="advanced", group="network", section="Regularizers",
+            minimum=0, maximum=1, visible_when=("LoRA_type", RANK_DROPOUT_TYPES),
+            help="Drop each rank of an adapter with this probability at every step (0: off)."),
+    Setting("module_dropout", "float", 0.0, "Module dropout", tab="advanced", group="network",
+            section="Regularizers", minimum=0, maximum=1, visible_when=("LoRA_type", RANK_DROPOUT_TYPES),
+            help="Skip a whole adapter with this probability at every step (0: off)."),
 )
 
 ADVANCED = (
@@ -54,17 +85,34 @@ ADVANCED = (
                  "more and the class less. No effect without a regularization folder."),
     Setting("lr_scheduler_num_cycles", "int", None, "LR number of cycles", tab="advanced", group="optimisation",
             section="Learning rate", minimum=1, maximum=1000, optional=True,
+            visible_when=("lr_scheduler", SCHEDULERS_WITH_CYCLES),
             help="How many times cosine_with_restarts restarts from the full rate. Blank: 1."),
-    Setting("lr_scheduler_power", "float", None, "LR power", tab="advanced", group="optimisation", section="Learning rate",
-            minimum=0, maximum=100, optional=True,
+    Setting("lr_scheduler_power", "float", None, "LR power", tab="advanced", group="optimisation",
+            section="Learning rate", minimum=0, maximum=100, optional=True,
+            visible_when=("lr_scheduler", SCHEDULERS_WITH_POWER),
             help="Exponent of the polynomial scheduler: higher falls faster at first. Blank: 1 (linear)."),
     Setting("additional_parameters", "str", "", "Additional parameters", tab="advanced", group="launch", section="Other",
-            help="More settings as --name value pairs, using the key names of this page (for instance "
-                 "--max_grad_norm 0.5). They override the form. Anything unknown is refused."),
+            help="More settings as sd-scripts arguments, --name value or --name=value, by this page's key names "
+                 "or sd-scripts' (--max_grad_norm=0.5, --optimizer_type AdamW, --network_train_unet_only, "
+                 "--lr_scheduler_args T_max=1000 eta_min=0). They override the form. An argument that maps to "
+                 "no setting is refused, by name."),
     Setting("save_every_n_steps", "int", 0, "Save every N steps", tab="advanced", group="saving", section="Saving", minimum=0,
             help="Also save an intermediate LoRA every N steps. 0: off."),
     Setting("save_last_n_steps", "int", 0, "Save last N steps", tab="advanced", group="saving", section="Saving", minimum=0,
             help="With step saving on, delete step files older than this many steps. 0: keep them all."),
+    Setting("save_last_n_epochs", "int", 0, "Save last N epochs", tab="advanced", group="saving", section="Saving",
+            minimum=0,
+            help="Keep only the last N epoch files: older ones are deleted as new ones are saved. 0: keep all."),
+    Setting("save_last_n_epochs_state", "int", 0, "Save last N epochs state", tab="advanced", group="saving",
+            section="Saving", minimum=0,
+            help="Keep only the last N epoch training-state folders. 0: as Save last N epochs."),
+    Setting("save_last_n_steps_state", "int", 0, "Save last N steps state", tab="advanced", group="saving",
+            section="Saving", minimum=0,
+            help="With step saving on, delete step state folders older than this many steps. 0: as Save last "
+                 "N steps."),
+    Setting("save_state_on_train_end", "bool", False, "Save training state at end of training", tab="advanced",
+            group="saving", section="Saving",
+            help="Write the final training state (last-state folder) even when 'Save training state' is off."),
     Setting("keep_tokens", "int", 0, "Keep n tokens", tab="advanced", group="captions", section="Captions", minimum=0, maximum=32,
             help="With shuffled captions, the first N comma-separated tags stay in front (e.g. the trigger word)."),
     Setting("clip_skip", "int", 1, "Clip skip", tab="advanced", group="captions", section="Captions", minimum=1, maximum=12,
@@ -77,6 +125,10 @@ ADVANCED = (
             help="Keep even the LoRA weights and gradients in fp16 (needs mixed precision fp16): least "
                  "memory, some risk to accuracy. Off by default. Needs a GPU: on CPU the run stays fp32 "
                  "with a warning."),
+    Setting("full_bf16", "bool", False, "Full bf16 training (experimental)", tab="advanced", group="launch",
+            section="Precision",
+            help="Keep even the LoRA weights, gradients and optimizer state in bf16 (needs mixed precision "
+                 "bf16): least memory, some loss of accuracy. Works on CPU too."),
     Setting("gradient_checkpointing", "bool", False, "Gradient checkpointing", tab="advanced", group="launch",
             section="Performance",
             help="Recompute activations during the backward pass instead of storing them: much less memory, "
@@ -126,6 +178,49 @@ ADVANCED = (
     Setting("multires_noise_discount", "float", 0.0, "Multires noise discount", tab="advanced", group="noise_loss",
             section="Noise", minimum=0, maximum=1, visible_when=("noise_offset_type", ("Multires",)),
             help="How much weaker each coarser level is (0–1); 0 means 0.3. Lower for small datasets."),
+    Setting("noise_offset_random_strength", "bool", False, "Noise offset random strength", tab="advanced",
+            group="noise_loss", section="Noise", visible_when=("noise_offset_type", ("Original",)),
+            help="Each batch uses a random noise offset between 0 and the Noise offset instead of the full value."),
+    Setting("ip_noise_gamma", "float", 0.0, "IP noise gamma", tab="advanced", group="noise_loss", section="Noise",
+            minimum=0, maximum=1,
+            help="Input perturbation (Ning et al. 2023): the latents are noised with extra noise × gamma while "
+                 "the UNet still learns the original noise, which reduces exposure bias. 0.1 is typical. 0: off."),
+    Setting("ip_noise_gamma_random_strength", "bool", False, "IP noise gamma random strength", tab="advanced",
+            group="noise_loss", section="Noise",
+            help="Each batch uses a random IP noise gamma between 0 and the value set."),
+    Setting("min_timestep", "int", 0, "Min Timestep", tab="advanced", group="noise_loss", section="Noise",
+            minimum=0, maximum=1000,
+            help="Lowest diffusion timestep trained (0–999). Raising it skips the finest-detail steps."),
+    Setting("max_timestep", "int", 1000, "Max Timestep", tab="advanced", group="noise_loss", section="Noise",
+            minimum=0, maximum=1000,
+            help="Timesteps are drawn below this (1–1000; 1000 = up to the noisiest step). Equal to Min "
+                 "Timestep: that one timestep only."),
+    Setting("loss_type", "choice", "l2", "Loss type", tab="advanced", group="noise_loss", section="Loss",
+            choices=("l2", "l1", "huber", "smooth_l1"),
+            help="l2: squared error (the usual); l1: absolute error; huber and smooth_l1: pseudo-Huber losses, "
+                 "squared for small errors and linear for large ones, more robust to odd images."),
+    Setting("huber_schedule", "choice", "snr", "Huber schedule", tab="advanced", group="noise_loss", section="Loss",
+            choices=("snr", "exponential", "constant"), visible_when=("loss_type", ("huber", "smooth_l1")),
+            help="How Huber's c changes with the timestep: snr (by the noise level), exponential (from the "
+                 "Huber scale at t=0 to c at t=1000) or constant (c × scale)."),
+    Setting("huber_c", "float", 0.1, "Huber C", tab="advanced", group="noise_loss", section="Loss",
+            minimum=0, maximum=1, visible_when=("loss_type", ("huber", "smooth_l1")),
+            help="Huber's c: errors below it count as squared, above it as linear (0–1)."),
+    Setting("huber_scale", "float", 1.0, "Huber scale", tab="advanced", group="noise_loss", section="Loss",
+            minimum=0, maximum=10, visible_when=("loss_type", ("huber", "smooth_l1")),
+            help="Multiplies c in the exponential and constant schedules."),
+    Setting("debiased_estimation_loss", "bool", False, "Debiased Estimation loss", tab="advanced", group="noise_loss",
+            section="Loss",
+            help="Weight each timestep's loss by 1/√SNR (v-prediction: 1/(SNR+1)), Yu et al. 2024, so the "
+                 "noisier steps count more."),
+    Setting("scale_v_pred_loss_like_noise_pred", "bool", False, "Scale v prediction loss", tab="advanced",
+            group="noise_loss", section="Loss",
+            help="For v-prediction models: scale the loss by SNR/(SNR+1) so timesteps weigh as they do for "
+                 "noise prediction. No effect on noise-prediction models."),
+    Setting("v_pred_like_loss", "float", 0.0, "V Pred like loss", tab="advanced", group="noise_loss", section="Loss",
+            minimum=0, maximum=1,
+            help="Add this fraction of a v-prediction-like loss (loss × (SNR+1)/SNR) to a noise-prediction "
+                 "model's loss. 0: off."),
     Setting("caption_dropout_every_n_epochs", "int", 0, "Dropout caption every n epochs", tab="advanced", group="captions",
             section="Captions", minimum=0,
             help="Train without any captions on every Nth epoch. 0: never."),
@@ -142,7 +237,8 @@ ADVANCED = (
             help="A …-state folder from an earlier run with 'Save training state'; training continues there."),
     Setting("max_train_epochs", "int", None, "Max train epoch", tab="advanced", group="optimisation", section="Steps",
             minimum=1, optional=True,
-            help="A hard cap on epochs; training stops here even if Epoch asks for more. Blank: no cap."),
+            help="Train this many epochs instead of Epoch and Max train steps (as sd-scripts: it replaces "
+                 "both). Blank: Epoch, or Max train steps when set."),
     Setting("max_data_loader_n_workers", "int", 0, "Max num workers for DataLoader", tab="advanced", group="data",
             section="Performance", minimum=0, maximum=64,
             help="Worker processes that load images in parallel. 0: load in the training process."),
@@ -151,9 +247,22 @@ ADVANCED = (
                  "environment and never written to job files, presets, metadata or logs. WANDB_API_KEY in the "
                  "environment works too."),
     Setting("log_with", "choice", "tensorboard", "Logging", tab="advanced", group="logging", section="Logging",
-            choices=("tensorboard", "wandb"),
+            choices=("tensorboard", "wandb", "all"),
             help="Where training curves are logged besides this page: TensorBoard files in the logging "
-                 "folder, or Weights & Biases."),
+                 "folder, Weights & Biases, or all (both)."),
+    Setting("wandb_run_name", "str", "", "WANDB run name", tab="advanced", group="logging", section="Logging",
+            visible_when=("log_with", ("wandb", "all")),
+            help="Name of the Weights & Biases run. Blank: the output name."),
+    Setting("log_tracker_name", "str", "", "Log tracker name", tab="advanced", group="logging", section="Logging",
+            parser=parse_tracker_name,
+            help="The tracker's project: the W&B project (blank: lora-loom) and a sub-folder of the run's "
+                 "TensorBoard logs (blank: none)."),
+    Setting("log_tracker_config", "path", "", "Log tracker config", tab="advanced", group="logging",
+            section="Logging",
+            help="A TOML file with a [wandb] and/or [tensorboard] table of extra arguments for the tracker "
+                 "(e.g. entity, tags). Never put the W&B key here: use the key field or WANDB_API_KEY."),
+    Setting("log_config", "bool", False, "Log config", tab="advanced", group="logging", section="Logging",
+            help="Send the run's settings to the tracker (secrets left out)."),
     Setting("max_grad_norm", "float", 1.0, "Max grad norm", tab="advanced", group="optimisation", section="Steps",
             minimum=0, maximum=1000,
             help="Gradients are clipped to this norm before each update. 0: no clipping."),

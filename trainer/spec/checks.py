@@ -8,77 +8,32 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import shlex
 from pathlib import Path
 from typing import Any
 
+from .disk_checks import dataset_problems, network_weights_problems, resume_problems, writable_folder_problem
 from .setting import Problem
+from .tables import ONE_LR_OPTIMIZERS
 from .sections import Job
-from .rules import dylora_rank_faults, effective_lrs, network_adapts_conv, unread_scheduler_settings
+from .network_checks import check_network_options
+from .rules import both_rates_zero, dylora_rank_faults, effective_lrs, network_adapts_conv, unread_scheduler_settings
 
 
 # Optimizers whose update divides by a running second moment kept in the parameters' dtype: with full_fp16
 # the moment and epsilon (1e-8, below fp16's smallest number) underflow to 0. Found by training the demo
 # with fp16 LoRA weights: AdamW and Prodigy give NaN losses from the first steps, DAdaptSGD divides by zero.
 FP16_STATE_UNSTABLE = ("AdamW", "Prodigy", "DAdaptSGD")
+MAX_ADDITIONAL_PARAMETERS = 4096
 
 
 def parse_additional_parameters(text: str, settings_by_key: dict) -> tuple[dict[str, Any], list[Problem]]:
-    """``--name value`` pairs of known settings → overrides. Never passed to a shell; shlex only splits.
+    """sd-scripts arguments that map to settings → overrides (:mod:`trainer.spec.extra_args`)."""
+    from .extra_args import parse_extra_arguments
 
-    A bool setting may be given as a bare flag (``--flip_aug``) or with true/false.
-    """
-    overrides: dict[str, Any] = {}
-    problems: list[Problem] = []
-    try:
-        tokens = shlex.split(text or "")
-    except ValueError as error:
-        return {}, [Problem("additional_parameters", f"cannot split into words: {error}")]
-    index = 0
-    while index < len(tokens):
-        token = tokens[index]
-        index += 1
-        if not token.startswith("--"):
-            problems.append(Problem("additional_parameters", f"expected --name, got {token!r}"))
-            continue
-        key = token[2:].replace("-", "_")
-        setting = settings_by_key.get(key)
-        if setting is None or key == "additional_parameters":
-            problems.append(Problem("additional_parameters",
-                                    f"--{key} is not a setting LoRA Loom knows; use the key names of this page"))
-            if index < len(tokens) and not tokens[index].startswith("--"):
-                index += 1
-            continue
-        has_value = index < len(tokens) and not tokens[index].startswith("--")
-        raw = tokens[index] if has_value else None
-        index += 1 if has_value else 0
-        try:
-            overrides[key] = _convert(setting, raw)
-        except ValueError as error:
-            problems.append(Problem("additional_parameters", f"--{key}: {error}"))
-    return overrides, problems
-
-
-def _convert(setting, raw: str | None):
-    if setting.kind == "bool":
-        if raw is None or raw.lower() in ("true", "1", "yes", "on"):
-            return True
-        if raw.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ValueError(f"expected true or false, got {raw!r}")
-    if raw is None:
-        raise ValueError("needs a value")
-    if setting.kind == "int" or (setting.kind == "choice" and isinstance(setting.default, int)):
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"expected a whole number, got {raw!r}") from None
-    if setting.kind == "float":
-        try:
-            return float(raw)
-        except ValueError:
-            raise ValueError(f"expected a number, got {raw!r}") from None
-    return raw
+    if len(text or "") > MAX_ADDITIONAL_PARAMETERS:  # shlex takes seconds per pasted megabyte
+        return {}, [Problem("additional_parameters", f"is {len(text):,} characters long; at most "
+                                                     f"{MAX_ADDITIONAL_PARAMETERS:,} are allowed here")]
+    return parse_extra_arguments(text, settings_by_key)
 
 
 def check_optimizer_args_syntax(text: str) -> list[Problem]:
@@ -106,6 +61,10 @@ def check_settings(job: Job, settings) -> list[Problem]:
     if unet_lr == 0 and text_lr == 0:
         problems.append(Problem("learning_rate", "the UNet and text-encoder learning rates are both 0: "
                                                  "nothing would be trained"))
+    elif both_rates_zero(job.optimisation):
+        problems.append(Problem("unet_lr", f"the UNet and text-encoder rates are both 0, which kohya_ss reads as "
+                                           f"unset: both parts train at the learning rate "
+                                           f"({job.optimisation.learning_rate:g})", "warning"))
     caching = job.data.cache_latents or job.data.cache_latents_to_disk
     if caching and job.data.color_aug:
         problems.append(Problem("color_aug", "cannot be used with cached latents (the images are encoded once); "
@@ -126,14 +85,47 @@ def check_settings(job: Job, settings) -> list[Problem]:
     if job.launch.full_fp16 and job.launch.mixed_precision != "fp16":
         problems.append(Problem("full_fp16", f"needs mixed precision fp16 (it is {job.launch.mixed_precision!r}): it "
                                              "keeps the LoRA weights in fp16; turn it off or choose fp16"))
+    if job.launch.full_bf16 and job.launch.mixed_precision != "bf16":
+        problems.append(Problem("full_bf16", f"needs mixed precision bf16 (it is {job.launch.mixed_precision!r}): it "
+                                             "keeps the LoRA weights in bf16; turn it off or choose bf16"))
+    if job.launch.full_bf16 and job.launch.full_fp16:
+        problems.append(Problem("full_bf16", "and full fp16 exclude each other; choose one"))
     if job.launch.full_fp16 and job.optimisation.optimizer in FP16_STATE_UNSTABLE:
         problems.append(Problem("full_fp16", f"{job.optimisation.optimizer} keeps its state in the weights' fp16, where its "
                                              "second moment and epsilon underflow: the loss turns NaN within a few "
                                              "steps; use AdamW8bit (or another 8-bit optimizer) with full fp16",
                                 "warning"))
     problems += check_network_weights_kept(job)
+    if job.saving.save_model_as != "safetensors":
+        problems.append(Problem("save_model_as", f"{job.saving.save_model_as} is not written by LoRA Loom: a .ckpt is "
+                                                 "a Python pickle that can run code when loaded and holds no "
+                                                 "metadata; choose safetensors (every LoRA loader reads it)"))
+    if (job.saving.save_last_n_epochs or job.saving.save_last_n_epochs_state) and not job.saving.save_every_n_epochs:
+        problems.append(Problem("save_last_n_epochs", "has no effect while 'Save every N epochs' is 0", "warning"))
+    if job.saving.save_last_n_epochs_state and not job.saving.save_state:
+        problems.append(Problem("save_last_n_epochs_state", "has no effect without 'Save training state'", "warning"))
+    if job.saving.save_last_n_steps_state and not (job.saving.save_state and job.saving.save_every_n_steps):
+        problems.append(Problem("save_last_n_steps_state", "has no effect without 'Save training state' and step "
+                                                           "saving", "warning"))
+    problems += check_network_options(job)
     if job.saving.save_last_n_steps and not job.saving.save_every_n_steps:
         problems.append(Problem("save_last_n_steps", "has no effect while 'Save every N steps' is 0", "warning"))
+    loraplus = [k for k in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
+                if getattr(job.optimisation, k)]
+    if loraplus and job.network.LoRA_type == "LoHa":
+        problems.append(Problem(loraplus[0], "LoRA+ speeds up the LoRA up matrices; LoHa has none, so it has no "
+                                             "effect", "warning"))
+    if job.noise_loss.min_timestep > job.noise_loss.max_timestep:
+        problems.append(Problem("min_timestep", f"({job.noise_loss.min_timestep}) is above the max timestep "
+                                                f"({job.noise_loss.max_timestep})"))
+    if job.noise_loss.noise_offset_random_strength and not job.noise_loss.noise_offset:
+        problems.append(Problem("noise_offset_random_strength", "has no effect without a noise offset", "warning"))
+    if job.noise_loss.ip_noise_gamma_random_strength and not job.noise_loss.ip_noise_gamma:
+        problems.append(Problem("ip_noise_gamma_random_strength", "has no effect without an IP noise gamma",
+                                "warning"))
+    if job.noise_loss.loss_type in ("huber", "smooth_l1") and job.noise_loss.huber_c == 0:
+        problems.append(Problem("huber_c", f"must be above 0 for the {job.noise_loss.loss_type} loss (0 makes "
+                                           "every error count as nothing)"))
     if job.noise_loss.adaptive_noise_scale and not job.noise_loss.noise_offset:
         problems.append(Problem("adaptive_noise_scale", "has no effect without a noise offset", "warning"))
     if job.noise_loss.noise_offset_type == "Multires" and (job.noise_loss.noise_offset or job.noise_loss.adaptive_noise_scale):
@@ -147,12 +139,61 @@ def check_settings(job: Job, settings) -> list[Problem]:
     if (job.sampling.sample_every_n_steps or job.sampling.sample_every_n_epochs) and not job.sampling.sample_prompts.strip():
         problems.append(Problem("sample_prompts", "sampling is on but there are no prompts", "warning"))
     problems += [Problem(key, message, "warning") for key, message in unread_scheduler_settings(job.optimisation)]
-    if job.logging.log_with == "wandb" and importlib.util.find_spec("wandb") is None:
+    if job.logging.log_tracker_config:
+        problems += _check_tracker_config(job.logging.log_tracker_config)
+    if job.logging.log_with in ("wandb", "all") and importlib.util.find_spec("wandb") is None:
         problems.append(Problem("log_with", "wandb is not installed here; choose tensorboard or "
                                             "`pip install wandb`"))
     problems += check_optimizer_args_syntax(job.optimisation.optimizer_args)
+    problems += check_scheduler_type(job.optimisation.lr_scheduler_type, job.optimisation.lr_scheduler_args)
+    problems += check_one_lr_optimizer(job)
     problems += _check_sample_prompts(job.sampling.sample_prompts)
+    problems += check_launch(job)
     return problems
+
+
+def check_launch(job: Job) -> list[Problem]:
+    """Processes, machines and GPU ids must fit together (accelerate refuses the rest at start)."""
+    launch, problems = job.launch, []
+    if launch.num_processes < launch.num_machines:
+        problems.append(Problem("num_processes", f"{launch.num_processes} process(es) cannot span "
+                                                 f"{launch.num_machines} machines: it counts the processes of all machines"))
+    per_machine = -(-launch.num_processes // max(1, launch.num_machines))
+    ids = [part for part in launch.gpu_ids.split(",") if part.strip()]
+    if ids and len(ids) < per_machine:
+        problems.append(Problem("gpu_ids", f"lists {len(ids)} GPU(s) for {per_machine} process(es) per machine: "
+                                           "one GPU each"))
+    if launch.main_process_port and launch.num_processes == 1 and launch.num_machines == 1 and not launch.multi_gpu:
+        problems.append(Problem("main_process_port", "has no effect with one process", "warning"))
+    return problems
+
+
+def check_scheduler_type(name: str, args_text: str) -> list[Problem]:
+    """The arguments must be key=value pairs; the scheduler class must exist and take them (imports torch,
+    only when arguments or a class are given)."""
+    if not name.strip() and not args_text.strip():
+        return []
+    from trainer.optim.scheduler_type import check_scheduler_args, parse_scheduler_args, scheduler_class
+    from .setting import SettingError
+
+    try:
+        args = parse_scheduler_args(args_text)
+        if name.strip():
+            check_scheduler_args(scheduler_class(name), args)
+    except SettingError as error:
+        return [Problem(error.setting, str(error))]
+    return []
+
+
+def check_one_lr_optimizer(job: Job) -> list[Problem]:
+    """DAdaptation-style optimizers take one rate: sd-scripts warns that only the first (the text encoder's)
+    takes effect, and trains; so do we (``trainer.optim.optimizers.one_lr_groups``)."""
+    unet_lr, text_lr = effective_lrs(job.optimisation)
+    if job.optimisation.optimizer not in ONE_LR_OPTIMIZERS or 0 in (unet_lr, text_lr) or unet_lr == text_lr:
+        return []
+    return [Problem("text_encoder_lr", f"{job.optimisation.optimizer} takes one learning rate for every part: as in "
+                                       f"sd-scripts only the first, the text encoder's ({text_lr:g}), takes effect, "
+                                       f"and the UNet trains at it too (not at {unet_lr:g})", "warning")]
 
 
 def check_dylora_units(job: Job) -> list[Problem]:
@@ -199,7 +240,7 @@ def output_overwriting_network_weights(job: Job) -> Path | None:
     if match is None:
         return None
     is_file = match.group(2) == ".safetensors"
-    if (is_file and len(parts) == 1) or (not is_file and job.saving.save_state):
+    if (is_file and len(parts) == 1) or (not is_file and (job.saving.save_state or job.saving.save_state_on_train_end)):
         return output_dir / parts[0]
     return None
 
@@ -212,6 +253,20 @@ def check_network_weights_kept(job: Job) -> list[Problem]:
     return [Problem("output_name", f"the run would write {overwritten}, which is (or holds) the file in 'LoRA "
                                    "network weights' it starts from, and so overwrite it; choose another output "
                                    "name or output folder")]
+
+
+def _check_tracker_config(path: str) -> list[Problem]:
+    from trainer.tracking import read_tracker_config
+    from .setting import SettingError
+
+    try:
+        table = read_tracker_config(path)
+    except SettingError as error:
+        return [Problem(error.setting, str(error))]
+    if any("api_key" in str(key).lower() for part in table.values() for key in part):
+        return [Problem("log_tracker_config", "holds an API key: keys belong in the WANDB API Key field or the "
+                                              "WANDB_API_KEY environment variable, never in a file")]
+    return []
 
 
 def _check_sample_prompts(text: str) -> list[Problem]:
@@ -252,8 +307,16 @@ def check_paths(job: Job) -> list[Problem]:
         problems += check_model_files(job)
     if not job.saving.output_dir:
         problems.append(Problem("output_dir", "is required"))
-    elif Path(job.saving.output_dir).exists() and not Path(job.saving.output_dir).is_dir():
-        problems.append(Problem("output_dir", f"{job.saving.output_dir} exists and is not a folder"))
+    else:
+        problems += writable_folder_problem("output_dir", job.saving.output_dir)
+    if job.logging.logging_dir:
+        problems += writable_folder_problem("logging_dir", job.logging.logging_dir)
+    if not any(p.setting in ("train_data_dir", "reg_data_dir") for p in problems):
+        problems += dataset_problems(job)
+    if job.saving.resume:
+        problems += resume_problems(job)
+    if job.network.network_weights and Path(job.network.network_weights).expanduser().is_file():
+        problems += network_weights_problems(job)
     return problems
 
 

@@ -13,6 +13,11 @@ from .block_layout import allowed_layouts, layout_for
 # trainer parses again with the family of the model it loaded and names the setting when the length does
 # not fit.
 LR_WEIGHT_CURVES = ("sine", "cosine", "linear", "reverse_linear", "zeros")
+# Upper bounds from memory: a 4096×4096 image is 512×512 latents, whose attention maps alone take tens of GB
+# (SDXL trains at 1024); ranks and alphas as the network_dim / network_alpha settings allow.
+MAX_SIDE = 4096
+MAX_BLOCK_RANK = 1024
+MAX_BLOCK_ALPHA = 1024
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -26,6 +31,9 @@ def parse_resolution(text: str) -> tuple[int, int]:
     for side in (width, height):
         if side < 64:
             raise ValueError(f"each side must be at least 64 pixels, got {width},{height}")
+        if side > MAX_SIDE:
+            raise ValueError(f"each side must be at most {MAX_SIDE} pixels, got {width},{height}: larger images "
+                             "need more memory than any GPU has (SDXL trains at 1024)")
     return width, height
 
 
@@ -38,9 +46,10 @@ def _counts_text(counts: tuple[int, ...]) -> str:
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]} (SD1.x/SD2.x) or {counts[1]} (SDXL)"
 
 
-def parse_number_list(text: str, count: int | tuple[int, ...], *, integer: bool, minimum: float = 0.0) -> tuple | None:
-    """A comma-separated list of exactly ``count`` numbers ≥ ``minimum`` (``count`` may list the lengths
-    allowed: SD's and SDXL's); blank → None (use the global value)."""
+def parse_number_list(text: str, count: int | tuple[int, ...], *, integer: bool, minimum: float = 0.0,
+                      maximum: float = math.inf) -> tuple | None:
+    """A comma-separated list of exactly ``count`` numbers from ``minimum`` to ``maximum`` (``count`` may list
+    the lengths allowed: SD's and SDXL's); blank → None (use the global value)."""
     if not str(text).strip():
         return None
     parts = _split_numbers(text)
@@ -56,6 +65,8 @@ def parse_number_list(text: str, count: int | tuple[int, ...], *, integer: bool,
             raise ValueError(f"entry {position} ({part!r}) is not {kind}") from None
         if not math.isfinite(value) or value < minimum:
             raise ValueError(f"entry {position} ({part}) must be ≥ {minimum:g}")
+        if value > maximum:
+            raise ValueError(f"entry {position} ({part}) must be at most {maximum:g}")
         values.append(value)
     return tuple(values)
 
@@ -74,12 +85,12 @@ def _mid_counts(family: str | None) -> tuple[int, ...]:
 
 def parse_block_dims(text: str, family: str | None = None) -> tuple[int, ...] | None:
     """25 whole numbers ≥ 0 (23 for SDXL): a rank per block; 0 leaves that block without a module."""
-    return parse_number_list(text, _block_counts(family), integer=True)
+    return parse_number_list(text, _block_counts(family), integer=True, maximum=MAX_BLOCK_RANK)
 
 
 def parse_block_alphas(text: str, family: str | None = None) -> tuple[float, ...] | None:
     """25 numbers ≥ 0 (23 for SDXL): an alpha per block."""
-    return parse_number_list(text, _block_counts(family), integer=False)
+    return parse_number_list(text, _block_counts(family), integer=False, maximum=MAX_BLOCK_ALPHA)
 
 
 def lr_weight_curve(name: str, n: int = layout_for(None).half) -> tuple[float, ...]:

@@ -18,6 +18,10 @@ from .sections import SECTION_CLASSES, Job
 from .setting import GROUPS, Problem, Setting
 
 SPEC_VERSION = CURRENT_VERSION
+MAX_MESSAGE = 400  # a parser's message quoting a pasted megabyte is cut here
+# Longest text a setting holds (a path, a name, a list of numbers; prompts, one a line): a pasted file is refused
+# before any parser splits it.
+MAX_TEXT_LENGTH = {"str": 4096, "path": 4096, "text": 100_000}
 
 
 class JobError(Exception):
@@ -46,6 +50,10 @@ def _field(setting: Setting):
         limits["ge"] = setting.minimum
     if setting.maximum is not None:
         limits["le"] = setting.maximum
+    if setting.kind in MAX_TEXT_LENGTH:
+        limits["max_length"] = MAX_TEXT_LENGTH[setting.kind]
+    if setting.kind == "path":
+        limits["pattern"] = r"^[^\x00]*$"  # no file system takes a NUL in a path (Python raises on one)
     return (_annotation(setting), Field(default=setting.default, **limits))
 
 
@@ -77,10 +85,22 @@ JobModel = _build_model()
 def _message_for(setting: Setting | None, error: Any) -> str:
     if setting is None:
         return "is not a setting LoRA Loom knows (check the spelling)"
+    if error["type"] == "string_too_long":
+        return (f"is {len(error.get('input') or ''):,} characters long; at most "
+                f"{MAX_TEXT_LENGTH[setting.kind]:,} are allowed here")
+    if error["type"] == "string_pattern_mismatch":
+        return "holds a NUL character, which no path can hold"
     if error["type"].startswith("value_error"):
-        return str(error.get("ctx", {}).get("error", error["msg"]))
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+        return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 1] + "…"
     got = error.get("input")
-    return f"must be {setting.describe_range()}" + (f" (got {got!r})" if got is not None else " (got blank)")
+    return f"must be {setting.describe_range()}" + (f" (got {_short(got)})" if got is not None else " (got blank)")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value as a message quotes it: a huge one (a pasted file) is cut, not echoed whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text):,} characters)"
 
 
 def problems_from_validation(error: ValidationError) -> list[Problem]:
@@ -117,10 +137,12 @@ def job_from_values(values: dict[str, Any]) -> Job:
         if problems:
             raise JobError(problems)
         values.update(overrides)
+    else:
+        overrides = {}
     try:
         checked = JobModel(**values)
     except ValidationError as error:
-        raise JobError(problems_from_validation(error)) from None
+        raise JobError([_from_overrides(p, overrides) for p in problems_from_validation(error)]) from None
     return job_of(checked.model_dump())
 
 
@@ -129,6 +151,13 @@ def job_of(flat: dict[str, Any]) -> Job:
     sections = {group: SECTION_CLASSES[group](**{s.key: flat[s.key] for s in SETTINGS if s.group == group})
                 for group in GROUPS}
     return Job(spec_version=flat.get("spec_version", SPEC_VERSION), **sections)
+
+
+def _from_overrides(problem: Problem, overrides: dict[str, Any]) -> Problem:
+    """A bad value that came from Additional parameters is blamed there (the field itself holds another)."""
+    if problem.setting not in overrides:
+        return problem
+    return Problem("additional_parameters", f"--{problem.setting} {problem.message}", problem.level)
 
 
 def read_job_toml(path: str | Path) -> dict[str, Any]:

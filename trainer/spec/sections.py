@@ -61,7 +61,7 @@ class CaptionsSection:
 class NetworkSection:
     """The LoRA network."""
 
-    LoRA_type: Literal['Standard', 'LoCon', 'LoHa', 'DyLoRA']
+    LoRA_type: Literal['Standard', 'LoCon', 'LoHa', 'DyLoRA', 'LyCORIS/LoKr', 'LyCORIS/iA3', 'LyCORIS/GLoRA', 'LyCORIS/BOFT', 'LyCORIS/Diag-OFT', 'LyCORIS/Native Fine-Tuning']
     network_weights: str
     dim_from_weights: bool
     network_dim: int
@@ -69,6 +69,19 @@ class NetworkSection:
     conv_dim: int
     conv_alpha: float
     unit: int
+    LyCORIS_preset: str
+    factor: int
+    decompose_both: bool
+    use_cp: bool
+    use_tucker: bool
+    use_scalar: bool
+    dora_wd: bool
+    bypass_mode: bool
+    rank_dropout_scale: bool
+    train_norm: bool
+    constrain: float
+    rescaled: bool
+    train_on_input: bool
     down_lr_weight: str
     mid_lr_weight: str
     up_lr_weight: str
@@ -77,6 +90,10 @@ class NetworkSection:
     block_alphas: str
     conv_block_dims: str
     conv_block_alphas: str
+    scale_weight_norms: float
+    network_dropout: float
+    rank_dropout: float
+    module_dropout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +101,21 @@ class OptimisationSection:
     """Optimizer, learning rates, schedule and run length."""
 
     epoch: int
+    max_train_steps: int
     seed: int | None
     learning_rate: float
     lr_scheduler: Literal['adafactor', 'constant', 'constant_with_warmup', 'cosine', 'cosine_with_restarts', 'linear', 'polynomial']
     lr_warmup: float
+    lr_warmup_steps: int
+    lr_scheduler_type: str
+    lr_scheduler_args: str
     optimizer: Literal['AdamW', 'AdamW8bit', 'Adafactor', 'DAdaptation', 'DAdaptAdaGrad', 'DAdaptAdam', 'DAdaptAdan', 'DAdaptLion', 'DAdaptSGD', 'Lion', 'SGDNesterov', 'Prodigy', 'PagedAdamW8bit', 'Lion8bit', 'SGDNesterov8bit']
     optimizer_args: str
     text_encoder_lr: float | None
     unet_lr: float | None
+    loraplus_lr_ratio: float
+    loraplus_unet_lr_ratio: float
+    loraplus_text_encoder_lr_ratio: float
     stop_text_encoder_training: float
     gradient_accumulation_steps: int
     lr_scheduler_num_cycles: int | None
@@ -111,6 +135,18 @@ class NoiseLossSection:
     adaptive_noise_scale: float
     multires_noise_iterations: int
     multires_noise_discount: float
+    noise_offset_random_strength: bool
+    ip_noise_gamma: float
+    ip_noise_gamma_random_strength: bool
+    min_timestep: int
+    max_timestep: int
+    loss_type: Literal['l2', 'l1', 'huber', 'smooth_l1']
+    huber_schedule: Literal['snr', 'exponential', 'constant']
+    huber_c: float
+    huber_scale: float
+    debiased_estimation_loss: bool
+    scale_v_pred_loss_like_noise_pred: bool
+    v_pred_like_loss: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +154,22 @@ class SavingSection:
     """Output files and training state."""
 
     output_name: str
+    save_model_as: Literal['safetensors', 'ckpt']
+    training_comment: str
+    metadata_title: str
+    metadata_author: str
+    metadata_description: str
+    metadata_license: str
+    metadata_tags: str
     output_dir: str
     save_every_n_epochs: int
     save_precision: Literal['float', 'fp16', 'bf16']
     save_every_n_steps: int
     save_last_n_steps: int
+    save_last_n_epochs: int
+    save_last_n_epochs_state: int
+    save_last_n_steps_state: int
+    save_state_on_train_end: bool
     save_state: bool
     resume: str
 
@@ -143,7 +190,11 @@ class LoggingSection:
 
     logging_dir: str
     wandb_api_key: str
-    log_with: Literal['tensorboard', 'wandb']
+    log_with: Literal['tensorboard', 'wandb', 'all']
+    wandb_run_name: str
+    log_tracker_name: str
+    log_tracker_config: str
+    log_config: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +205,20 @@ class LaunchSection:
     num_cpu_threads_per_process: int
     additional_parameters: str
     full_fp16: bool
+    full_bf16: bool
     gradient_checkpointing: bool
     mem_eff_attn: bool
     xformers: bool
+    num_processes: int
+    num_machines: int
+    multi_gpu: bool
+    gpu_ids: str
+    main_process_port: int
+    dynamo_backend: Literal['no', 'eager', 'aot_eager', 'inductor', 'aot_ts_nvfuser', 'nvprims_nvfuser', 'cudagraphs', 'ofi', 'fx2trt', 'onnxrt', 'tensorrt', 'ipex', 'tvm']
+    dynamo_mode: Literal['default', 'reduce-overhead', 'max-autotune']
+    dynamo_use_fullgraph: bool
+    dynamo_use_dynamic: bool
+    extra_accelerate_launch_args: str
 
 
 SECTION_CLASSES: dict[str, Any] = {
@@ -177,6 +239,13 @@ SECTION_OF_KEY: dict[str, str] = {
     'v_parameterization': 'model',
     'vae': 'model',
     'output_name': 'saving',
+    'save_model_as': 'saving',
+    'training_comment': 'saving',
+    'metadata_title': 'saving',
+    'metadata_author': 'saving',
+    'metadata_description': 'saving',
+    'metadata_license': 'saving',
+    'metadata_tags': 'saving',
     'train_data_dir': 'data',
     'reg_data_dir': 'data',
     'output_dir': 'saving',
@@ -189,8 +258,22 @@ SECTION_OF_KEY: dict[str, str] = {
     'conv_dim': 'network',
     'conv_alpha': 'network',
     'unit': 'network',
+    'LyCORIS_preset': 'network',
+    'factor': 'network',
+    'decompose_both': 'network',
+    'use_cp': 'network',
+    'use_tucker': 'network',
+    'use_scalar': 'network',
+    'dora_wd': 'network',
+    'bypass_mode': 'network',
+    'rank_dropout_scale': 'network',
+    'train_norm': 'network',
+    'constrain': 'network',
+    'rescaled': 'network',
+    'train_on_input': 'network',
     'train_batch_size': 'data',
     'epoch': 'optimisation',
+    'max_train_steps': 'optimisation',
     'save_every_n_epochs': 'saving',
     'caption_extension': 'data',
     'mixed_precision': 'launch',
@@ -202,10 +285,16 @@ SECTION_OF_KEY: dict[str, str] = {
     'learning_rate': 'optimisation',
     'lr_scheduler': 'optimisation',
     'lr_warmup': 'optimisation',
+    'lr_warmup_steps': 'optimisation',
+    'lr_scheduler_type': 'optimisation',
+    'lr_scheduler_args': 'optimisation',
     'optimizer': 'optimisation',
     'optimizer_args': 'optimisation',
     'text_encoder_lr': 'optimisation',
     'unet_lr': 'optimisation',
+    'loraplus_lr_ratio': 'optimisation',
+    'loraplus_unet_lr_ratio': 'optimisation',
+    'loraplus_text_encoder_lr_ratio': 'optimisation',
     'max_resolution': 'data',
     'stop_text_encoder_training': 'optimisation',
     'enable_bucket': 'data',
@@ -219,6 +308,10 @@ SECTION_OF_KEY: dict[str, str] = {
     'block_alphas': 'network',
     'conv_block_dims': 'network',
     'conv_block_alphas': 'network',
+    'scale_weight_norms': 'network',
+    'network_dropout': 'network',
+    'rank_dropout': 'network',
+    'module_dropout': 'network',
     'no_token_padding': 'captions',
     'gradient_accumulation_steps': 'optimisation',
     'weighted_captions': 'captions',
@@ -228,10 +321,15 @@ SECTION_OF_KEY: dict[str, str] = {
     'additional_parameters': 'launch',
     'save_every_n_steps': 'saving',
     'save_last_n_steps': 'saving',
+    'save_last_n_epochs': 'saving',
+    'save_last_n_epochs_state': 'saving',
+    'save_last_n_steps_state': 'saving',
+    'save_state_on_train_end': 'saving',
     'keep_tokens': 'captions',
     'clip_skip': 'captions',
     'max_token_length': 'captions',
     'full_fp16': 'launch',
+    'full_bf16': 'launch',
     'gradient_checkpointing': 'launch',
     'shuffle_caption': 'captions',
     'persistent_data_loader_workers': 'data',
@@ -248,6 +346,18 @@ SECTION_OF_KEY: dict[str, str] = {
     'adaptive_noise_scale': 'noise_loss',
     'multires_noise_iterations': 'noise_loss',
     'multires_noise_discount': 'noise_loss',
+    'noise_offset_random_strength': 'noise_loss',
+    'ip_noise_gamma': 'noise_loss',
+    'ip_noise_gamma_random_strength': 'noise_loss',
+    'min_timestep': 'noise_loss',
+    'max_timestep': 'noise_loss',
+    'loss_type': 'noise_loss',
+    'huber_schedule': 'noise_loss',
+    'huber_c': 'noise_loss',
+    'huber_scale': 'noise_loss',
+    'debiased_estimation_loss': 'noise_loss',
+    'scale_v_pred_loss_like_noise_pred': 'noise_loss',
+    'v_pred_like_loss': 'noise_loss',
     'caption_dropout_every_n_epochs': 'captions',
     'caption_dropout_rate': 'captions',
     'vae_batch_size': 'data',
@@ -257,7 +367,21 @@ SECTION_OF_KEY: dict[str, str] = {
     'max_data_loader_n_workers': 'data',
     'wandb_api_key': 'logging',
     'log_with': 'logging',
+    'wandb_run_name': 'logging',
+    'log_tracker_name': 'logging',
+    'log_tracker_config': 'logging',
+    'log_config': 'logging',
     'max_grad_norm': 'optimisation',
+    'num_processes': 'launch',
+    'num_machines': 'launch',
+    'multi_gpu': 'launch',
+    'gpu_ids': 'launch',
+    'main_process_port': 'launch',
+    'dynamo_backend': 'launch',
+    'dynamo_mode': 'launch',
+    'dynamo_use_fullgraph': 'launch',
+    'dynamo_use_dynamic': 'launch',
+    'extra_accelerate_launch_args': 'launch',
     'sample_every_n_steps': 'sampling',
     'sample_every_n_epochs': 'sampling',
     'sample_sampler': 'sampling',

@@ -46,8 +46,8 @@ class Setting:
     - ``optional``: ``None`` (a blank field) is allowed and means what ``help`` says.
     - ``parser``: for text fields holding structured values (lists of numbers, "W,H"): a pure function that
       returns the parsed value or raises ``ValueError`` with a message a person can act on.
-    - ``visible_when``: ``(other_key, values)``: the page shows this setting only while ``other_key`` is one of
-      ``values`` (the trainer ignores it otherwise, and says so when it is set).
+    - ``visible_when``: ``(other_key, values)``: the setting applies only while ``other_key`` is one of
+      ``values``; otherwise the trainer ignores it and the page disables it, saying why (its value is kept).
     - ``implemented``: ``False`` while the trainer cannot honour it; validation then refuses any value other
       than the default instead of accepting and ignoring it.
     - ``group``: the section of the typed job that holds it (``GROUPS``), by subject rather than by tab.
