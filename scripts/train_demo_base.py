@@ -1,29 +1,33 @@
 """Train the demo's base model from scratch: a tiny Stable Diffusion 1.x that draws coloured shapes.
 
-    nice -n 10 python scripts/train_demo_base.py --work /tmp/demo_base --out trainer/models/demo_base_sd1.safetensors
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/train_demo_base.py --work /tmp/demo_base \
+        --out trainer/models/demo_base_sd1.safetensors
 
-The model has SD1.x's classes and file layout at toy width (the configs of ``trainer.models.tiny``, with a
-VAE of 32 channels and no mid-block attention): a VAE with SD's downscale factor of 8 (64 px → 8×8×4
-latents), a frozen 2-layer CLIP text encoder with the real vocabulary (random but seeded weights: its token
-vectors already tell the words apart, the UNet learns to read them), and a UNet trained with SD's epsilon
-objective and DDPM betas on the captioned shapes of ``trainer.models.shapes``. Stages:
+The model has SD1.x's classes and file layout at toy width: a VAE of three 32-channel levels (downscale 4:
+64 px pictures → 16×16×4 latents), a 2-layer CLIP text encoder of width 32 with the real vocabulary, and a
+UNet of three levels (32, 64, 64 channels, one resnet each; cross-attention at 8×8 and 4×4: attention at
+16×16 cost four times the step time on a CPU). GroupNorm uses 8 groups
+(recorded in the single file's metadata). Stages, each kept in ``--work`` and reused when run again:
 
-1. VAE: reconstruction (L1 + MSE of the posterior mean with 1 % noise, a small L2 on the latents) on random 32×32 crops of 64×64 shapes pictures in the base
-   colours and in random colours (so it can encode colours the UNet never saw), then rescaled so that
-   latents × 0.18215 have unit spread, as SD's loaders assume, with the posterior's spread fixed at 0.5 %.
-2. Decoder: more training of the decoder alone (the encoder, so the latent space, frozen) on latents with
-   3 % noise, for sharper edges and truer colours; it does not change what the UNet learns from.
-3. UNet: epsilon prediction with min-SNR-5 loss weights on pre-encoded latents, 10 % empty captions (so
-   classifier-free guidance works), an exponential moving average of the weights kept and saved; 700
-   steps of 16 (cosine from 1e-3), then ``--unet-more-steps`` more from that (cosine from 5e-4).
-4. Export: a diffusers folder in ``--work`` and the single file in the original layout at ``--out``.
+1. VAE: reconstruction (L1 + MSE, a small L2 on the latents) on random 32×32 crops of shapes pictures in
+   the base colours and in random colours (so it also encodes colours the UNet never saw, such as the demo
+   LoRA's magenta), then rescaled so that latents × 0.18215 have unit spread, as SD's loaders assume.
+2. UNet and text encoder, trained together: SD's epsilon objective with DDPM betas and min-SNR-5 weights
+   on pre-encoded latents of the captioned pictures of ``trainer.models.shapes``, 10 % empty captions (so
+   classifier-free guidance works), AdamW at 1e-3 with warm-up and cosine decay, an exponential moving
+   average of both kept and saved. Every ``--eval-every`` steps the EMA model draws the four test prompts
+   over 16 seeds and ``trainer.models.demo_measure`` counts the hits; training stops early once every
+   prompt is drawn in at least ``--stop-at`` of 16 (twice in a row). Checkpoints are kept in ``--work``.
+3. Export: a diffusers folder in ``--work`` and the single file (float32, 14.3 MB) in the original layout at
+   ``--out``.
 
-Each stage's result is kept in ``--work`` and reused when the script runs again. Seeded: the same arguments give the same weights on the same machine and torch build.
+Seeded: the same arguments give the same weights on the same machine and torch build.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import random
 import sys
@@ -38,31 +42,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextModel  # noqa: E402
 
-from trainer.models import shapes  # noqa: E402
+from trainer.models import demo_measure, shapes  # noqa: E402
 from trainer.models.tiny import (  # noqa: E402
-    SD1_SCHEDULER_CONFIG, model_index, sd1_scheduler_file_config, tiny_text_encoder_config, tiny_unet_config,
-    tiny_vae_config, write_json,
+    SD1_SCHEDULER_CONFIG, model_index, sd1_scheduler_file_config, tiny_text_encoder_config, write_json,
 )
 from trainer.models.tokenizer import build_clip_tokenizer, save_tokenizer  # noqa: E402
 
 LATENT_SCALE = 0.18215
-
-
-NORM_GROUPS = 8  # 4 channels a group at width 32; see base_vae_config
+NORM_GROUPS = 8
+EVAL_PROMPTS = (("red", "circle", "blue"), ("yellow", "square", "black"), ("white", "triangle", "green"),
+                ("blue", "circle", "yellow"))
 
 
 def base_vae_config() -> dict:
-    """The tiny VAE at 32 channels a level, no mid-block attention, and GroupNorm over groups of 4 channels.
-
-    At SD's 32 groups a 32-channel layer normalises every channel on its own, which erases the absolute
-    colour of a flat region (only its contrast survives the decoder's last norm), so it could never learn
-    to reproduce a plain background. The group count is recorded in the single file's metadata."""
-    return {**tiny_vae_config("sd1"), "block_out_channels": (32, 32, 32, 32), "mid_block_add_attention": False,
-            "norm_num_groups": NORM_GROUPS}
+    """Three 32-channel levels (two downsamplers: 64 px → 16×16 latents), no mid-block attention, and
+    GroupNorm over groups of 4 channels (at SD's 32 groups a 32-channel layer normalises every channel on
+    its own, which erases the absolute colour of a flat region)."""
+    return {
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (32, 32, 32),
+        "down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3,
+        "layers_per_block": 1, "norm_num_groups": NORM_GROUPS, "sample_size": 64,
+        "mid_block_add_attention": False, "scaling_factor": LATENT_SCALE,
+    }
 
 
 def base_unet_config() -> dict:
-    return {**tiny_unet_config("sd1"), "norm_num_groups": NORM_GROUPS}
+    return {
+        "sample_size": 16, "in_channels": 4, "out_channels": 4, "block_out_channels": (32, 64, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": 32, "attention_head_dim": 4, "norm_num_groups": NORM_GROUPS,
+    }
 
 
 def to_tensor(images) -> torch.Tensor:
@@ -92,12 +103,12 @@ def train_vae(seed: int, steps: int, batch: int, log) -> AutoencoderKL:
     started = time.time()
     for step in range(steps):
         for group in optimiser.param_groups:
-            group["lr"] = 1e-3 * min(1.0, (step + 1) / 50) * (0.3 if step > steps * 0.8 else 1.0)
+            group["lr"] = 1e-3 * min(1.0, (step + 1) / 50) * (0.3 if step > steps * 0.75 else 1.0)
         full = to_tensor(vae_pictures(rng, batch))
         x, y = rng.randrange(0, 33), rng.randrange(0, 33)
         crop = full[:, :, y:y + 32, x:x + 32]
         latent = vae.encode(crop).latent_dist.mean
-        decoded = vae.decode(latent + 0.01 * latent.std().detach() * torch.randn_like(latent)).sample
+        decoded = vae.decode(latent + 0.02 * latent.std().detach() * torch.randn_like(latent)).sample
         loss = (decoded - crop).abs().mean() + (decoded - crop).pow(2).mean() + 1e-4 * latent.pow(2).mean()
         optimiser.zero_grad()
         loss.backward()
@@ -107,46 +118,16 @@ def train_vae(seed: int, steps: int, batch: int, log) -> AutoencoderKL:
     return vae.eval()
 
 
-def tune_decoder(vae: AutoencoderKL, seed: int, steps: int, batch: int, log) -> AutoencoderKL:
-    """More decoder training with the encoder (so the latent space) frozen: sharper edges and colours.
-
-    The decoder sees the encoder's latents with 3 % noise, as the UNet's results are never exact."""
-    vae = copy.deepcopy(vae)
-    vae.requires_grad_(False)
-    vae.decoder.requires_grad_(True)
-    vae.post_quant_conv.requires_grad_(True)
-    trainable = [p for p in vae.parameters() if p.requires_grad]
-    optimiser = torch.optim.Adam(trainable, lr=1e-3)
-    rng = random.Random(seed + 50)
-    started = time.time()
-    for step in range(steps):
-        for group in optimiser.param_groups:
-            group["lr"] = 1e-3 * min(1.0, (step + 1) / 20) * (0.3 if step > steps * 0.7 else 1.0)
-        full = to_tensor(vae_pictures(rng, batch))
-        x, y = rng.randrange(0, 33), rng.randrange(0, 33)
-        crop = full[:, :, y:y + 32, x:x + 32]
-        with torch.no_grad():
-            latent = vae.encode(crop).latent_dist.mean
-        decoded = vae.decode(latent + 0.03 * latent.std() * torch.randn_like(latent)).sample
-        loss = (decoded - crop).abs().mean() + (decoded - crop).pow(2).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        if step % 50 == 0 or step == steps - 1:
-            log(f"decoder step {step} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
-    return vae.eval()
-
-
 @torch.no_grad()
 def rescale_latents(vae: AutoencoderKL, seed: int) -> float:
     """Scale the latent space so that latents × 0.18215 have unit standard deviation (exact: the encoder's
-    last conv is scaled by k and the decoder's first conv by 1/k). Returns k."""
+    last conv is scaled by k and the decoder's first conv by 1/k), with a fixed tiny posterior spread."""
     images = to_tensor(vae_pictures(random.Random(seed + 20), 64))
     spread = vae.encode(images).latent_dist.mean.std().item()
     k = 1.0 / (spread * LATENT_SCALE)
     vae.quant_conv.weight[:4] *= k
     vae.quant_conv.bias[:4] *= k
-    vae.quant_conv.weight[4:] = 0.0  # a fixed, tiny posterior spread: sampling adds noise of 0.5 % of the latents' spread
+    vae.quant_conv.weight[4:] = 0.0
     vae.quant_conv.bias[4:] = 2 * math.log(0.005 * spread * k)
     vae.post_quant_conv.weight /= k
     return k
@@ -161,52 +142,109 @@ def encode_dataset(vae: AutoencoderKL, pictures, batch: int = 64) -> torch.Tenso
     return torch.cat(latents)
 
 
+def token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
 @torch.no_grad()
-def encode_texts(text_encoder: CLIPTextModel, tokenizer, texts: list[str]) -> torch.Tensor:
-    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    return text_encoder(ids).last_hidden_state
+def draw_prompts(unet, text_encoder, vae, tokenizer, prompts: list[str], seeds=range(16), steps: int = 12,
+                 guidance: float = 6.0) -> dict[str, list[np.ndarray]]:
+    """Pictures for each prompt over ``seeds`` (Euler ancestral, classifier-free guidance), as uint8 arrays."""
+    from trainer.sampling import make_sample_scheduler
+
+    drawn = {}
+    empty = text_encoder(token_ids(tokenizer, [""])).last_hidden_state
+    for prompt in prompts:
+        states = text_encoder(token_ids(tokenizer, [prompt])).last_hidden_state
+        scheduler = make_sample_scheduler("euler_a")
+        scheduler.set_timesteps(steps)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        latents = torch.stack([torch.randn(4, 16, 16, generator=g) for g in generators]) * scheduler.init_noise_sigma
+        count = len(latents)
+        context = torch.cat([empty.expand(count, -1, -1), states.expand(count, -1, -1)])
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            uncond, cond = unet(model_input, t, context).sample.chunk(2)
+            latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents, generator=generators[0]).prev_sample
+        pixels = vae.decode(latents / LATENT_SCALE).sample
+        drawn[prompt] = [((p.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy() for p in pixels]
+    return drawn
 
 
-def train_unet(latents: torch.Tensor, text_states: torch.Tensor, caption_index: torch.Tensor, empty: torch.Tensor,
-               seed: int, steps: int, batch: int, log, checkpoint=None, start=None,
-               peak_lr: float = 1e-3) -> UNet2DConditionModel:
-    """Train a new UNet (or continue ``start``) for ``steps``: warm-up, cosine down to a tenth of ``peak_lr``."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**base_unet_config()) if start is None else copy.deepcopy(start).train()
-    unet.requires_grad_(True)
-    ema = copy.deepcopy(unet).requires_grad_(False)
+def evaluate(unet, text_encoder, vae, tokenizer) -> list[int]:
+    prompts = [shapes.caption(shape, colour, background) for colour, shape, background in EVAL_PROMPTS]
+    drawn = draw_prompts(unet.eval(), text_encoder.eval(), vae, tokenizer, prompts)
+    return [demo_measure.count_showing(drawn[prompt], *wanted) for prompt, wanted in zip(prompts, EVAL_PROMPTS)]
+
+
+class Pair(torch.nn.Module):
+    def __init__(self, unet, text_encoder):
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+
+
+def train_unet(latents: torch.Tensor, ids: torch.Tensor, caption_index: torch.Tensor, empty_ids: torch.Tensor,
+               vae, tokenizer, args, log, work: Path) -> Pair:
+    torch.manual_seed(args.seed)
+    model = Pair(UNet2DConditionModel(**base_unet_config()), CLIPTextModel(tiny_text_encoder_config("sd1")))
+    state_path = work / "unet_state.pt"
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    first = 0
+    if state_path.is_file():
+        saved = torch.load(state_path)
+        model.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        optimiser.load_state_dict(saved["optimiser"])
+        torch.set_rng_state(saved["rng"])
+        first = saved["step"]
+        log(f"resuming at step {first}")
+    params = sum(p.numel() for p in model.unet.parameters())
+    log(f"UNet {params / 1e6:.2f} M parameters, text encoder "
+        f"{sum(p.numel() for p in model.text_encoder.parameters()) / 1e6:.2f} M")
     scheduler = DDPMScheduler(**{k: v for k, v in SD1_SCHEDULER_CONFIG.items()
                                  if k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps")})
     alphas = scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
     weights = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 for epsilon prediction
-    optimiser = torch.optim.Adam(unet.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(seed + 30)
+    steps, batch = args.unet_steps, args.unet_batch
     started = time.time()
-    for step in range(steps):
+    passes = 0
+    for step in range(first, steps):
+        model.train()
+        warm = min(1.0, (step + 1) / 200)
         for group in optimiser.param_groups:
-            group["lr"] = peak_lr * min(1.0, (step + 1) / 100) * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.9 + 0.1)
-        rows = torch.randint(0, len(latents), (batch,), generator=generator)
+            group["lr"] = args.lr * warm * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+        rows = torch.randint(0, len(latents), (batch,))
         x0 = latents[rows]
-        states = text_states[caption_index[rows]]
-        drop = torch.rand(batch, generator=generator) < 0.1
-        states = torch.where(drop[:, None, None], empty, states)
-        noise = torch.randn(x0.shape, generator=generator)
-        timesteps = torch.randint(0, 1000, (batch,), generator=generator)
+        drop = torch.rand(batch) < 0.1
+        batch_ids = torch.where(drop[:, None], empty_ids, ids[caption_index[rows]])
+        states = model.text_encoder(batch_ids).last_hidden_state
+        noise = torch.randn(x0.shape)
+        timesteps = torch.randint(0, 1000, (batch,))
         noisy = scheduler.add_noise(x0, noise, timesteps)
-        predicted = unet(noisy, timesteps, states).sample
+        predicted = model.unet(noisy, timesteps, states).sample
         loss = ((predicted - noise).pow(2).mean(dim=(1, 2, 3)) * weights[timesteps]).mean()
         optimiser.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
-        decay = 0.0 if step < 100 and start is None else 0.995
-        for kept, live in zip(ema.parameters(), unet.parameters()):
-            kept.mul_(decay).add_(live.detach(), alpha=1 - decay)
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for kept, live in zip(ema.parameters(), model.parameters()):
+                kept.lerp_(live.detach(), 1 - decay)
         if step % 50 == 0 or step == steps - 1:
             log(f"unet step {step} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
-        if checkpoint is not None and step % 200 == 199 and step < steps - 1:
-            checkpoint(ema, step + 1)
+        if (step + 1) % args.eval_every == 0 or step == steps - 1:
+            hits = evaluate(ema.unet, ema.text_encoder, vae, tokenizer)
+            log(f"eval at step {step + 1}: hits {hits} of 16 ({time.time() - started:.0f}s)")
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
+                        "rng": torch.get_rng_state(), "step": step + 1}, state_path)
+            passes = passes + 1 if min(hits) >= args.stop_at else 0
+            if passes >= 2:
+                log(f"every prompt drawn in ≥{args.stop_at}/16 twice in a row: stopping at step {step + 1}")
+                break
     return ema.eval()
 
 
@@ -223,21 +261,21 @@ def write_folder(folder: Path, unet, vae, text_encoder) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="folder for the VAE, latents and diffusers folders")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the VAE, latents, checkpoints")
     parser.add_argument("--out", type=Path, default=Path("trainer/models/demo_base_sd1.safetensors"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=300)
+    parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--vae-batch", type=int, default=16)
-    parser.add_argument("--decoder-steps", type=int, default=300)
-    parser.add_argument("--stage", choices=("all", "vae", "unet"), default="all",
-                        help="vae: the VAE and its decoder only; unet: the UNet only, on the VAE in --work "
-                             "(two processes can then share the work); all: every stage not done yet, then export")
-    parser.add_argument("--images", type=int, default=1500)
-    parser.add_argument("--unet-steps", type=int, default=700)
-    parser.add_argument("--unet-more-steps", type=int, default=800,
-                        help="then continue from that UNet for this many steps (peak learning rate 5e-4)")
-    parser.add_argument("--unet-batch", type=int, default=16)
+    parser.add_argument("--images", type=int, default=6000)
+    parser.add_argument("--unet-steps", type=int, default=4000)
+    parser.add_argument("--unet-batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ema", type=float, default=0.998)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--stop-at", type=int, default=15, help="stop once every test prompt is drawn in this many of 16")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--stage", choices=("all", "vae", "export"), default="all",
+                        help="vae: the VAE only; export: the last checkpoint's EMA weights as they are, no training")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -246,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(line: str) -> None:
         print(line, flush=True)
 
+    log(f"arguments: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
     vae_path = args.work / "vae"
     if (vae_path / "config.json").is_file():
         vae = AutoencoderKL.from_pretrained(vae_path).eval()
@@ -254,22 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         vae = train_vae(args.seed, args.vae_steps, args.vae_batch, log)
         log(f"latent scale correction {rescale_latents(vae, args.seed):.3f}")
         vae.save_pretrained(vae_path)
-    tuned_path = args.work / "vae_tuned"
-    if args.stage == "unet":
-        tuned = vae  # checkpoints decode with the first VAE; the export reuses the tuned one
-    elif (tuned_path / "config.json").is_file():
-        tuned = AutoencoderKL.from_pretrained(tuned_path).eval()
-        log(f"reusing the tuned decoder in {tuned_path}")
-    else:
-        torch.manual_seed(args.seed + 3)
-        tuned = tune_decoder(vae, args.seed, args.decoder_steps, args.vae_batch, log)
-        tuned.save_pretrained(tuned_path)
     if args.stage == "vae":
         return 0
-    torch.manual_seed(args.seed + 2)
-    text_encoder = CLIPTextModel(tiny_text_encoder_config("sd1")).eval().requires_grad_(False)
     tokenizer = build_clip_tokenizer()
-
     pictures = shapes.base_pictures(args.seed + 40, args.images)
     captions = sorted({shapes.base_caption(p) for p in pictures})
     caption_index = torch.tensor([captions.index(shapes.base_caption(p)) for p in pictures])
@@ -279,34 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         latents = encode_dataset(vae, pictures)
         torch.save(latents, latents_path)
-    text_states = encode_texts(text_encoder, tokenizer, captions)
-    empty = encode_texts(text_encoder, tokenizer, [""])[0]
-    log(f"{len(pictures)} pictures, {len(captions)} captions, latent std {latents.std().item():.3f} "
-        f"({time.time() - began:.0f}s so far)")
-
-    def checkpoint(unet, step):
-        write_folder(args.work / f"model_step{step}", unet, tuned, text_encoder)
-        log(f"checkpoint at step {step}")
-
-    unet_path = args.work / "unet"
-    if (unet_path / "config.json").is_file():
-        unet = UNet2DConditionModel.from_pretrained(unet_path).eval()
-        log(f"reusing the UNet in {unet_path}")
-    else:
-        unet = train_unet(latents, text_states, caption_index, empty, args.seed, args.unet_steps, args.unet_batch,
-                          log, checkpoint)
-        unet.save_pretrained(unet_path)
-    more_path = args.work / "unet_more"
-    if args.unet_more_steps and (more_path / "config.json").is_file():
-        unet = UNet2DConditionModel.from_pretrained(more_path).eval()
-        log(f"reusing the continued UNet in {more_path}")
-    elif args.unet_more_steps:
-        unet = train_unet(latents, text_states, caption_index, empty, args.seed + 1, args.unet_more_steps,
-                          args.unet_batch, log, checkpoint, start=unet, peak_lr=5e-4)
-        unet.save_pretrained(more_path)
-    if args.stage == "unet":
-        return 0
-    folder = write_folder(args.work / "model", unet, tuned, text_encoder)
+    ids = token_ids(tokenizer, captions)
+    empty_ids = token_ids(tokenizer, [""])[0]
+    log(f"{len(pictures)} pictures, {len(captions)} captions, latents {tuple(latents.shape[1:])} "
+        f"std {latents.std().item():.3f} ({time.time() - began:.0f}s so far)")
+    if args.stage == "export":
+        args.unet_steps = torch.load(args.work / "unet_state.pt")["step"]
+    model = train_unet(latents, ids, caption_index, empty_ids, vae, tokenizer, args, log, args.work)
+    folder = write_folder(args.work / "model", model.unet, vae, model.text_encoder)
     from trainer.models.loading import save_as_single_file
 
     save_as_single_file(folder, args.out)
