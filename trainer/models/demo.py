@@ -8,8 +8,9 @@
     out_dir/job.toml            a job that trains a LoRA on the single file in about a minute on a CPU
 
 For SD1 the base is the tiny model that ships with the project (``demo_base_sd1.safetensors`` beside this
-module, trained by ``scripts/train_demo_base.py``): it draws circles, squares and triangles in six colours
-on plain backgrounds ("a red circle on a blue background") but has never seen magenta. The dataset shows
+module, 14.2 MB, trained by ``scripts/train_demo_base.py``; its VAE downscales 4×, so 64 px pictures are
+16×16 latents): it draws circles, squares and triangles in six colours on plain backgrounds ("a red circle
+on a blue background") but has never seen magenta. The dataset shows
 magenta shapes captioned with the trigger word ``zqx`` ("a zqx circle on a green background"), so the
 samples show the new colour appear step by step for the trigger prompt while the other prompt stays.
 

@@ -19,9 +19,11 @@ from trainer.models.shapes import COLOURS
 TOLERANCE = 80.0  # RGB distance within which a pixel counts as a palette colour (palette colours are ≥180 apart)
 MIN_AREA_FRACTION = 0.03  # a shape smaller than this share of the image is not a shape
 # Thresholds set between drawn shapes (square 1, circle 0.785, triangle 0.5 and top/bottom 1/3) and what the
-# demo VAE makes of them (soft edges: squares fill 0.85-0.95, circles 0.74-0.84, triangles 0.54-0.72).
+# demo model makes of them: its squares fill 0.86-0.91 of their box, its triangles 0.47-0.52 (top/bottom
+# 0.36-0.38); its circles are round blobs with four slight lobes, 0.60-0.65 (top/bottom 1.1-1.4), so a
+# blob that does not point up and fills 0.57-0.845 of its box counts as a circle.
 SQUARE_FILL = 0.845  # bounding-box fill at or above which a blob is a square
-CIRCLE_FILL = 0.70  # … a circle
+CIRCLE_FILL = 0.57  # … a circle
 TRIANGLE_TOP_SHARE = 0.78  # area in the top half over area in the bottom half below which a blob points up
 MAX_ASPECT = 1.6
 
