@@ -79,7 +79,7 @@ def make_widget(setting: Setting, values: dict[str, Any]) -> gr.components.Compo
     if setting.kind == "choice":
         choices = list(setting.choices) + ([None] if setting.optional else [])
         return gr.Dropdown(choices=[(str(c) if c is not None else "(blank)", c) for c in choices],
-                           value=value, **common)
+                           value=value, allow_custom_value=setting.custom_choices, **common)
     if setting.kind == "text":
         return gr.Textbox(value=value, lines=3, max_lines=20, **common)
     text_input = gr.components.textbox.InputHTMLAttributes(autocomplete="off", spellcheck=False)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from gui import presets_panel
 from gui.model_note import MODEL_KEY, model_note
-from gui.plan_panel import compute_plan, dataset_markdown, plan_markdown
+from gui.plan_panel import compute_plan, dataset_config_markdown, dataset_markdown, plan_markdown
 from gui.run_view import (
     RunView,
     loss_rows,
@@ -29,7 +29,9 @@ from gui.runs import LOG_FILE, RunError, run_status, stop_requests, tail_text, t
 from gui.values import has_errors, problem_messages, split_secrets
 
 PLAN_SETTLE_S = 1.0  # the plan is made again once edits have paused this long (it costs a subprocess)
-DATASET_KEYS = ("train_data_dir", "reg_data_dir", "caption_extension")
+RUN_TICK_S = 1.0  # the watched run's events are read this often while it goes
+PLAN_TICK_S = 1.0  # while an edit waits for its plan, this often the timer asks whether edits have paused
+DATASET_KEYS = ("train_data_dir", "reg_data_dir", "caption_extension", "dataset_config")
 LOSS_COLUMNS = ["step", "loss", "series"]
 LR_COLUMNS = ["step", "lr", "group"]
 
@@ -72,10 +74,13 @@ class Handlers:
         form, area = self.form, self.area
         run_outputs = self.run_outputs()
         field_outputs = [*form.errors.values(), area.messages, area.state]
-        # input fires on typing; blur also catches pasted text (a Textbox's input event needs a keypress)
-        triggers = [w.input for w in form.fields.values()] + [w.blur for w in form.fields.values() if hasattr(w, "blur")]
+        # A text field is checked when it is left (blur) or submitted, not on every keystroke: each check
+        # sends the whole form, which costs the browser seconds on a busy machine; a box or list is checked
+        # when it is changed by hand.
+        triggers = [t for w in form.fields.values()
+                    for t in ((w.blur, w.submit) if isinstance(w, gr.Textbox) else (w.input,))]
         gr.on(triggers, self.check_fields, inputs=form.inputs | {area.state},
-              outputs=field_outputs, show_progress="hidden", trigger_mode="always_last")
+              outputs=[*field_outputs, area.plan_timer], show_progress="hidden", trigger_mode="always_last")
         for key in {s_key for s_key in self._controlling_keys()}:
             form.fields[key].change(self.applicability, inputs=form.inputs, outputs=self._dependents(),
                                     show_progress="hidden")
@@ -89,7 +94,8 @@ class Handlers:
         area.open_run.click(self.open_run, inputs={area.runs, area.state}, outputs=[*run_outputs, area.runs])
         area.plan_button.click(self.plan, inputs=form.inputs | {area.state}, outputs=[area.plan_md, area.plan_plot])
         area.plan_timer.tick(self.plan_when_settled, inputs={area.state},
-                             outputs=[area.plan_md, area.plan_plot, area.dataset_md], show_progress="hidden")
+                             outputs=[area.plan_md, area.plan_plot, area.dataset_md, area.plan_timer],
+                             show_progress="hidden")
         area.scan_button.click(self.scan, inputs=form.inputs, outputs=[area.dataset_md])
         self._wire_presets()
         # One listener for the page load and every change (triggers=None means both): with "always_last" the
@@ -118,7 +124,7 @@ class Handlers:
     def run_outputs(self) -> list:
         a = self.area
         return [a.state, a.progress, a.loss_plot, a.lr_plot, a.gallery, a.outputs, a.log, a.messages, a.start,
-                a.stop, a.sample_now, a.save_now, a.plan_md, a.plan_plot]
+                a.stop, a.sample_now, a.save_now, a.plan_md, a.plan_plot, a.timer]
 
     def _controlling_keys(self) -> set[str]:
         from trainer.spec import SETTINGS
@@ -141,7 +147,7 @@ class Handlers:
         session.notes = problem_messages(problems)
         session.edited, session.edited_at = split_secrets(values)[0], time.monotonic()
         return {**self.form.error_updates(problems), self.area.messages: self._messages(session),
-                self.area.state: session}
+                self.area.state: session, self.area.plan_timer: gr.Timer(active=True)}
 
     def show_model_note(self, data: dict) -> dict:
         """What the base model is (read from its header), with suggestions for v2 / v_parameterization."""
@@ -210,7 +216,7 @@ class Handlers:
         if session.settled or not session.view.run_dir:
             active = self.manager.active_run()
             if active is None or str(active) == session.view.run_dir:
-                return {self.area.state: gr.skip()}  # Gradio needs one key in a dict reply
+                return {self.area.timer: gr.Timer(active=False)}  # nothing to watch: sleep until woken
             self._attach(session, active)
             return {**self.render(session), self.area.runs: self._runs_update(active.name)}
         arrived = read_new_events(session.view)
@@ -274,6 +280,7 @@ class Handlers:
                               else "Stop training"),
             a.sample_now: gr.update(interactive=trains),
             a.save_now: gr.update(interactive=trains),
+            a.timer: gr.Timer(active=not session.settled),  # a settled run needs no more reading
         }
         if len(view.samples) != session.samples_shown:
             session.samples_shown = len(view.samples)
@@ -332,15 +339,21 @@ class Handlers:
         session: SessionState = data[self.area.state]
         wanted, planned = session.edited, session.planned
         watching_run = bool(session.view.plan) and not session.settled
-        if wanted is None or wanted == planned or watching_run or time.monotonic() - session.edited_at < PLAN_SETTLE_S:
+        if wanted is None or wanted == planned:
+            return {self.area.plan_timer: gr.Timer(active=False)}  # nothing waits for a plan
+        if watching_run or time.monotonic() - session.edited_at < PLAN_SETTLE_S:
             return {self.area.plan_md: gr.skip()}
         rescan = planned is None or any(wanted.get(k) != planned.get(k) for k in DATASET_KEYS)
-        return self._plan_for(session, wanted, rescan)
+        updates = self._plan_for(session, wanted, rescan)
+        newer_edit = session.edited is not None and session.edited != session.planned
+        return {**updates, self.area.plan_timer: gr.Timer(active=newer_edit)}
 
     def scan(self, data: dict) -> dict:
         return self._scan_updates(self.form.values(data))
 
     def _scan_updates(self, values: dict) -> dict:
+        if str(values.get("dataset_config") or "").strip():
+            return {self.area.dataset_md: dataset_config_markdown(values)}
         text = dataset_markdown(values.get("train_data_dir", ""), values.get("reg_data_dir", ""),
                                 values.get("caption_extension", ""))
         return {self.area.dataset_md: text}

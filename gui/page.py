@@ -15,7 +15,7 @@ import gradio as gr
 from gui.blocks_table import blocks_markdown
 from gui.form import Form
 from gui.form_layout import build_tab_fields, fold
-from gui.handlers import Handlers, SessionState
+from gui.handlers import PLAN_TICK_S, RUN_TICK_S, Handlers, SessionState
 from gui.model_note import MODEL_KEY, model_note
 from gui.queue_panel import QueuePanel, build_queue_panel
 from gui.run_view import MOVING_AVERAGE_LABEL, RunView, messages_markdown, progress_html
@@ -187,8 +187,11 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 _runs_and_log(area)
                 queue_widgets = build_queue_panel(area.add_to_queue)
         area.state = gr.State(SessionState(notes=opening_notes))
-        area.timer = gr.Timer(1.0)
-        area.plan_timer = gr.Timer(1.0)
+        # Timers tick only while they have work (each tick costs the browser a walk over the page's ~800
+        # components): the run timer while a run is watched, the plan timer after an edit until the plan is
+        # made again. The queue panel's slower timer wakes the run timer when a run starts elsewhere.
+        area.timer = gr.Timer(RUN_TICK_S, active=False)
+        area.plan_timer = gr.Timer(PLAN_TICK_S, active=False)
         handlers = Handlers(form, area, manager, config)
         handlers.wire(app)
         QueuePanel(queue_widgets, handlers).wire(app)

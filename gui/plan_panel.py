@@ -128,6 +128,34 @@ def memory_markdown(memory: dict | None) -> str:
     return "\n".join(lines)
 
 
+def dataset_config_markdown(values: dict) -> str:
+    """A table of a dataset config's subsets (repeats, images, their own caption and flip options, masks) plus
+    the scan's warnings; the image folders are not read then (as in sd-scripts)."""
+    from trainer.data import folders
+    from trainer.data.dataset_config import scan_job_dataset
+    from trainer.spec import JobError, job_from_values
+
+    try:
+        scan, _ = scan_job_dataset(job_from_values(values))
+    except folders.DataError as error:
+        return f"❌ `{error.setting or 'dataset_config'}`: {error.message}"
+    except JobError as error:
+        return f"❌ {error}"
+    lines = ["| subset | kind | repeats | images | shuffle | keep tokens | flip | masks |",
+             "|---|---|---|---|---|---|---|---|"]
+    for subset in scan.subsets:
+        own = subset.options
+        kind = "regularization" if subset.is_reg else "training"
+        masks = "—" if own is None else own.mask_dir or ("alpha" if own.alpha_mask else "—")
+        lines.append(f"| {subset.folder} | {kind} | {subset.repeats} | {len(subset.images)} | "
+                     f"{own.shuffle_caption if own else '—'} | {own.keep_tokens if own else '—'} | "
+                     f"{own.flip_aug if own else '—'} | {masks} |")
+    lines.append(f"\nFrom the dataset config {values.get('dataset_config')} (the image folders are not used).")
+    for warning in scan.warnings:
+        lines.append(f"- ⚠️ `{warning.setting}`: {warning.message}")
+    return "\n".join(lines)
+
+
 def dataset_markdown(train_data_dir: str, reg_data_dir: str, caption_extension: str) -> str:
     """A table of the N_name folders found (repeats, images, captions) plus the scan's warnings."""
     from trainer.data import folders  # its DataError is whatever class the scan raises

@@ -23,6 +23,7 @@ from trainer import run_queue
 COMPARE_LOSS_COLUMNS = ["step", "loss", "run"]
 COMPARE_LR_COLUMNS = ["step", "lr", "run"]
 HISTORY_LIMIT = 100
+QUEUE_TICK_S = 3.0  # the queue and Runs lists are read this often (the page's only timer that always runs)
 
 
 @dataclass
@@ -95,7 +96,7 @@ def build_queue_panel(add_button: Any) -> QueueWidgets:
                 w.compare_gallery = gr.Gallery(label="Samples side by side", columns=4, height=260,
                                                elem_id="compare-gallery")
     w.seen = gr.State("")
-    w.timer = gr.Timer(1.0)
+    w.timer = gr.Timer(QUEUE_TICK_S)
     return w
 
 
@@ -138,8 +139,8 @@ class QueuePanel:
         w.replace.click(self.replace, inputs=form.inputs | {w.job}, outputs=[*form.errors.values(), w.note, *lists])
         w.stop_on_failure.input(self.set_stop_on_failure, inputs={w.stop_on_failure}, outputs=[w.note])
         w.resume.click(self.resume, inputs=set(), outputs=[w.note, *lists])
-        w.timer.tick(self.refresh, inputs={w.seen}, outputs=lists, show_progress="hidden")
-        app.load(self.refresh, inputs={w.seen}, outputs=lists)
+        w.timer.tick(self.refresh, inputs={w.seen}, outputs=[*lists, area.timer], show_progress="hidden")
+        app.load(self.refresh, inputs={w.seen}, outputs=[*lists, area.timer])
         w.open.click(self.open, inputs={w.pick, area.state},
                      outputs=[*self.handlers.run_outputs(), area.runs, w.history_note])
         w.compare.click(self.compare, inputs={w.pick, w.compare_step},
@@ -173,7 +174,11 @@ class QueuePanel:
         }
 
     def refresh(self, data: dict) -> dict:
-        return self._lists(data[self.w.seen])
+        """The lists, and the run timer woken when a run goes (one the queue or another tab started)."""
+        updates = self._lists(data[self.w.seen])
+        if self.handlers.manager.active_run() is not None:
+            updates[self.area.timer] = gr.Timer(active=True)
+        return updates
 
     # ----- queue ------------------------------------------------------------------------------------
     def add(self, data: dict) -> dict:

@@ -6,6 +6,7 @@
 #                                 Fails if the type check or either run fails.
 #   bash scripts/test.sh ARGS...  one pytest run with these arguments (../shared is read if it is there)
 # LORA_LOOM_SHARED=PATH names another shared folder; LORA_LOOM_SHARED=none leaves out the second run.
+# LORA_LOOM_WORKERS=N runs the first run on N pytest workers (default 2, one per core here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
@@ -19,9 +20,11 @@ echo "== type check of trainer/ and gui/ (mypy; finds a misspelt job key or sect
 typed=0
 .venv/bin/python -m mypy || typed=$?
 
-echo "== run 1: the whole suite with nothing beside the checkout (LORA_LOOM_SHARED=none)"
+echo "== run 1: the whole suite with nothing beside the checkout (LORA_LOOM_SHARED=none), on ${LORA_LOOM_WORKERS:=2} workers"
+# Two pytest workers, one torch thread each (the tests are single-threaded; two cores are two workers). The
+# browser tests stay together on one worker, one at a time (tests/conftest.py puts them in one group).
 first=0
-LORA_LOOM_SHARED=none "${pytest[@]}" || first=$?
+LORA_LOOM_SHARED=none "${pytest[@]}" -n "$LORA_LOOM_WORKERS" --dist loadgroup || first=$?
 
 shared=${LORA_LOOM_SHARED:-../shared}
 second=0

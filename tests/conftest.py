@@ -23,6 +23,14 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items):
+    """With several workers (pytest-xdist, ``--dist loadgroup``) the browser tests run on one of them, one
+    at a time: each drives an app, a Chromium and a trainer, which is what a 2-core machine can carry."""
+    for item in items:
+        if item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("browser"))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """Tell tests/shared_refs.py which test is running (it refuses tests without the ``shared`` marker)."""

@@ -48,6 +48,7 @@ TEXT_BAD_VALUES = {
     "train_data_dir": lambda p: ["", "/nonexistent/data", p.text_file, p.empty_dir, p.flat_dir, p.damaged_dir,
                                  p.zero_repeat_dir],
     "reg_data_dir": lambda p: ["/nonexistent/reg", p.text_file, p.empty_dir, p.flat_dir],
+    "dataset_config": lambda p: ["/nonexistent/dataset.toml", p.empty_dir, p.text_file, p.prefixed_dataset_config],
     "output_dir": lambda p: ["", "/proc/lora_loom_out", p.text_file, str(Path(p.text_file) / "sub")],
     "logging_dir": lambda p: ["/proc/lora_loom_logs", p.text_file],
     "network_weights": lambda p: ["/nonexistent/lora.safetensors", p.empty_dir, p.text_file, p.model_file,
@@ -122,6 +123,10 @@ class Paths:
         zero.mkdir(parents=True)
         (zero / "a.png").write_bytes((demo_dir / "data" / "10_shapes" / "shape_00.png").read_bytes())
         self.zero_repeat_dir = str(root / "zero")
+        self.prefixed_dataset_config = str(root / "prefixed.toml")  # an sd-scripts option LoRA Loom lacks
+        Path(self.prefixed_dataset_config).write_text(
+            f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{demo_dir / "data" / "10_shapes"}"\n'
+            'caption_prefix = "photo of"\n')
         self.model_file = str(demo_dir / "model.safetensors")
         self.junk_safetensors = str(root / "junk.safetensors")
         Path(self.junk_safetensors).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}garbage")

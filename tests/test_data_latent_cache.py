@@ -181,3 +181,24 @@ def test_an_unwritable_cache_file_is_named(tmp_path, vae):
     with pytest.raises(DataError) as caught:
         data.cache_latents(CountingEncoder(vae), 0, disk=True)
     assert caught.value.setting == "cache_latents_to_disk" and "a_0064x0064_sd.npz" in caught.value.message
+
+
+def test_skip_cache_check_trusts_a_file_of_the_right_bucket(tmp_path, vae):
+    """sd-scripts' --skip_cache_check: the image and the VAE are not checked (an edited image keeps its old
+    latent); an unreadable file, a missing flipped latent or another bucket are still rebuilt."""
+    root = make_images(tmp_path)
+    first, _ = cached_data(root, vae)
+    write_image(root / "2_x" / "b.png", 64, 64, seed=99)
+
+    def run(encoder_id="tiny", **changes):
+        data = TrainingData(scan_dataset(root, None, ".txt"), options(**changes), seed=0)
+        encoder = CountingEncoder(vae)
+        data.cache_latents(encoder, disk=True, encoder_id=encoder_id, skip_cache_check=True)
+        return data, encoder
+
+    data, encoder = run()
+    assert encoder.images == 0 and torch.equal(data._latents[1], first._latents[1])  # the old latent of b.png
+    assert run(encoder_id="other vae")[1].images == 0
+    assert run(flip_aug=True)[1].images == 6  # no flipped latents yet: every image is encoded again
+    assert run(resolution=(48, 48))[1].images == 3
+    assert cached_data(root, vae)[1].images == 3  # without the setting, the check is back

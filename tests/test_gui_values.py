@@ -73,6 +73,18 @@ def test_plan_markdown_and_dataset_table_on_the_demo(demo_dir):
     assert missing.startswith("❌ `train_data_dir`")
 
 
+def test_the_dataset_table_lists_a_dataset_configs_subsets(demo_dir, tmp_path):
+    from gui.plan_panel import dataset_config_markdown
+
+    config = tmp_path / "ds.toml"
+    config.write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{demo_dir / "data" / "10_shapes"}"\n'
+                      'num_repeats = 3\nkeep_tokens = 1\ncaption_extension = ".txt"\n')
+    table = dataset_config_markdown({"dataset_config": str(config)})
+    assert f"| {demo_dir / 'data' / '10_shapes'} | training | 3 | 8 | False | 1 | False | — |" in table
+    config.write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = '/nowhere'\n")
+    assert dataset_config_markdown({"dataset_config": str(config)}).startswith("❌ `dataset_config`")
+
+
 def test_plan_refuses_bad_values_without_starting_a_subprocess():
     result = compute_plan({**defaults(), "train_batch_size": 0}, trainer_command=["/nonexistent/python"])
     assert result.plan is None and "train_batch_size" in result.error
@@ -180,29 +192,36 @@ def test_model_note_suggests_v2_and_v_parameterization_without_setting_them(tmp_
 
 def test_plan_follows_edits_once_they_pause_and_only_once(monkeypatch):
     """The plan timer makes the plan from the latest edit after PLAN_SETTLE_S, once per change, and leaves
-    the panel alone while the page watches a run that is going."""
+    the panel alone while the page watches a run that is going. It ticks only while an edit waits for its
+    plan: it turns itself off when nothing waits, and after planning unless a newer edit came meanwhile."""
     from types import SimpleNamespace
 
     from gui import handlers
     from gui.handlers import Handlers, SessionState
 
     fake_trainer = [sys.executable, "-c", "import json; print(json.dumps({'total_steps': 7, 'lr_curve': {}}))"]
-    area = SimpleNamespace(state="state", plan_md="plan_md", plan_plot="plan_plot", dataset_md="dataset_md")
+    area = SimpleNamespace(state="state", plan_md="plan_md", plan_plot="plan_plot", dataset_md="dataset_md",
+                           plan_timer="plan_timer")
     ui = Handlers(form=None, area=area, manager=None, config=SimpleNamespace(trainer_command=fake_trainer))
     clock = [100.0]
     monkeypatch.setattr(handlers.time, "monotonic", lambda: clock[0])
     session = SessionState(planned=defaults())
     tick = lambda: ui.plan_when_settled({"state": session})  # noqa: E731
 
-    assert list(tick()) == ["plan_md"]  # nothing edited yet: skipped
+    def timer_off(reply: dict) -> bool:
+        return reply["plan_timer"].active is False
+
+    idle = tick()
+    assert list(idle) == ["plan_timer"] and timer_off(idle)  # nothing edited yet: the timer sleeps
     session.edited, session.edited_at = {**defaults(), "epoch": 3}, clock[0]
     clock[0] += 0.5
-    assert list(tick()) == ["plan_md"]  # still typing
+    assert list(tick()) == ["plan_md"]  # still typing: skipped, the timer keeps ticking
     clock[0] += 1.0
     made = tick()
-    assert "| **Total steps** | **7** |" in made["plan_md"]
+    assert "| **Total steps** | **7** |" in made["plan_md"] and timer_off(made)
     assert "dataset_md" not in made  # the folders did not change: no rescan
-    assert list(tick()) == ["plan_md"]  # the same values are not planned twice
+    again = tick()
+    assert "plan_md" not in again and timer_off(again)  # the same values are not planned twice
     session.edited, session.edited_at = {**defaults(), "train_data_dir": "/nowhere"}, clock[0] - 5
     assert tick()["dataset_md"].startswith("❌ `train_data_dir`")
     session.edited, session.edited_at = {**defaults(), "epoch": 4}, clock[0] - 5
@@ -332,7 +351,7 @@ def test_settings_that_do_not_apply_say_why_from_the_schema():
     assert field_label(s["unit"], {"LoRA_type": "Standard"}) == "DyLoRA unit — only with LoRA type DyLoRA"
     assert field_label(s["unit"], {"LoRA_type": "DyLoRA"}) == "DyLoRA unit"
     assert field_label(s["lr_warmup"], {"lr_scheduler": "constant"}).endswith(
-        "— not with LR Scheduler adafactor or constant")
+        "— not with LR Scheduler adafactor, constant or piecewise_constant")
     assert applies(s["lr_warmup"], {"lr_scheduler": "cosine"})
     assert not applies(s["lr_scheduler_num_cycles"], {"lr_scheduler": "cosine"})
     assert not applies(s["conv_block_dims"], {"LoRA_type": "Standard"})

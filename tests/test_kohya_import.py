@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from trainer.kohya import (
+    LORA_TYPE_FROM_KOHYA,
     LORA_TYPE_TO_KOHYA,
     RENAMED_KEYS,
     KohyaImportError,
     export_kohya_config,
     import_kohya_config,
     import_kohya_to_toml,
+    refused_family,
     report_lines,
 )
 from trainer.spec import SETTINGS_BY_KEY, job_from_values, job_to_values, load_job
@@ -638,3 +640,27 @@ def test_other_sdxl_options_are_reported_as_options_we_do_not_have():
     assert result.values["v2"] is True  # v2 is one of our settings now
     reason = {u.key: u.reason for u in result.unmapped}["sdxl_fused_backward_pass"]
     assert reason.startswith("an SDXL option LoRA Loom does not have")
+
+
+@pytest.mark.shared
+def test_every_sd_family_kohya_preset_imports_with_nothing_lost():
+    """All of kohya_ss's presets in shared/ (issue 14): each SD-family one imports, every key it holds that is not
+    a setting is kohya_ss's off/default value (nothing training-relevant lost), and the job it makes is valid;
+    the Flux one stays refused."""
+    folder = shared_path("fixtures", "kohya_presets")
+    presets = sorted(folder.glob("*.json"))
+    assert len(presets) >= 8
+    imported = 0
+    for preset in presets:
+        config = json.loads(preset.read_text(encoding="utf-8"))
+        if refused_family(config):
+            with pytest.raises(KohyaImportError):
+                import_kohya_config(preset)
+            continue
+        result = import_kohya_config(preset)
+        lost = [(u.key, u.value) for u in result.unmapped if not u.neutral]
+        assert not lost, f"{preset.name}: {lost}"
+        job = job_from_values(result.values)
+        assert job.network.LoRA_type == LORA_TYPE_FROM_KOHYA[config.get("LoRA_type", "Standard")], preset.name
+        imported += 1
+    assert imported == len(presets) - 1  # the Flux preset is the one refused

@@ -28,6 +28,9 @@ EXPECTED = {
     "native-ft-sd15.json": {"LoRA_type": "LyCORIS/Native Fine-Tuning", "train_norm": True, "text_encoder_lr": 0.0},
     "locon-dora-sd15.json": {"LoRA_type": "LoCon", "dora_wd": True, "use_scalar": True, "bypass_mode": True,
                              "scale_weight_norms": 2.5},
+    "kohya-lokr-sdxl.json": {"LoRA_type": "Kohya LoKr", "network_dim": 48, "network_alpha": 24.0, "factor": 8,
+                             "conv_dim": 1},
+    "lora-fa-sd15.json": {"LoRA_type": "LoRA-FA", "network_dim": 48, "network_alpha": 24.0},
 }
 NETWORK_KEYS = {s.key for s in SETTINGS if s.group == "network"}
 
@@ -55,12 +58,23 @@ def test_the_options_reach_the_network_as_kohya_ss_sends_them():
     assert (standard.algo, standard.use_tucker, standard.factor) == (None, False, -1)
 
 
-@pytest.mark.parametrize("name, words", [("kohya-lokr-sdxl.json", "networks.lokr"),
-                                         ("lora-fa-sd15.json", "lora_fa")])
-def test_a_type_lora_loom_does_not_train_is_refused_and_nothing_is_written(name, words, tmp_path):
+def test_the_kohya_types_reach_the_network_as_kohya_ss_sends_them():
+    lokr = network_config_from_job(job_from_values(import_kohya_config(FIXTURES / "kohya-lokr-sdxl.json").values),
+                                   family="sdxl")
+    assert (lokr.lora_type, lokr.algo, lokr.factor, lokr.dim, lokr.conv_dim) == ("Kohya LoKr", "lokr", 8, 48, 1)
+    assert not any("SDXL only" in note for note in import_kohya_config(FIXTURES / "kohya-lokr-sdxl.json").notes)
+    config = {**json.loads((FIXTURES / "kohya-lokr-sdxl.json").read_text()), "sdxl": False}
+    assert any("SDXL only" in note for note in import_kohya_config(config).notes)
+    fa = network_config_from_job(job_from_values(import_kohya_config(FIXTURES / "lora-fa-sd15.json").values))
+    assert (fa.lora_type, fa.algo, fa.dim, fa.alpha) == ("LoRA-FA", None, 48, 24.0)
+
+
+def test_a_type_lora_loom_does_not_train_is_refused_and_nothing_is_written(tmp_path):
+    config = {**json.loads((FIXTURES / "lora-fa-sd15.json").read_text()), "LoRA_type": "Kohya SuperLoRA"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(KohyaImportError) as error:
-        import_kohya_to_toml(FIXTURES / name, tmp_path / "job.toml")
-    assert "LoRA_type" in str(error.value) and words in str(error.value)
+        import_kohya_to_toml(tmp_path / "config.json", tmp_path / "job.toml")
+    assert "LoRA_type" in str(error.value) and "not a type LoRA Loom trains" in str(error.value)
     assert not (tmp_path / "job.toml").exists()
 
 

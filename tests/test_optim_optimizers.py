@@ -204,3 +204,57 @@ def test_arg_names_and_warnings():
     assert [s for s, _ in optimizer_warnings("Adafactor", {}, {"unet": 1e-4})] == ["learning_rate"]
     assert optimizer_warnings("Adafactor", {"relative_step": False}, {"unet": 1e-4}) == []
     assert optimizer_warnings("AdamW", {}, {"unet": 1e-4, "text_encoder": 5e-5}) == []
+
+
+@pytest.mark.filterwarnings("ignore:Paged optimizers are not supported on CPU:UserWarning")
+@pytest.mark.parametrize("name, module, class_name", [
+    ("PagedAdamW32bit", "bitsandbytes.optim", "PagedAdamW32bit"),
+    ("PagedLion8bit", "bitsandbytes.optim", "PagedLion8bit"),
+    ("bitsandbytes.optim.AdEMAMix8bit", "bitsandbytes.optim", "AdEMAMix8bit"),
+    ("bitsandbytes.optim.PagedAdEMAMix8bit", "bitsandbytes.optim", "PagedAdEMAMix8bit"),
+    ("DAdaptAdanIP", "dadaptation.experimental", "DAdaptAdanIP"),
+    ("DAdaptAdamPreprint", "dadaptation.experimental", "DAdaptAdamPreprint"),
+])
+def test_kohya_ss_optimizers_build_sd_scripts_classes_and_take_their_arguments(name, module, class_name):
+    """The names kohya_ss's list offers (two of them as module paths) build the class sd-scripts' get_optimizer
+    builds; their own arguments are checked as for every optimizer; a kohya_ss config naming one imports."""
+    import importlib
+
+    from trainer.kohya import import_kohya_config
+
+    model, _, _ = toy_problem()
+    optimizer = build_optimizer(name, [{"params": list(model.parameters()), "lr": 1.0}], 1.0, {"weight_decay": 0.01})
+    assert type(optimizer) is getattr(importlib.import_module(module), class_name)
+    assert optimizer.param_groups[0]["weight_decay"] == 0.01
+    with pytest.raises(OptimizerArgsError):
+        build_optimizer(name, [{"params": list(model.parameters()), "lr": 1.0}], 1.0, {"no_such_arg": 1})
+    assert import_kohya_config({"optimizer": name}).values["optimizer"] == name
+
+
+def test_any_module_class_optimizer_is_built_and_its_arguments_checked(tmp_path):
+    """sd-scripts' "any optimizer class": a dotted module.Class is imported and built with the extra arguments,
+    which are checked against its signature; a missing module, a class that is not an optimizer and a name that
+    is neither listed nor dotted are refused naming the setting, in validate and in the job model."""
+    from trainer.kohya import import_kohya_config
+    from trainer.preflight import deep_checks
+    from trainer.spec import JobError, job_from_values
+
+    model, inputs, targets = toy_problem()
+    optimizer = build_optimizer("torch.optim.RAdam", [{"params": list(model.parameters()), "lr": 1e-2}], 1e-2,
+                                {"weight_decay": 0.1})
+    assert type(optimizer) is torch.optim.RAdam and optimizer.param_groups[0]["weight_decay"] == 0.1
+    losses = train_steps(model, optimizer, inputs, targets, steps=5)
+    assert losses[-1] < losses[0]
+    job = job_from_values({"optimizer": "torch.optim.RAdam", "optimizer_args": "weight_decay=0.1"})
+    assert not deep_checks(job)
+    bad_arg = deep_checks(job_from_values({"optimizer": "torch.optim.RAdam", "optimizer_args": "momentum=0.9"}))
+    assert [p.setting for p in bad_arg] == ["optimizer_args"] and "momentum" in bad_arg[0].message
+    missing = deep_checks(job_from_values({"optimizer": "no_such_package.Opt"}))
+    assert [p.setting for p in missing] == ["optimizer"] and "cannot import 'no_such_package'" in missing[0].message
+    not_optimizer = deep_checks(job_from_values({"optimizer": "collections.OrderedDict"}))
+    assert [p.setting for p in not_optimizer] == ["optimizer"] and "not a torch optimizer" in not_optimizer[0].message
+    with pytest.raises(JobError) as error:
+        job_from_values({"optimizer": "not a class"})
+    assert "optimizer" in str(error.value) and "module.Class" in str(error.value)
+    # kohya_ss's list allows custom values: an import keeps them (validation then says what is missing)
+    assert import_kohya_config({"optimizer": "pytorch_optimizer.CAME"}).values["optimizer"] == "pytorch_optimizer.CAME"

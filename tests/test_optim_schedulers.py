@@ -15,6 +15,7 @@ from trainer.optim.schedulers import (
 )
 from trainer.plan import schedule
 from trainer.spec import validate_values
+from trainer.spec.tables import SCHEDULER_ARGS
 
 
 @pytest.mark.parametrize("batches, percent, warmup", [
@@ -97,7 +98,11 @@ def tiny_optimizer(name="AdamW", args=None):
     return model, build_optimizer(name, groups, 1e-3, args or {})
 
 
-@pytest.mark.parametrize("scheduler", [s for s in SCHEDULER_NAMES if s != "adafactor"])
+# the schedules that need no lr_scheduler_args (the four that read them: test_named_scheduler_arguments below)
+PLAIN = [s for s in SCHEDULER_NAMES if s != "adafactor" and s not in SCHEDULER_ARGS]
+
+
+@pytest.mark.parametrize("scheduler", PLAIN)
 def test_torch_scheduler_steps_through_lr_factor(scheduler):
     model, optimizer = tiny_optimizer()
     kw = dict(scheduler=scheduler, total_steps=30, warmup_steps=6, num_cycles=2, power=1.5)
@@ -112,7 +117,7 @@ def test_torch_scheduler_steps_through_lr_factor(scheduler):
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
-@pytest.mark.parametrize("scheduler", [s for s in SCHEDULER_NAMES if s != "adafactor"])
+@pytest.mark.parametrize("scheduler", PLAIN)
 def test_same_numbers_as_transformers(scheduler):
     from transformers.optimization import get_scheduler
 
@@ -198,3 +203,87 @@ def test_scheduler_state_resumes_where_it_stopped():
     resumed_optimizer.step()
     resumed.step()
     assert resumed.get_last_lr() == pytest.approx([1e-3 * lr_factor(8, **kw), 5e-4 * lr_factor(8, **kw)])
+
+
+# sd-scripts' get_scheduler_fix for the four schedules that read lr_scheduler_args, with the library functions it
+# calls: (our lr_scheduler_args, num_cycles, the reference scheduler on an optimizer, total steps, warmup)
+def _references(optimizer, total, warmup):
+    from diffusers.optimization import get_piecewise_constant_schedule
+    from transformers.optimization import (
+        get_cosine_with_min_lr_schedule_with_warmup, get_inverse_sqrt_schedule, get_wsd_schedule,
+    )
+
+    decay = int(0.3 * total)
+    return {  # each made only when asked: a LambdaLR sets the optimizer's rates when it is made
+        "piecewise_constant": ("step_rules='1:10,0.5:25,0.1'", 1,
+                               lambda: get_piecewise_constant_schedule(optimizer, step_rules="1:10,0.5:25,0.1")),
+        "cosine_with_min_lr": ("min_lr_rate=0.2", 3, lambda: get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, num_warmup_steps=warmup, num_training_steps=total, num_cycles=3 / 2, min_lr_rate=0.2)),
+        "inverse_sqrt": ("timescale=12", 1, lambda: get_inverse_sqrt_schedule(optimizer, num_warmup_steps=warmup,
+                                                                               timescale=12)),
+        "warmup_stable_decay": ("num_decay_steps=0.3 min_lr_ratio=0.1 decay_type='linear'", 1,
+                                lambda: get_wsd_schedule(optimizer, num_warmup_steps=warmup,
+                                                         num_stable_steps=total - warmup - decay, num_decay_steps=decay,
+                                                         num_cycles=1 / 2, min_lr_ratio=0.1, decay_type="linear")),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULER_ARGS))
+def test_named_scheduler_arguments_give_the_libraries_numbers(scheduler):
+    from trainer.optim.schedulers import named_scheduler_options
+
+    total, warmup = 40, 6
+    _, optimizer = tiny_optimizer()
+    args, cycles, make = _references(optimizer, total, warmup)[scheduler]
+    reference = make()
+    options = named_scheduler_options(scheduler, args)
+    warmup_used = 0 if scheduler == "piecewise_constant" else warmup
+    ours = lr_curve({"weight": 1e-3, "bias": 5e-4}, scheduler=scheduler, total_steps=total, warmup_steps=warmup_used,
+                    num_cycles=cycles, lr_init=1e-3, options=options)
+    _, again = tiny_optimizer()
+    built = build_lr_scheduler(again, scheduler=scheduler, total_steps=total, warmup_steps=warmup_used,
+                               num_cycles=cycles, options=options)
+    for step in range(total):
+        expected = [g["lr"] for g in optimizer.param_groups]
+        assert [ours["weight"][step], ours["bias"][step]] == pytest.approx(expected), step
+        assert [g["lr"] for g in again.param_groups] == pytest.approx(expected), step
+        reference.step()
+        built.step()
+    assert len(set(ours["weight"])) > 2  # the schedule moves
+
+
+def test_min_lr_is_divided_by_the_learning_rate():
+    curve = lr_curve({"unet": 1e-3}, scheduler="cosine_with_min_lr", total_steps=10, warmup_steps=0, lr_init=1e-3,
+                     options={"min_lr": 1e-4})["unet"]
+    assert curve[0] == pytest.approx(1e-3) and min(curve) > 1e-4 - 1e-12
+
+
+@pytest.mark.parametrize("scheduler, args, words", [
+    ("piecewise_constant", "", "needs step_rules"),
+    ("piecewise_constant", "step_rules='1:x,0.1'", "must look like"),
+    ("cosine_with_min_lr", "", "needs one of min_lr_rate"),
+    ("cosine_with_min_lr", "min_lr_rate=0.1 min_lr=1e-6", "needs one of min_lr_rate"),
+    ("inverse_sqrt", "timescale=0", "timescale must be"),
+    ("warmup_stable_decay", "decay_type='square'", "decay_type must be"),
+    ("warmup_stable_decay", "T_max=3", "does not take T_max"),
+])
+def test_bad_named_scheduler_arguments_name_lr_scheduler_args(scheduler, args, words):
+    _, problems = validate_values({"lr_scheduler": scheduler, "lr_scheduler_args": args})
+    found = [p for p in problems if p.setting == "lr_scheduler_args" and p.level == "error"]
+    assert found and words in found[0].message, problems
+
+
+def test_the_plan_preview_follows_the_named_scheduler_arguments():
+    from trainer.plan import lr_preview
+    from trainer.spec import job_from_values
+
+    job = job_from_values({"lr_scheduler": "piecewise_constant", "lr_scheduler_args": "step_rules='1:5,0.25'",
+                           "unet_lr": 1e-3, "text_encoder_lr": 0.0, "learning_rate": 1e-3})
+    plan = schedule(batches_per_epoch=10, epoch=1, lr_scheduler="piecewise_constant", lr_warmup_percent=0)
+    curve = lr_preview(job, plan)["unet"]
+    values = {round(v, 9) for _, v in curve} if isinstance(curve[0], (list, tuple)) else {round(v, 9) for v in curve}
+    assert values == {1e-3, 2.5e-4}
+    assert not [p for p in validate_values({"lr_scheduler": "piecewise_constant",
+                                            "lr_scheduler_args": "step_rules='1:5,0.25'"})[1]
+                if p.setting == "lr_scheduler_args"]  # read, so no "ignored" warning

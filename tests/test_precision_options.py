@@ -32,3 +32,38 @@ def test_full_bf16_needs_bf16_mixed_precision():
     assert ("full_bf16", "error") in {(p.setting, p.level) for p in problems}
     _, problems = validate_values({"full_bf16": "maybe"}, for_training=False)
     assert "full_bf16" in {p.setting for p in problems}
+
+
+def test_fp8_base_is_refused_naming_it_and_an_import_reports_it():
+    """fp8_base is declared (kohya_ss's key) but not implemented: on, it is an error naming it, never ignored;
+    a kohya_ss config that turns it on imports with it reported and left off."""
+    from trainer.kohya import import_kohya_config
+
+    _, problems = validate_values({"fp8_base": True})
+    errors = [p for p in problems if p.setting == "fp8_base" and p.level == "error"]
+    assert errors and "not implemented yet" in errors[0].message
+    result = import_kohya_config({"LoRA_type": "Standard", "fp8_base": True})
+    lost = {u.key: u for u in result.unmapped}
+    assert not lost["fp8_base"].neutral and "not implemented yet" in lost["fp8_base"].reason
+    assert "fp8_base" not in result.values
+    assert import_kohya_config({"LoRA_type": "Standard", "fp8_base": False}).values["fp8_base"] is False
+
+
+def test_highvram_is_accepted_and_changes_nothing(demo_dir):
+    """sd-scripts' --highvram only skips freeing the CUDA cache while caching latents, which LoRA Loom never
+    frees: on, the job is valid without a note, plans the same run, and a kohya_ss config keeps it."""
+    import tomllib
+    from pathlib import Path
+
+    from trainer.kohya import export_kohya_config, import_kohya_config
+    from trainer.plan import make_plan
+    from trainer.spec import job_from_values
+
+    values = tomllib.loads((Path(demo_dir) / "job.toml").read_text())
+    values.pop("spec_version", None)
+    _, problems = validate_values({**values, "highvram": True})
+    assert not [p for p in problems if p.setting == "highvram"]
+    plans = [make_plan(job_from_values({**values, "highvram": on})) for on in (False, True)]
+    assert plans[0] == plans[1]
+    imported = import_kohya_config({"LoRA_type": "Standard", "highvram": True}).values
+    assert imported["highvram"] is True and export_kohya_config(imported)["highvram"] is True

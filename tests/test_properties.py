@@ -77,7 +77,9 @@ def test_a_job_survives_its_toml_file(values):
 def test_a_job_survives_export_to_kohya_and_import_back(values):
     values = {**values, "pretrained_model_name_or_path": "", "additional_parameters": "", "save_model_as": "safetensors",
               # full rank (100000) is for the LyCORIS types only: the import refuses it for the others
-              "network_dim": min(values["network_dim"], 512), "conv_dim": min(values["conv_dim"], 512)}
+              "network_dim": min(values["network_dim"], 512), "conv_dim": min(values["conv_dim"], 512),
+              # a setting not implemented yet (fp8_base) is reported by the import and left off, by design
+              **{s.key: s.default for s in SETTINGS if not s.implemented}}
     job = job_to_values(job_from_values(values))
     try:
         imported = import_kohya_config(export_kohya_config(values))

@@ -20,7 +20,7 @@ from trainer.spec import SETTINGS, SETTINGS_BY_KEY, JobError, job_from_values, j
 from trainer.spec.checks import parse_additional_parameters
 from trainer.spec.network_checks import check_network_options
 from trainer.spec.rules import lycoris_algo
-from trainer.spec.tables import LYCORIS_TYPES
+from trainer.spec.tables import KOHYA_LOKR, LORA_FA, LYCORIS_TYPES
 
 # Old kohya_ss key names → today's (kohya's own `update_my_data` migration, plus renamed block fields).
 RENAMED_KEYS = {"lora_network_weights": "network_weights", "conv_dims": "conv_block_dims",
@@ -30,17 +30,17 @@ LORA_TYPE_FROM_KOHYA = {  # "LoCon" is the legacy name kohya_ss migrates to LyCO
     "Standard": "Standard", "LoCon": "LoCon", "Kohya LoCon": "LoCon", "LyCORIS/LoCon": "LoCon",
     "LoHa": "LoHa", "Kohya LoHa": "LoHa", "LyCORIS/LoHa": "LoHa",
     "DyLoRA": "DyLoRA", "Kohya DyLoRA": "DyLoRA", "LyCORIS/DyLoRA": "DyLoRA",
+    KOHYA_LOKR: KOHYA_LOKR, LORA_FA: LORA_FA,
     **{name: name for name in LYCORIS_TYPES},
 }
-# SD-family types kohya_ss offers that LoRA Loom does not train: an import of one is refused as a whole.
-REFUSED_LORA_TYPES = {
-    "Kohya LoKr": "sd-scripts' own networks.lokr (kohya_ss offers it for SDXL only); LyCORIS/LoKr is supported",
-    "LoRA-FA": "sd-scripts' networks.lora_fa (a LoRA with a frozen down projection) is not supported yet",
-}
+# SD-family types kohya_ss offers that LoRA Loom does not train (an import of one is refused as a whole):
+# none left (the table stays for the reason a type that a later kohya_ss adds would be given).
+REFUSED_LORA_TYPES: dict[str, str] = {}
 # networks.lora with conv_dim (Kohya LoCon) and networks.dylora take block-wise dims, as ours do; kohya_ss
 # allows its own "Kohya LoHa" only for SDXL, so LoHa goes out as the LyCORIS one.
 LORA_TYPE_TO_KOHYA = {"Standard": "Standard", "LoCon": "Kohya LoCon", "LoHa": "LyCORIS/LoHa",
-                      "DyLoRA": "Kohya DyLoRA", **{name: name for name in LYCORIS_TYPES}}
+                      "DyLoRA": "Kohya DyLoRA", KOHYA_LOKR: KOHYA_LOKR, LORA_FA: LORA_FA,
+                      **{name: name for name in LYCORIS_TYPES}}
 
 REFUSED_FAMILY_CHECKBOXES = {"flux1_checkbox": "Flux.1", "sd3_checkbox": "SD3",
                              "hunyuan_image_checkbox": "HunyuanImage-2.1", "anima_checkbox": "Anima",
@@ -149,6 +149,8 @@ def _to_choice(setting, raw: Any):
     else:
         text = str(raw).strip()
         value = {str(c).lower(): c for c in setting.choices}.get(text.lower(), text)
+    if value not in setting.choices and setting.custom_choices and setting.parser is not None:
+        return setting.parser(value)  # a module.Class (kohya_ss's Optimizer list takes custom values)
     if value not in setting.choices:
         raise ValueError(f"{short_repr(raw)} is not {setting.describe_range()}")
     return value
@@ -337,6 +339,9 @@ def _advice(config: dict[str, Any], values: dict[str, Any]) -> list[str]:
     kohya_type, our_type = config.get("LoRA_type"), values.get("LoRA_type")
     if our_type and kohya_type != our_type:
         notes.append(f"LoRA type {kohya_type!r} was imported as {our_type!r}")
+    if our_type == KOHYA_LOKR and not _truthy(config.get("sdxl")):
+        notes.append("kohya_ss trains Kohya LoKr (sd-scripts' networks.lokr) on SDXL only and refuses this "
+                     "non-SDXL config; LoRA Loom trains it on SD1.x/SD2.x too, on the layers networks.lokr picks")
     if isinstance(config.get("xformers"), str) and config["xformers"].strip().lower() in ("sdpa", "none"):
         notes.append(f"xformers {config['xformers']!r} was imported as off (PyTorch attention)")
     model = values.get("pretrained_model_name_or_path", "")

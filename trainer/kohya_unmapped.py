@@ -29,10 +29,6 @@ EXPLAINED_KEYS = {
     "save_as_bool": "a kohya_ss GUI field that leaked into saved files, not a setting",
     "use_8bit_adam": "an old kohya_ss flag, used only in files without the optimizer setting",
     "use_wandb": "an old kohya_ss flag, used only in files without the log_with setting",
-    "dataset_config": "a kohya_ss feature LoRA Loom does not support yet (dataset TOML files; use the "
-                      "Image folder with N_name sub-folders)",
-    "fp8_base": "fp8 base weights need a CUDA GPU and fp8 matmuls LoRA Loom does not have yet",
-    "highvram": "only changes sd-scripts' CUDA cache clearing, which LoRA Loom never does",
     "train_inpainting": "LoRA Loom trains 4-channel UNets only (9-channel inpainting models are refused)",
     "sdxl": "marks an SDXL config; LoRA Loom reads the model family from the checkpoint's weights, so the "
             "flag is not needed",
@@ -41,10 +37,10 @@ EXPLAINED_KEYS = {
                                        "encoders are not trained",
 }
 # Keys whose meaning LoRA Loom applies by itself, whatever their value: leaving them out loses nothing.
-SELF_APPLIED_KEYS = frozenset({"sdxl", "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs", "highvram"})
+SELF_APPLIED_KEYS = frozenset({"sdxl", "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs"})
 UNSUPPORTED_FEATURES = frozenset({
-    "scale_weight_norms", "network_dropout", "rank_dropout", "module_dropout", "masked_loss", "fp8_base_unet",
-    "lowvram", "skip_cache_check",
+    "scale_weight_norms", "network_dropout", "rank_dropout", "module_dropout", "fp8_base_unet",
+    "lowvram",
     "LyCORIS_preset", "factor", "bypass_mode", "dora_wd", "use_cp", "use_tucker", "use_scalar", "rank_dropout_scale",
     "constrain", "rescaled", "train_norm", "decompose_both", "train_on_input", "blocks_to_swap", "caption_separator",
     "token_warmup_step",

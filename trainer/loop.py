@@ -52,14 +52,17 @@ def batch_latents(session: Session, batch) -> torch.Tensor:
 
 
 def processed_captions(session: Session, batch, epoch: int, step: int) -> list[str]:
-    """Shuffle / keep tokens / dropout, re-drawn every time, from a generator seeded by (seed, epoch, step)."""
+    """Shuffle / keep tokens / dropout, re-drawn every time, from a generator seeded by (seed, epoch, step).
+    A dataset-config subset's own shuffle_caption / keep_tokens replace the job's for its images."""
     job = session.job
     rng = random.Random(f"{session.seed}:captions:{epoch}:{step}")
-    return [process_caption(caption, shuffle=job.captions.shuffle_caption, keep_tokens=job.captions.keep_tokens,
+    default = (job.captions.shuffle_caption, job.captions.keep_tokens)
+    own = getattr(batch, "caption_options", None) or [None] * len(batch.captions)
+    return [process_caption(caption, shuffle=(options or default)[0], keep_tokens=(options or default)[1],
                             dropout_rate=job.captions.caption_dropout_rate,
                             dropout_every_n_epochs=job.captions.caption_dropout_every_n_epochs, epoch=epoch, rng=rng,
                             weighted=job.captions.weighted_captions)
-            for caption in batch.captions]
+            for caption, options in zip(batch.captions, own)]
 
 
 def batch_loss(session: Session, batch, epoch: int, step: int) -> torch.Tensor:
@@ -85,7 +88,7 @@ def batch_loss(session: Session, batch, epoch: int, step: int) -> torch.Tensor:
     target = prediction_target(latents, noise, timesteps, session.alphas_cumprod, session.base.v_prediction)
     return training_loss(prediction, target, timesteps, session.alphas_cumprod, sample_weights=batch.loss_weights,
                          min_snr_gamma=job.noise_loss.min_snr_gamma, v_prediction=session.base.v_prediction,
-                         **loss_options(job.noise_loss, timesteps, session.alphas_cumprod))
+                         masks=batch.masks, **loss_options(job.noise_loss, timesteps, session.alphas_cumprod))
 
 
 def current_lrs(session: Session) -> dict[str, float]:
@@ -116,8 +119,9 @@ def optimizer_step(session: Session, scaler) -> dict[str, float]:
 
 
 def max_norm_statistics(session: Session) -> dict:
-    """scale_weight_norms after the step (sd-scripts' max-norm regularisation), and what it logs."""
-    max_norm = session.job.network.scale_weight_norms
+    """scale_weight_norms after the step (sd-scripts' max-norm regularisation), and what it logs. The network's
+    own value: 0 for a type that ignores the setting (sd-scripts turns it off there too)."""
+    max_norm = session.network.config.scale_weight_norms
     if not max_norm:
         return {}
     scaled, average, largest = session.network.apply_max_norm(max_norm)

@@ -139,6 +139,13 @@ def snr_post_weights(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, *, v
     return weight
 
 
+def apply_loss_mask(elements: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """sd-scripts' ``apply_masked_loss``: the element-wise loss (B, C, h, w) times each sample's mask (B, H, W)
+    in [0, 1], brought to the latent size by area averaging (``interpolate(mode="area")``)."""
+    mask = F.interpolate(masks.to(elements.device, torch.float32).unsqueeze(1), size=elements.shape[2:], mode="area")
+    return elements * mask
+
+
 def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error over every axis but the batch, in float32: shape (B,)."""
     squared = F.mse_loss(prediction.float(), target.float(), reduction="none")
@@ -159,15 +166,19 @@ def training_loss(
     scale_v_pred_loss_like_noise_pred: bool = False,
     v_pred_like_loss: float = 0.0,
     debiased_estimation_loss: bool = False,
+    masks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The scalar loss: ``mean_b( L_b · sample_weight_b · min_snr_weight_b · post_weight_b )``, in sd-scripts'
-    order: the element-wise loss (:func:`elementwise_loss`) averaged over C, H, W; the sample weight; then
-    min-SNR and the other SNR weights (:func:`snr_post_weights`).
+    order: the element-wise loss (:func:`elementwise_loss`), times the masks (:func:`apply_loss_mask`, with
+    ``masked_loss`` or alpha masks), averaged over C, H, W; the sample weight; then min-SNR and the other SNR
+    weights (:func:`snr_post_weights`).
 
     ``sample_weights`` (B,) carries ``prior_loss_weight`` for regularization images and 1 for the others;
     None means all ones.
     """
     elements = elementwise_loss(prediction, target, loss_type, huber_c)
+    if masks is not None:
+        elements = apply_loss_mask(elements, masks)
     loss = elements.mean(dim=tuple(range(1, elements.dim())))
     if sample_weights is not None:
         loss = loss * sample_weights.to(loss.device, torch.float32)

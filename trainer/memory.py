@@ -39,7 +39,12 @@ OPTIMIZER_STATE = {
     "SGDNesterov8bit": ("b", 1.05), "Lion": ("x", 1.0), "SGDNesterov": ("x", 1.0), "Prodigy": ("x", 4.0),
     "DAdaptation": ("x", 3.0), "DAdaptAdam": ("x", 3.0), "DAdaptAdan": ("x", 4.0), "DAdaptLion": ("x", 2.0),
     "DAdaptAdaGrad": ("x", 3.0), "DAdaptSGD": ("x", 2.0), "Adafactor": ("factored", 0.0),
+    "PagedAdamW32bit": ("x", 2.0), "PagedLion8bit": ("b", 1.05), "DAdaptAdanIP": ("x", 4.0),
+    "DAdaptAdamPreprint": ("x", 3.0),
+    # AdEMAMix: two first moments (fast and slow) and the second moment, 8-bit with block scales
+    "bitsandbytes.optim.AdEMAMix8bit": ("b", 3.15), "bitsandbytes.optim.PagedAdEMAMix8bit": ("b", 3.15),
 }
+# A module.Class optimizer the table does not know is counted as AdamW (two moments).
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ def lr_preview(job: Job, sched: Schedule) -> dict[str, list[list[float]]]:
     if blocks:
         groups = {"text_encoder": text_lr, **{name: unet_lr * weight for name, weight in blocks.items()}}
         groups = {name: lr for name, lr in groups.items() if lr}
-    if job.network.LoRA_type != "LoHa":
+    if job.network.LoRA_type not in ("LoHa", "LoRA-FA"):  # no up matrices to split / no LoRA+ (sd-scripts)
         from trainer.optim.loraplus import loraplus_ratios, preview_groups
         groups = preview_groups(groups, *loraplus_ratios(job.optimisation.loraplus_lr_ratio,
                                                          job.optimisation.loraplus_unet_lr_ratio,
@@ -150,12 +150,23 @@ def lr_preview(job: Job, sched: Schedule) -> dict[str, list[list[float]]]:
         return {name: downsample_curve(values) for name, values in typed.items()}
     curves = lr_curve(groups, scheduler=job.optimisation.lr_scheduler, total_steps=sched.total_steps,
                       warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
-                      power=job.optimisation.lr_scheduler_power or 1.0, lr_init=job.optimisation.learning_rate, relative_step=relative)
+                      power=job.optimisation.lr_scheduler_power or 1.0, lr_init=job.optimisation.learning_rate, relative_step=relative,
+                      options=_scheduler_options(job))
     stop = sched.text_encoder_stop_step
     if stop is not None:
         for name in [n for n in curves if n.startswith("text_encoder")]:
             curves[name] = [v if i < stop else 0.0 for i, v in enumerate(curves[name])]
     return {name: downsample_curve(values) for name, values in curves.items()}
+
+
+def _scheduler_options(job: Job) -> dict:
+    """The named schedule's lr_scheduler_args, {} when they do not parse (validation names the setting)."""
+    from trainer.optim.schedulers import named_scheduler_options
+
+    try:
+        return named_scheduler_options(job.optimisation.lr_scheduler, job.optimisation.lr_scheduler_args)
+    except ValueError:
+        return {}
 
 
 def unet_block_groups(job: Job) -> dict[str, float] | None:
@@ -230,12 +241,11 @@ def make_plan(job: Job, dataset_plan=None, with_memory: bool = False) -> dict:
     """The plan as a JSON-ready dict: dataset numbers (from the real folders) plus the schedule, the LR preview
     and, ``with_memory``, the memory estimate (``memory``: :mod:`trainer.memory_plan`; None when the model's
     layout cannot be read). The estimate builds the model on the meta device, so it imports diffusers."""
-    from trainer.data.dataset_plan import data_options_from_job, plan_dataset
-    from trainer.data.folders import scan_dataset
+    from trainer.data.dataset_config import scan_job_dataset
+    from trainer.data.dataset_plan import plan_dataset
 
     if dataset_plan is None:
-        scan = scan_dataset(job.data.train_data_dir, job.data.reg_data_dir or None, job.data.caption_extension or ".caption")
-        dataset_plan = plan_dataset(scan, data_options_from_job(job))
+        dataset_plan = plan_dataset(*scan_job_dataset(job))
     sched = schedule_for_job(job, dataset_plan.steps_per_epoch)
     plan = {"dataset": dataset_plan.summary(), **asdict(sched),
             "global_batch_size": global_batch_size(job, sched.num_processes)}

@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from trainer.data.dataset_plan import data_options_from_job
-from trainer.data.folders import scan_dataset
+from trainer.data.dataset_config import scan_job_dataset
 from trainer.data.training_data import TrainingData
 from trainer.distributed import SingleProcess, process_seed
 from trainer.events import EventWriter
@@ -25,9 +24,9 @@ from trainer.models.loading import BaseModel, load_base_model
 from trainer.network import LoraNetwork, apply_network, read_lora_file
 from trainer.network.from_job import network_config_from_job
 from trainer.optim.optimizers import build_optimizer, optimizer_warnings, parse_optimizer_args
-from trainer.optim.loraplus import loraplus_groups, loraplus_ratios, up_parameter_ids
+from trainer.optim.loraplus import loraplus_groups, loraplus_ratios, plus_markers, up_parameter_ids
 from trainer.optim.scheduler_type import build_typed_scheduler
-from trainer.optim.schedulers import build_lr_scheduler
+from trainer.optim.schedulers import build_lr_scheduler, named_scheduler_options
 from trainer.plan import Schedule, global_batch_size, lr_preview, schedule_for_job
 from trainer.precision import choose_precision, grad_scaler
 from trainer.text_encoding import TextEmbeddingCache, encode_captions, encode_captions_sdxl
@@ -182,8 +181,8 @@ def compile_unet(job: Job, base: BaseModel) -> None:
 
 
 def build_data(job: Job, seed: int, events: EventWriter) -> TrainingData:
-    scan = scan_dataset(job.data.train_data_dir, job.data.reg_data_dir or None, job.data.caption_extension or ".caption")
-    data = TrainingData(scan, data_options_from_job(job), seed)
+    scan, options = scan_job_dataset(job)
+    data = TrainingData(scan, options, seed)
     for warning in data.warnings:
         events.warning(warning.message, getattr(warning, "setting", None))
     if data.steps_per_epoch == 0:
@@ -253,7 +252,8 @@ def build_session(job: Job, run_dir: Path, events: EventWriter, processes: Singl
     unet_ratio, text_ratio = loraplus_ratios(job.optimisation.loraplus_lr_ratio, job.optimisation.loraplus_unet_lr_ratio,
                                              job.optimisation.loraplus_text_encoder_lr_ratio)
     if unet_ratio or text_ratio:
-        up_ids = up_parameter_ids((n, p) for a in network.adapters for n, p in a.layer.named_parameters())
+        up_ids = up_parameter_ids(((n, p) for a in network.adapters for n, p in a.layer.named_parameters()),
+                                  plus_markers(job.network.LoRA_type))
         groups = loraplus_groups(groups, up_ids, unet_ratio, text_ratio)
     if not groups:
         raise TrainingError("nothing to train: no LoRA modules were created with these settings", "network_dim")
@@ -264,9 +264,17 @@ def build_session(job: Job, run_dir: Path, events: EventWriter, processes: Singl
     if job.optimisation.lr_scheduler_type:
         lr_scheduler = build_typed_scheduler(optimizer, job.optimisation.lr_scheduler_type, job.optimisation.lr_scheduler_args)
     else:
-        lr_scheduler = build_lr_scheduler(optimizer, scheduler=job.optimisation.lr_scheduler, total_steps=sched.total_steps,
-                                          warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
-                                          power=job.optimisation.lr_scheduler_power or 1.0)
+        try:
+            lr_scheduler = build_lr_scheduler(
+                optimizer, scheduler=job.optimisation.lr_scheduler, total_steps=sched.total_steps,
+                warmup_steps=sched.warmup_steps, num_cycles=job.optimisation.lr_scheduler_num_cycles or 1,
+                power=job.optimisation.lr_scheduler_power or 1.0,
+                options=named_scheduler_options(job.optimisation.lr_scheduler, job.optimisation.lr_scheduler_args))
+        except SettingError:
+            raise
+        except ValueError as error:
+            setting, _, message = str(error).partition(": ")
+            raise TrainingError(message or str(error), setting if message else "lr_scheduler") from None
     train_te = any(g["name"].startswith("text_encoder") for g in groups)
     text_cache = None if train_te else text_embedding_cache(base)
     noise_generator = torch.Generator(device=precision.device).manual_seed(seed)
@@ -309,7 +317,7 @@ def cache_latents(session: Session, events: EventWriter) -> None:
 
     encoded, reused = session.data.cache_latents(
         encode, job.data.vae_batch_size, disk=job.data.cache_latents_to_disk, encoder_id=str(base.vae_path or base.source_path),
-        cache_suffix="sdxl" if base.family == "sdxl" else "sd",
+        cache_suffix="sdxl" if base.family == "sdxl" else "sd", skip_cache_check=job.data.skip_cache_check,
         progress=lambda done, total: _report_progress(events, done, total))
     events.status("caching latents", encoded=encoded, reused=reused,
                   note=f"{encoded} image(s) encoded by the VAE, {reused} reused from the disk cache")

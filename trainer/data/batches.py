@@ -39,6 +39,10 @@ class Batch:
     flipped: list[bool] = field(default_factory=list)
     original_sizes: list[Size] = field(default_factory=list)
     crop_top_lefts: list[tuple[int, int]] = field(default_factory=list)
+    # per sample: (shuffle_caption, keep_tokens) of its dataset-config subset, or None for the job's
+    caption_options: list[tuple[bool, int] | None] = field(default_factory=list)
+    # (B, H, W) loss masks in [0, 1] when a sample has one (the others all ones), else None
+    masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.image_paths)

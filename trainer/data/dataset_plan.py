@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from glob import escape as glob_escape
+from pathlib import Path
 
 from trainer.data.batches import Size, balance_reg_repeats, steps_per_epoch
 from trainer.data.buckets import (BucketChoice, make_bucket_resolutions, mean_ar_error, select_no_upscale_bucket,
                                   select_predefined_bucket, snap_bucket_limits)
-from trainer.data.folders import DataError, DatasetScan, DataWarning, ImageRecord
+from trainer.data.folders import DataError, DatasetScan, DataWarning, ImageRecord, image_extensions
 from trainer.spec import fields
 from trainer.spec.sections import Job
 
@@ -126,6 +128,9 @@ class PlannedImage:
     bucket: Size
     resized: Size
     subset_index: int
+    flip_aug: bool = False  # the subset's (dataset_config) or the job's flip_aug
+    caption_options: tuple[bool, int] | None = None  # (shuffle_caption, keep_tokens) of a config subset
+    mask_source: str | None = None  # "alpha" or the mask file's path (a config subset's masks), else None
 
 
 @dataclass
@@ -133,9 +138,14 @@ class SubsetPlan:
     folder: str
     class_tokens: str
     is_reg: bool
-    repeats: int  # from the folder name
+    repeats: int  # from the folder name (or the config's num_repeats)
     images: int  # usable images
     samples: int  # per epoch, with repeats (after reg balancing for reg folders)
+    # a dataset-config subset's own options (None: the job's)
+    shuffle_caption: bool | None = None
+    keep_tokens: int | None = None
+    flip_aug: bool | None = None
+    masks: str | None = None  # "alpha channel" or the mask folder
 
 
 @dataclass
@@ -202,9 +212,34 @@ def plan_dataset(scan: DatasetScan, options: DataOptions) -> DatasetPlan:
     repeats = _effective_repeats(scan, placed, found_warnings)
     images = [PlannedImage(record.path, record.caption, scan.subsets[s].is_reg, count,
                            options.prior_loss_weight if scan.subsets[s].is_reg else 1.0,
-                           record.size, choice.bucket, choice.resized, s)
+                           record.size, choice.bucket, choice.resized, s, *_subset_options(scan, s, options),
+                           mask_source(scan.subsets[s], record.path))
               for (s, record, choice), count in zip(placed, repeats) if count > 0]
     return _assemble(scan, options, images, [c for _, _, c in placed], found_warnings)
+
+
+def mask_source(subset, image_path: str) -> str | None:
+    """Where an image's loss mask comes from: "alpha", the mask file of the same stem in the subset's mask
+    folder (any image extension; a DataError naming masked_loss when there is none), or None."""
+    own = subset.options
+    if own is None or not (own.alpha_mask or own.mask_dir):
+        return None
+    if own.mask_dir:
+        stem = Path(image_path).stem
+        for candidate in sorted(Path(own.mask_dir).glob(f"{glob_escape(stem)}.*")):
+            if candidate.suffix.lower() in image_extensions():
+                return str(candidate)
+        raise DataError(f"{image_path} has no mask in {own.mask_dir} (a mask image named {stem}.png, .jpg …); "
+                        "every image of a subset with conditioning_data_dir needs one", "masked_loss", image_path)
+    return "alpha"
+
+
+def _subset_options(scan: DatasetScan, index: int, options: DataOptions) -> tuple[bool, tuple[bool, int] | None]:
+    """(flip_aug, caption options) of a subset's images: a dataset-config subset's own, else the job's."""
+    own = scan.subsets[index].options
+    if own is None:
+        return options.flip_aug, None
+    return own.flip_aug, (own.shuffle_caption, own.keep_tokens)
 
 
 def _bucket_chooser(options: DataOptions, found_warnings: list[DataWarning]):
@@ -283,8 +318,11 @@ def _assemble(scan: DatasetScan, options: DataOptions, images: list[PlannedImage
     subsets = []
     for index, subset in enumerate(scan.subsets):
         mine = [i for i in images if i.subset_index == index]
+        own = subset.options
+        masks = None if own is None else own.mask_dir or ("alpha channel" if own.alpha_mask else None)
         subsets.append(SubsetPlan(subset.folder, subset.class_tokens, subset.is_reg, subset.repeats,
-                                  len(mine), sum(i.repeats for i in mine)))
+                                  len(mine), sum(i.repeats for i in mine),
+                                  *((own.shuffle_caption, own.keep_tokens, own.flip_aug, masks) if own else ())))
     buckets = []
     for resolution in sorted({i.bucket for i in images}):
         mine = [i for i in images if i.bucket == resolution]

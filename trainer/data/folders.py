@@ -66,15 +66,28 @@ class ImageRecord:
     caption_from_file: bool
 
 
+@dataclass(frozen=True)
+class SubsetOptions:
+    """A dataset-config subset's own caption and flip options (``dataset_config``); an ``N_name`` folder has
+    none and takes the job's."""
+
+    shuffle_caption: bool
+    keep_tokens: int
+    flip_aug: bool
+    alpha_mask: bool = False  # the images' alpha channels are loss masks
+    mask_dir: str | None = None  # sd-scripts' conditioning_data_dir: a mask image per image, same stem
+
+
 @dataclass
 class Subset:
-    """One ``<repeats>_<class tokens>`` folder."""
+    """One ``<repeats>_<class tokens>`` folder (or one subset of a dataset config)."""
 
     folder: str
     repeats: int
     class_tokens: str
     is_reg: bool
     images: list[ImageRecord] = field(default_factory=list)
+    options: SubsetOptions | None = None
 
 
 @dataclass

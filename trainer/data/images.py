@@ -96,6 +96,38 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous() / 127.5 - 1.0
 
 
+def load_mask(path, source: str) -> Image.Image:
+    """A mask as a grey image (0–255) the size of the image at ``path``: its alpha channel (``source`` "alpha";
+    all 255 when it has none), or the red channel of the mask file ``source`` (sd-scripts' conditioning image),
+    stretched to the image's size when the mask file's size differs."""
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                image.load()
+                rotated = ImageOps.exif_transpose(image)
+                size = rotated.size
+                if source == "alpha":
+                    if "A" in rotated.getbands() or "transparency" in rotated.info:
+                        return rotated.convert("RGBA").getchannel("A")
+                    return Image.new("L", size, 255)
+            with Image.open(source) as mask_file:
+                mask_file.load()
+                red = ImageOps.exif_transpose(mask_file).convert("RGB").getchannel("R")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"The mask of {path} cannot be decoded ({type(err).__name__}: {err}); fix or remove it.",
+                        "masked_loss", Path(path)) from err
+    return red if red.size == size else red.resize(size, Image.BILINEAR)
+
+
+def prepare_mask(path, source: str, resized: Size, bucket: Size, offsets: tuple[int, int], flip: bool) -> torch.Tensor:
+    """One sample's loss mask (bucket_h, bucket_w) in [0, 1], cut and flipped exactly as its pixels."""
+    mask = resize_and_crop(load_mask(path, source), resized, bucket, offsets)
+    if flip:
+        mask = flip_horizontal(mask)
+    return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)
+
+
 def prepare_pixels(path, resized: Size, bucket: Size, offsets: tuple[int, int], flip: bool,
                    color_rng: random.Random | None = None) -> torch.Tensor:
     """The full pipeline for one sample: (3, bucket_h, bucket_w) in [-1, 1].

@@ -74,8 +74,13 @@ def _read_npz(cache_path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def stale_reason(stored: dict[str, np.ndarray] | None, image_path, key: CacheEntryKey) -> str | None:
-    """Why a cache file cannot be reused (a short phrase), or None when it can."""
+def stale_reason(stored: dict[str, np.ndarray] | None, image_path, key: CacheEntryKey,
+                 skip_check: bool = False) -> str | None:
+    """Why a cache file cannot be reused (a short phrase), or None when it can.
+
+    ``skip_check`` (sd-scripts' ``--skip_cache_check``): trust a readable file of the right bucket without
+    checking that the image, the crop or the VAE are still those it was made from (faster with many images;
+    an edited image then trains on its old latent)."""
     if stored is None:
         return "no readable cache file"
     if "latents" not in stored or "loom_bucket" not in stored:
@@ -84,6 +89,8 @@ def stale_reason(stored: dict[str, np.ndarray] | None, image_path, key: CacheEnt
         return "flip_aug is on and the file has no flipped latent"
     if tuple(stored["loom_bucket"].tolist()) != key.bucket or tuple(stored["loom_resized"].tolist()) != key.resized:
         return "the bucket resolution changed"
+    if skip_check:
+        return None
     if tuple(stored["crop_ltrb"][:2].tolist()) != key.crop_left_top:
         return "the crop changed"
     if str(stored["loom_encoder"]) != key.encoder_id:
@@ -101,10 +108,11 @@ def _source_change(stored: dict[str, np.ndarray], image_path) -> str | None:
     return None if file_sha256(image_path) == str(stored["loom_source_sha256"]) else "the image changed"
 
 
-def load_valid(cache_path, image_path, key: CacheEntryKey) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(latents, flipped latents or None) from a valid cache file, else None."""
+def load_valid(cache_path, image_path, key: CacheEntryKey,
+               skip_check: bool = False) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(latents, flipped latents or None) from a valid cache file, else None (``skip_check``: see stale_reason)."""
     stored = _read_npz(Path(cache_path)) if Path(cache_path).is_file() else None
-    if stored is None or stale_reason(stored, image_path, key) is not None:
+    if stored is None or stale_reason(stored, image_path, key, skip_check) is not None:
         return None
     flipped = torch.from_numpy(stored["latents_flipped"]) if key.with_flipped else None
     return torch.from_numpy(stored["latents"]), flipped

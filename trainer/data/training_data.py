@@ -57,7 +57,7 @@ class TrainingData:
 
     def cache_latents(self, encode: Callable[[torch.Tensor], torch.Tensor], vae_batch_size: int = 0,
                       disk: bool = False, progress: Progress | None = None, encoder_id: str = "",
-                      cache_suffix: str = "sd") -> tuple[int, int]:
+                      cache_suffix: str = "sd", skip_cache_check: bool = False) -> tuple[int, int]:
         """Encode every planned image once (plus its mirror image with flip_aug) and keep the latents.
         Returns (images encoded now, images whose latents came from valid disk files).
 
@@ -65,7 +65,8 @@ class TrainingData:
         ``vae_batch_size`` 0 means train_batch_size. ``disk`` reuses and writes
         ``<stem>_<W>x<H>_<cache_suffix>.npz`` files beside the images (see latent_cache for validity).
         ``encoder_id`` names the VAE (e.g. the model path); a different id invalidates disk files.
-        ``progress(done, total)`` is called after each image group.
+        ``progress(done, total)`` is called after each image group. ``skip_cache_check``: reuse a disk file of
+        the right bucket without checking the image and the VAE (``latent_cache.stale_reason``).
         """
         for setting in ("color_aug", "random_crop"):
             if getattr(self.options, setting):
@@ -76,10 +77,11 @@ class TrainingData:
         keys = [self._cache_key(item, encoder_id) for item in self.plan.images]
         latents: list[torch.Tensor | None] = [None] * len(keys)
         flipped: list[torch.Tensor | None] = [None] * len(keys)
+        any_flip = any(item.flip_aug for item in self.plan.images)
         paths = [latent_cache.cache_file_path(i.path, i.original_size, cache_suffix) for i in self.plan.images]
         if disk:
             for index, item in enumerate(self.plan.images):
-                found = latent_cache.load_valid(paths[index], item.path, keys[index])
+                found = latent_cache.load_valid(paths[index], item.path, keys[index], skip_cache_check)
                 if found is not None:
                     latents[index], flipped[index] = found
         missing = [index for index, latent in enumerate(latents) if latent is None]
@@ -96,7 +98,7 @@ class TrainingData:
         if progress is not None and not missing:
             progress(done, len(keys))
         self._latents = latents
-        self._latents_flipped = flipped if self.options.flip_aug else None
+        self._latents_flipped = flipped if any_flip else None
         self._loader = None  # workers made before caching hold no latents
         return len(missing), len(keys) - len(missing)
 
@@ -116,7 +118,7 @@ class TrainingData:
 
     def _cache_key(self, item: PlannedImage, encoder_id: str) -> latent_cache.CacheEntryKey:
         return latent_cache.CacheEntryKey(item.bucket, item.resized, crop_offsets(item.resized, item.bucket),
-                                          self.options.flip_aug, encoder_id)
+                                          item.flip_aug, encoder_id)
 
     def _groups_by_bucket(self, indices: list[int]) -> list[list[int]]:
         """Images sharing a bucket (so they stack), smallest bucket area first as sd-scripts does."""
@@ -131,10 +133,11 @@ class TrainingData:
             pixels = [self._centre_pixels(index, flip=False) for index in part]
             for index, latent in zip(part, self._encode(encode, pixels, chunk)):
                 latents[index] = latent
-            if self.options.flip_aug:
-                mirrored = [torch.flip(p, dims=[2]) for p in pixels]
-                for index, latent in zip(part, self._encode(encode, mirrored, chunk)):
-                    flipped[index] = latent
+            flipping = [k for k, index in enumerate(part) if self.plan.images[index].flip_aug]
+            if flipping:
+                mirrored = [torch.flip(pixels[k], dims=[2]) for k in flipping]
+                for k, latent in zip(flipping, self._encode(encode, mirrored, chunk)):
+                    flipped[part[k]] = latent
 
     def _encode(self, encode, pixels: list[torch.Tensor], chunk: int) -> list[torch.Tensor]:
         try:
@@ -172,12 +175,28 @@ class TrainingData:
             flipped=[flip for _, flip, _ in samples],
             original_sizes=[item.original_size for item in items],
             crop_top_lefts=[offsets for _, _, offsets in samples],
+            caption_options=[item.caption_options for item in items],
+            masks=self._masks(items, slot.bucket, samples),
         )
+
+    @staticmethod
+    def _masks(items: list[PlannedImage], bucket, samples) -> torch.Tensor | None:
+        """The batch's loss masks (sd-scripts: a sample without one gets all ones), or None when none has."""
+        if not any(item.mask_source for item in items):
+            return None
+        masks = []
+        for item, (_, flip, offsets) in zip(items, samples):
+            if item.mask_source is None:
+                masks.append(torch.ones(bucket[1], bucket[0]))
+                continue
+            unflipped = (item.resized[0] - item.bucket[0] - offsets[0], offsets[1]) if flip else offsets
+            masks.append(images.prepare_mask(item.path, item.mask_source, item.resized, item.bucket, unflipped, flip))
+        return torch.stack(masks)
 
     def _load_sample(self, epoch: int, slot: BatchSlot, k: int, index: int):
         item = self.plan.images[index]
         rng = sample_rng(self.seed, epoch, slot.position, k)
-        flip = self.options.flip_aug and rng.random() < 0.5
+        flip = item.flip_aug and rng.random() < 0.5
         offsets = crop_offsets(item.resized, item.bucket, rng if self.options.random_crop else None)
         if self._latents is not None:
             tensor = self._latents_flipped[index] if flip and self._latents_flipped is not None else self._latents[index]

@@ -17,11 +17,13 @@ from peft import LoHaConfig, LoraConfig, inject_adapter_in_model
 from trainer.network.blocks import unet_group_name
 from trainer.network.config import NetworkConfig, network_metadata
 from trainer.network.dylora import replace_with_dylora
+from trainer.network.lora_fa import LoraFaAdapter, apply_max_norm_fa, replace_with_lora_fa
 from trainer.network.kohya_keys import PEFT_ADAPTER_NAME, expected_shapes, export_adapter, import_adapter
 from trainer.network.lycoris_adapters import apply_max_norm, attach, make_lycoris_module, module_options
 from trainer.network.lycoris_targets import keep_target, preset_targets, unet_classes_for_type
 from trainer.network.module_plan import ModulePlan, plan_modules
 from trainer.network.targets import Target, text_encoder_prefixes, text_encoder_targets, unet_targets
+from trainer.spec.tables import KOHYA_LOKR, LORA_FA
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,12 @@ def _inject(model: torch.nn.Module, plans: list[ModulePlan], config: NetworkConf
         model.requires_grad_(False)
         layers = [replace_with_dylora(model, p.target.path, p.dim, p.alpha, config.unit, generator) for p in plans]
         return [Adapter(plan, layer) for plan, layer in zip(plans, layers)]
+    if config.lora_type == LORA_FA:
+        model.requires_grad_(False)
+        dropouts = dict(network_dropout=config.network_dropout, rank_dropout=config.rank_dropout,
+                        module_dropout=config.module_dropout)
+        fa_layers = [replace_with_lora_fa(model, p.target.path, p.dim, p.alpha, generator, **dropouts) for p in plans]
+        return [Adapter(plan, layer) for plan, layer in zip(plans, fa_layers)]
     for (dim, alpha), paths in _group_by_rank_and_alpha(plans).items():
         with warnings.catch_warnings():
             # Expected from the second call on: the adapter name is the same, the modules are new.
@@ -89,8 +97,8 @@ def _inject(model: torch.nn.Module, plans: list[ModulePlan], config: NetworkConf
 
 def network_unet_targets(unet, config: NetworkConfig) -> list[Target]:
     """The UNet layers the network adapts: sd-scripts' set, or for LyCORIS the preset's (with train_norm,
-    the norm layers of the same blocks too)."""
-    if config.algo is None:
+    the norm layers of the same blocks too). Kohya LoKr adapts sd-scripts' networks.lora layers, as LoCon."""
+    if config.algo is None or config.lora_type == KOHYA_LOKR:
         return unet_targets(unet, config.adapts_conv_layers)
     preset = preset_targets(config.preset)
     classes = unet_classes_for_type(preset, config.lora_type, config.adapts_conv_layers)
@@ -99,7 +107,7 @@ def network_unet_targets(unet, config: NetworkConfig) -> list[Target]:
 
 
 def network_text_encoder_targets(text_encoder, prefix: str, config: NetworkConfig) -> list[Target]:
-    if config.algo is None:
+    if config.algo is None or config.lora_type == KOHYA_LOKR:
         return text_encoder_targets(text_encoder, prefix)
     preset = preset_targets(config.preset)
     found = text_encoder_targets(text_encoder, prefix, class_names=preset.text_encoder_classes)
@@ -204,7 +212,10 @@ class LoraNetwork:
             adapter.layer.train(training)
 
     def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
-        """scale_weight_norms after a step: (keys scaled, average norm, largest norm); LyCORIS networks only."""
+        """scale_weight_norms after a step: (keys scaled, average norm, largest norm); LyCORIS and LoRA-FA
+        networks only."""
+        if self.config.lora_type == LORA_FA:
+            return apply_max_norm_fa([a.layer for a in self.adapters if isinstance(a.layer, LoraFaAdapter)], max_norm)
         if self.config.algo is None:
             raise ValueError("max-norm regularisation runs on LyCORIS modules only")
         return apply_max_norm([a.layer for a in self.adapters], max_norm)

@@ -8,7 +8,7 @@ from trainer.network.blocks import block_labels, validate_block_values
 from trainer.spec.block_layout import layout_for
 from trainer.spec.rules import adapts_conv, dylora_rank_faults, lycoris_algo, rank_limits
 from trainer.spec.setting import SettingError
-from trainer.spec.tables import LORA_TYPES, LYCORIS_TYPES
+from trainer.spec.tables import KOHYA_LOKR, LORA_FA, LORA_TYPES, NO_BLOCK_TYPES
 
 
 # ss_network_module as sd-scripts / LyCORIS write it for each type.
@@ -17,6 +17,8 @@ NETWORK_MODULES = {
     "LoCon": "networks.lora",  # sd-scripts' own lora.py with conv_dim ("LoRA-C3Lier")
     "LoHa": "lycoris.kohya",
     "DyLoRA": "networks.dylora",
+    LORA_FA: "networks.lora_fa",
+    KOHYA_LOKR: "networks.lokr",  # sd-scripts' own LoKr (run here with LyCORIS's LoKr module)
 }
 LYCORIS_NETWORK_MODULE = "lycoris.kohya"
 
@@ -121,9 +123,14 @@ def validate_network_config(config: NetworkConfig) -> None:
                            "dropout)", "network_dropout")
     if config.scale_weight_norms and config.lora_type == "DyLoRA":
         raise SettingError("scale_weight_norms does not work with DyLoRA", "scale_weight_norms")
+    if config.lora_type == KOHYA_LOKR:
+        for name in ("network_dropout", "scale_weight_norms"):
+            if getattr(config, name):
+                raise SettingError(f"{name} does not work with Kohya LoKr (sd-scripts' networks.lokr never applies "
+                                   "it); use LyCORIS/LoKr", name)
     if config.lora_type == "DyLoRA" and any(getattr(config, name) for name in LYCORIS_FIELDS[3:11]):
         raise SettingError("DyLoRA takes none of the LyCORIS options", "LoRA_type")
-    if config.lora_type in LYCORIS_TYPES and any(
+    if config.lora_type in NO_BLOCK_TYPES and any(
             getattr(config, name) is not None for name in ("block_dims", "block_alphas", "conv_block_dims",
                                                            "conv_block_alphas", "block_lr_weights")):
         raise SettingError(f"block dims, alphas and LR weights do not apply to {config.lora_type}", "block_dims")
@@ -158,6 +165,8 @@ def network_args(config: NetworkConfig) -> dict[str, str]:
     """The network_args sd-scripts / LyCORIS would have been given, as strings (for ss_network_args)."""
     args: dict[str, str] = {}
     algo = config.algo
+    if config.lora_type == KOHYA_LOKR:
+        return _kohya_lokr_args(config)
     if algo is not None:
         args["algo"] = algo
         args.update(_lycoris_args(config, algo))
@@ -181,6 +190,28 @@ def network_args(config: NetworkConfig) -> dict[str, str]:
     return args
 
 
+def _kohya_lokr_args(config: NetworkConfig) -> dict[str, str]:
+    """The network_args kohya_ss sends to sd-scripts' networks.lokr: only values away from its defaults."""
+    args: dict[str, str] = {}
+    if config.conv_dim > 0:
+        args.update(conv_dim=str(config.conv_dim), conv_alpha=str(config.conv_alpha))
+    if config.use_tucker:
+        args["use_tucker"] = "True"
+    if config.factor != -1:
+        args["factor"] = str(config.factor)
+    for name in ("rank_dropout", "module_dropout"):
+        if getattr(config, name):
+            args[name] = str(getattr(config, name))
+    return args
+
+
+def network_module_name(config: NetworkConfig) -> str:
+    """ss_network_module: sd-scripts' module for our own types and Kohya LoKr, else LyCORIS's."""
+    if config.lora_type == KOHYA_LOKR or config.algo is None:
+        return NETWORK_MODULES[config.lora_type]
+    return LYCORIS_NETWORK_MODULE
+
+
 def _lycoris_args(config: NetworkConfig, algo: str) -> dict[str, str]:
     """The LyCORIS network_args kohya_ss sends, as strings; options at their defaults are left out."""
     defaults = NetworkConfig()
@@ -198,7 +229,7 @@ def _lycoris_args(config: NetworkConfig, algo: str) -> dict[str, str]:
 def network_metadata(config: NetworkConfig) -> dict[str, str]:
     """ss_network_module, ss_network_dim, ss_network_alpha, ss_network_args as sd-scripts writes them."""
     return {
-        "ss_network_module": LYCORIS_NETWORK_MODULE if config.algo else NETWORK_MODULES[config.lora_type],
+        "ss_network_module": network_module_name(config),
         "ss_network_dim": str(config.dim),
         "ss_network_alpha": str(float(config.alpha)),
         "ss_network_args": json.dumps(network_args(config)),

@@ -7,7 +7,7 @@ from trainer.spec.setting import SettingError
 from trainer.spec.rules import effective_lrs
 from trainer.spec.sections import Job
 from trainer.spec.catalog import SETTINGS_BY_KEY
-from trainer.spec.tables import LYCORIS_TYPES
+from trainer.spec.tables import NO_BLOCK_TYPES
 
 BLOCK_SETTINGS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
                   "down_lr_weight", "mid_lr_weight", "up_lr_weight")
@@ -57,7 +57,7 @@ def network_config_from_job(job: Job, seed: int = 0, family: str = "sd1") -> Net
     untrained)."""
     unet_lr, text_encoder_lr = effective_lrs(job.optimisation)
     blocks = parse_block_settings(job, family)
-    if job.network.LoRA_type in LYCORIS_TYPES:  # as in sd-scripts, LyCORIS takes no block settings (checks warns)
+    if job.network.LoRA_type in NO_BLOCK_TYPES:  # as in sd-scripts: LyCORIS, networks.lokr take no block settings
         blocks = dict.fromkeys(blocks)
     net = job.network
 

@@ -2,7 +2,7 @@
 
 Keys are ``<kohya name>.<suffix>``:
 
-* LoRA (also LoCon, DyLoRA): ``lora_down.weight`` (rank, in[, kh, kw]), ``lora_up.weight``
+* LoRA (also LoCon, DyLoRA, LoRA-FA): ``lora_down.weight`` (rank, in[, kh, kw]), ``lora_up.weight``
   (out, rank[, 1, 1]) and ``alpha``;
 * LoHa (LyCORIS): ``hada_w1_a`` (out, rank), ``hada_w1_b`` (rank, in·kh·kw), ``hada_w2_a``,
   ``hada_w2_b`` and ``alpha``, with ΔW = (w1_a·w1_b) ⊙ (w2_a·w2_b) · alpha / rank.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from trainer.network.dylora import DyLoraAdapter
+from trainer.network.lora_fa import LoraFaAdapter
 from trainer.network.lycoris_adapters import is_lycoris_module, load_lycoris_tensors, lycoris_state_dict
 
 PEFT_ADAPTER_NAME = "default"
@@ -22,11 +23,13 @@ LOHA_SUFFIXES = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
 
 def adapter_kind(layer: torch.nn.Module) -> str:
-    """"lycoris", "dylora", "loha" or "lora" for an injected layer."""
+    """"lycoris", "dylora", "lora_fa", "loha" or "lora" for an injected layer."""
     if is_lycoris_module(layer):
         return "lycoris"
     if isinstance(layer, DyLoraAdapter):
         return "dylora"
+    if isinstance(layer, LoraFaAdapter):
+        return "lora_fa"
     if hasattr(layer, "hada_w1_a"):
         return "loha"
     if hasattr(layer, "lora_A"):
@@ -39,6 +42,8 @@ def weight_tensors(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
     kind = adapter_kind(layer)
     if kind == "dylora":
         return {"lora_down.weight": layer.full_down(), "lora_up.weight": layer.full_up()}
+    if kind == "lora_fa":  # the frozen down matrix is saved too: the up matrix means nothing without it
+        return {"lora_down.weight": layer.lora_down, "lora_up.weight": layer.lora_up}
     if kind == "loha":
         return {suffix: getattr(layer, suffix)[PEFT_ADAPTER_NAME] for suffix in LOHA_SUFFIXES}
     return {
@@ -49,7 +54,7 @@ def weight_tensors(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def get_alpha(layer: torch.nn.Module) -> float:
     kind = adapter_kind(layer)
-    if kind == "dylora":
+    if kind in ("dylora", "lora_fa"):
         return layer.alpha
     if kind == "loha":
         return float(layer.alpha[PEFT_ADAPTER_NAME])
@@ -59,7 +64,7 @@ def get_alpha(layer: torch.nn.Module) -> float:
 def set_alpha(layer: torch.nn.Module, alpha: float) -> None:
     """Set alpha and recompute the scale alpha / rank (sd-scripts forgets the latter on load: its FIXME)."""
     kind = adapter_kind(layer)
-    if kind == "dylora":
+    if kind in ("dylora", "lora_fa"):
         layer.alpha = float(alpha)
         return
     rank = layer.r[PEFT_ADAPTER_NAME]

@@ -16,6 +16,7 @@ import torch
 from trainer.network.config import NetworkConfig
 from trainer.network.targets import LYCORIS_CHILD
 from trainer.spec.setting import SettingError
+from trainer.spec.tables import KOHYA_LOKR
 
 
 def module_classes() -> dict[str, type]:
@@ -33,7 +34,15 @@ def module_options(config: NetworkConfig) -> dict:
     """Keyword arguments LyCORIS's module constructors take, from the config.
 
     LyCORIS applies the network dropout only in bypass mode (its rebuilt-weight forward has no activations
-    to drop), so a network dropout turns bypass mode on: y = Wx + dropout(ΔW x), sd-scripts' meaning."""
+    to drop), so a network dropout turns bypass mode on: y = Wx + dropout(ΔW x), sd-scripts' meaning.
+
+    Kohya LoKr (sd-scripts' networks.lokr) takes factor, Tucker and the rank / module dropouts only; its module
+    always rescales the kept ranks (× 1/(1 − p)), which LyCORIS's rank_dropout_scale does by the kept share."""
+    if config.lora_type == KOHYA_LOKR:
+        return dict(dropout=0.0, rank_dropout=config.rank_dropout, module_dropout=config.module_dropout,
+                    use_tucker=config.use_tucker, use_scalar=False, rank_dropout_scale=True, weight_decompose=False,
+                    bypass_mode=False, decompose_both=False, factor=config.factor, constraint=0.0, rescaled=False,
+                    train_on_input=True)
     return dict(
         dropout=config.network_dropout, rank_dropout=config.rank_dropout, module_dropout=config.module_dropout,
         use_tucker=config.use_tucker, use_scalar=config.use_scalar, rank_dropout_scale=config.rank_dropout_scale,

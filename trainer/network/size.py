@@ -3,7 +3,7 @@ parameters, counted on the meta device (no memory, no weights).
 
 The modules are the ones the network would get (``adapters.network_unet_targets`` and the module plan); each
 is built as the LyCORIS module of its algorithm on the meta device and its parameters counted. Our own
-modules count as their LyCORIS twins (peft's LoRA and our DyLoRA as LoCon: down + up; peft's LoHa as
+modules count as their LyCORIS twins (peft's LoRA and our DyLoRA as LoCon: down + up; LoRA-FA: its up matrix only; peft's LoHa as
 LyCORIS's LoHa without Tucker: the same four factors). Native fine-tuning and DoRA's magnitudes copy the
 base weight, which a meta tensor cannot, and LoHa reads a meta shape as a number, so those are counted
 from the layer's shape.
@@ -31,7 +31,7 @@ class MetaFactories(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-OWN_TWINS = {"Standard": "locon", "LoCon": "locon", "LoHa": "loha", "DyLoRA": "locon"}
+OWN_TWINS = {"Standard": "locon", "LoCon": "locon", "LoHa": "loha", "DyLoRA": "locon", "LoRA-FA": "lora_fa"}
 
 
 def _module_parameters(layer: torch.nn.Module, algo: str, dim: int, alpha: float, options: dict,
@@ -41,6 +41,8 @@ def _module_parameters(layer: torch.nn.Module, algo: str, dim: int, alpha: float
         return weight.numel() + (bias.numel() if bias is not None else 0)
     out_dim, in_dim = weight.shape[0], weight.shape[1] if weight.dim() > 1 else 0
     kernel = weight[0, 0].numel() if weight.dim() > 2 else 1
+    if algo == "lora_fa":
+        return dim * out_dim  # LoRA-FA trains the up matrix only (its down matrix is frozen)
     extras = int(bool(options.get("use_scalar"))) + (out_dim if options.get("weight_decompose") else 0)
     if algo == "locon" and not is_norm and not (options.get("use_tucker") and kernel > 1):
         return dim * (in_dim * kernel + out_dim) + extras  # down + up: counted, not built (the common case)

@@ -15,6 +15,14 @@ import torch
 
 # Names of the up-matrix parameters: peft's LoRA ``lora_B``, our DyLoRA's ``up_groups``.
 UP_PARAMETER_MARKERS = ("lora_B", "up_groups")
+# sd-scripts' networks.lokr (Kohya LoKr) puts LoKr's scale factor ``lokr_w1`` in the LoRA+ group
+# (network_base.py ``_is_plus_param``).
+PLUS_MARKERS_BY_TYPE = {"Kohya LoKr": ("lokr_w1",)}
+
+
+def plus_markers(lora_type: str) -> tuple[str, ...]:
+    """The parameter-name markers of the LoRA+ ("up") parameters of a LoRA type."""
+    return PLUS_MARKERS_BY_TYPE.get(lora_type, UP_PARAMETER_MARKERS)
 
 
 def loraplus_ratios(lr_ratio: float, unet_ratio: float, text_encoder_ratio: float) -> tuple[float, float]:
@@ -22,9 +30,10 @@ def loraplus_ratios(lr_ratio: float, unet_ratio: float, text_encoder_ratio: floa
     return unet_ratio or lr_ratio, text_encoder_ratio or lr_ratio
 
 
-def up_parameter_ids(named_parameters: Iterable[tuple[str, torch.nn.Parameter]]) -> set[int]:
+def up_parameter_ids(named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+                     markers: tuple[str, ...] = UP_PARAMETER_MARKERS) -> set[int]:
     """ids of the up-matrix parameters among (name, parameter) pairs."""
-    return {id(p) for name, p in named_parameters if any(marker in name for marker in UP_PARAMETER_MARKERS)}
+    return {id(p) for name, p in named_parameters if any(marker in name for marker in markers)}
 
 
 def group_ratio(name: str, unet_ratio: float, text_encoder_ratio: float) -> float:

@@ -125,14 +125,38 @@ def parse_optimizer_args(text: str) -> dict:
 
 
 def canonical_optimizer_name(name: str) -> str:
-    """The spelling in :data:`OPTIMIZER_NAMES` of ``name``, matched case-insensitively."""
+    """The spelling in :data:`OPTIMIZER_NAMES` of ``name``, matched case-insensitively; a dotted
+    ``module.Class`` (sd-scripts' "any optimizer class") is returned as it is."""
     for known in OPTIMIZER_NAMES:
         if known.lower() == str(name).strip().lower():
             return known
-    raise OptimizerSettingError(f"optimizer: {name!r} is not one of {', '.join(OPTIMIZER_NAMES)}")
+    if _DOTTED.match(str(name).strip()):
+        return str(name).strip()
+    raise OptimizerSettingError(f"optimizer: {name!r} is not one of {', '.join(OPTIMIZER_NAMES)}, nor a "
+                                "module.Class")
+
+
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def _custom_class(name: str) -> tuple[type, OptimizerClass]:
+    """sd-scripts' ``get_optimizer`` for a dotted name: import the module, take the class; here it must also be
+    a ``torch.optim.Optimizer``, so a typo fails before training instead of at the first step."""
+    module_name, _, class_name = name.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise OptimizerSettingError(f"optimizer: cannot import {module_name!r} for {name} ({error}); install "
+                                    "its package or choose an optimizer of the list") from error
+    found = getattr(module, class_name, None)
+    if not (inspect.isclass(found) and issubclass(found, torch.optim.Optimizer)):
+        raise OptimizerSettingError(f"optimizer: {name} is not a torch optimizer class")
+    return found, OptimizerClass(module_name, class_name)
 
 
 def _optimizer_class(name: str) -> tuple[type, OptimizerClass]:
+    if name not in OPTIMIZER_CLASSES:
+        return _custom_class(name)
     entry = OPTIMIZER_CLASSES[name]
     try:
         module = importlib.import_module(entry.module)

@@ -20,10 +20,28 @@ from trainer.spec.setting import SettingError
 _WORDS = {"true": True, "false": False, "none": None, "inf": float("inf")}
 
 
+def _pairs(text: str) -> list[str]:
+    """Split on spaces and commas outside quotes (``step_rules='1:10,0.1'`` stays one pair)."""
+    pairs, current, quote = [], "", ""
+    for char in text or "":
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char.isspace() or char == ",":
+            if current:
+                pairs.append(current)
+            current = ""
+            continue
+        current += char
+    return pairs + ([current] if current else [])
+
+
 def parse_scheduler_args(text: str) -> dict[str, object]:
-    """``"T_max=1000 eta_min=1e-6"`` → ``{"T_max": 1000, "eta_min": 1e-06}`` (commas also separate)."""
+    """``"T_max=1000 eta_min=1e-6"`` → ``{"T_max": 1000, "eta_min": 1e-06}`` (commas also separate, except
+    inside quotes)."""
     args: dict[str, object] = {}
-    for pair in (text or "").replace(",", " ").split():
+    for pair in _pairs(text):
         key, equals, value = pair.partition("=")
         if not equals or not key.isidentifier():
             raise SettingError(f"expected key=value pairs, got {pair!r}", "lr_scheduler_args")

@@ -4,7 +4,10 @@ The formulas are those of transformers' ``get_scheduler`` family, called the way
 (``get_scheduler_fix``): ``cosine`` is one half-wave to 0 (transformers' default ``num_cycles=0.5``; the
 "LR number of cycles" setting is not passed to it), ``cosine_with_restarts`` runs ``num_cycles`` hard
 restarts, ``polynomial`` decays to ``lr_end = 1e-7`` with ``power``. ``adafactor`` is the Adafactor
-optimizer's own step size (see :func:`adafactor_relative_step_size`).
+optimizer's own step size (see :func:`adafactor_relative_step_size`). ``piecewise_constant`` (diffusers),
+``cosine_with_min_lr``, ``inverse_sqrt`` and ``warmup_stable_decay`` (transformers) read their own arguments
+from ``lr_scheduler_args`` (``SCHEDULER_ARGS``), and the two cosine ones get ``num_cycles / 2`` as sd-scripts
+passes it, so the default 1 is one half-wave.
 
 Steps are 0-based optimizer steps: ``lr_factor(s, …)`` is the multiplier of a group's base learning rate
 used by optimizer step ``s``, which is what ``LambdaLR`` gives after ``s`` calls of ``scheduler.step()``.
@@ -17,7 +20,9 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from trainer.spec.tables import LR_SCHEDULERS, SCHEDULERS_WITHOUT_WARMUP
+from collections.abc import Mapping
+
+from trainer.spec.tables import LR_SCHEDULERS, SCHEDULER_ARGS, SCHEDULERS_WITHOUT_WARMUP
 
 SCHEDULER_NAMES = LR_SCHEDULERS
 POLYNOMIAL_LR_END = 1e-7  # transformers' default lr_end for the polynomial schedule
@@ -65,6 +70,116 @@ def _polynomial(step: int, total_steps: int, warmup_steps: int, power: float, lr
     return ((lr_init - POLYNOMIAL_LR_END) * remaining**power + POLYNOMIAL_LR_END) / lr_init
 
 
+def parse_step_rules(text: str) -> tuple[list[tuple[int, float]], float]:
+    """diffusers' piecewise-constant rules: ``"1:100,0.5:200,0.1"`` → ([(100, 1.0), (200, 0.5)], 0.1): the factor
+    before each step count, then the factor for the rest."""
+    parts = [part.strip() for part in str(text).split(",")]
+    try:
+        rules = [(int(steps), float(value)) for value, _, steps in (p.partition(":") for p in parts[:-1])]
+        last = float(parts[-1])
+    except ValueError:
+        raise ValueError(f"lr_scheduler_args: step_rules {text!r} must look like '1:100,0.5:200,0.1' (factor:step, "
+                         "…, the last factor)") from None
+    return sorted(rules), last
+
+
+def _piecewise_constant(step: int, step_rules: str) -> float:
+    """The factor of the first rule whose step count is above ``step``, else the last factor."""
+    rules, last = parse_step_rules(step_rules)
+    return next((value for steps, value in rules if step < steps), last)
+
+
+def _cosine_with_min_lr(step: int, total_steps: int, warmup_steps: int, num_cycles: float, floor: float) -> float:
+    """transformers' cosine with a floor: ``max(0, c·(1 − floor) + floor)``, ``c = ½(1 + cos(2π·cycles·progress))``
+    with sd-scripts' ``cycles = num_cycles / 2``."""
+    cosine = 0.5 * (1.0 + math.cos(math.pi * (num_cycles / 2) * 2.0 * _progress(step, total_steps, warmup_steps)))
+    return max(0.0, cosine * (1.0 - floor) + floor)
+
+
+def _inverse_sqrt(step: int, warmup_steps: int, timescale: int | None) -> float:
+    """``1 / √((step + timescale − warmup) / timescale)`` (big_vision via transformers); timescale defaults to the
+    warmup steps, or 10 000 without warmup."""
+    scale = timescale or warmup_steps or 10_000
+    return 1.0 / math.sqrt((step + scale - warmup_steps) / scale)
+
+
+def _warmup_stable_decay(step: int, total_steps: int, warmup_steps: int, num_cycles: float, options: Mapping) -> float:
+    """transformers' WSD: warmup (linear, cosine or 1-sqrt) from min_lr_ratio to 1, a stable 1, then the decay
+    (cosine with sd-scripts' ``num_cycles / 2``, linear or 1-sqrt) over ``num_decay_steps`` back to min_lr_ratio."""
+    floor = float(options.get("min_lr_ratio") or 0.0)
+    decay = decay_steps(options.get("num_decay_steps"), total_steps)
+    stable = total_steps - warmup_steps - decay
+    if step < warmup_steps:
+        progress = step / max(1, warmup_steps)
+        shape = {"linear": progress, "cosine": 0.5 * (1.0 - math.cos(math.pi * progress)),
+                 "1-sqrt": 1.0 - math.sqrt(1.0 - progress)}[str(options.get("warmup_type") or "linear")]
+        return max(0.0, shape * (1.0 - floor) + floor)
+    if step < warmup_steps + stable:
+        return 1.0
+    if step < warmup_steps + stable + decay:
+        progress = (step - warmup_steps - stable) / max(1, decay)
+        shape = {"linear": 1.0 - progress, "cosine": 0.5 * (1.0 + math.cos(math.pi * (num_cycles / 2) * 2.0 * progress)),
+                 "1-sqrt": 1.0 - math.sqrt(progress)}[str(options.get("decay_type") or "cosine")]
+        return max(0.0, shape * (1.0 - floor) + floor)
+    return floor
+
+
+def decay_steps(value, total_steps: int) -> int:
+    """sd-scripts' ``--lr_decay_steps``: a step count, or below 1 a fraction of the run (default 0)."""
+    if value is None:
+        return 0
+    return int(value * total_steps) if isinstance(value, float) and value < 1 else int(value)
+
+
+def named_scheduler_options(scheduler: str, args_text: str) -> dict:
+    """The parsed ``lr_scheduler_args`` for a schedule that reads them (:data:`SCHEDULER_ARGS`), else {}."""
+    if scheduler not in SCHEDULER_ARGS:
+        return {}
+    from trainer.optim.scheduler_type import parse_scheduler_args
+
+    return parse_scheduler_args(args_text)
+
+
+def check_scheduler_options(scheduler: str, options: Mapping | None, total_steps: int = 1,
+                            warmup_steps: int = 0) -> None:
+    """A ValueError beginning with ``lr_scheduler_args`` for what a named schedule cannot use."""
+    options = options or {}
+    if scheduler not in SCHEDULER_ARGS:
+        return
+    unknown = [key for key in options if key not in SCHEDULER_ARGS[scheduler]]
+    if unknown:
+        raise ValueError(f"lr_scheduler_args: {scheduler} does not take {', '.join(unknown)} (it takes "
+                         f"{', '.join(SCHEDULER_ARGS[scheduler])})")
+    if scheduler == "piecewise_constant":
+        if not options.get("step_rules"):
+            raise ValueError("lr_scheduler_args: piecewise_constant needs step_rules, e.g. "
+                             "step_rules='1:100,0.5:200,0.1'")
+        parse_step_rules(str(options["step_rules"]))
+    if scheduler == "cosine_with_min_lr":
+        given = [key for key in ("min_lr_rate", "min_lr") if options.get(key) is not None]
+        if len(given) != 1:
+            raise ValueError("lr_scheduler_args: cosine_with_min_lr needs one of min_lr_rate (a fraction of the "
+                             "learning rate) or min_lr (as transformers asks)")
+        if not isinstance(options[given[0]], (int, float)) or options[given[0]] < 0:
+            raise ValueError(f"lr_scheduler_args: {given[0]} must be a number of 0 or more")
+    if scheduler == "inverse_sqrt" and options.get("timescale") is not None:
+        if not isinstance(options["timescale"], int) or options["timescale"] < 1:
+            raise ValueError("lr_scheduler_args: timescale must be a whole number of steps, at least 1")
+    if scheduler == "warmup_stable_decay":
+        for key in ("warmup_type", "decay_type"):
+            if options.get(key) is not None and options[key] not in ("linear", "cosine", "1-sqrt"):
+                raise ValueError(f"lr_scheduler_args: {key} must be linear, cosine or 1-sqrt")
+        value = options.get("num_decay_steps", 0)
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ValueError("lr_scheduler_args: num_decay_steps must be a step count or a fraction below 1")
+        if warmup_steps + decay_steps(value, total_steps) > total_steps:
+            raise ValueError(f"lr_scheduler_args: num_decay_steps {value} and {warmup_steps} warmup steps are more "
+                             f"than the run's {total_steps} steps")
+        ratio = options.get("min_lr_ratio", 0.0)
+        if not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+            raise ValueError("lr_scheduler_args: min_lr_ratio must be from 0 to 1")
+
+
 def _check_schedule_args(scheduler: str, total_steps: int, warmup_steps: int, num_cycles: int, power: float) -> None:
     if scheduler not in SCHEDULER_NAMES:
         raise ValueError(f"lr_scheduler: {scheduler!r} is not one of {', '.join(SCHEDULER_NAMES)}")
@@ -87,6 +202,7 @@ def lr_factor(
     num_cycles: int = 1,
     power: float = 1.0,
     lr_init: float = 1.0,
+    options: Mapping | None = None,
 ) -> float:
     """Multiplier of a group's base learning rate at 0-based optimizer step ``step``.
 
@@ -94,11 +210,17 @@ def lr_factor(
     ignores warmup (sd-scripts refuses the pair: use ``constant_with_warmup``). ``adafactor`` is 1 here: the
     requested rate is left alone (a relative-step Adafactor ignores it; see :func:`lr_curve`).
     ``lr_init`` is only used by ``polynomial`` and is the optimizer's default lr (``learning_rate``), as in
-    transformers, which divides by it.
+    transformers, which divides by it. ``options``: the parsed ``lr_scheduler_args`` of the schedules that read
+    them (:data:`SCHEDULER_ARGS`; ``min_lr`` is divided by ``lr_init``, as transformers divides by the lr).
     """
     _check_schedule_args(scheduler, total_steps, warmup_steps, num_cycles, power)
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
+    options = options or {}
+    if scheduler == "piecewise_constant":
+        return _piecewise_constant(step, str(options.get("step_rules", "1")))
+    if scheduler == "warmup_stable_decay":
+        return _warmup_stable_decay(step, total_steps, warmup_steps, num_cycles, options)
     if scheduler in SCHEDULERS_WITHOUT_WARMUP:
         return 1.0
     if step < warmup_steps:
@@ -111,6 +233,13 @@ def lr_factor(
         return _cosine(step, total_steps, warmup_steps)
     if scheduler == "cosine_with_restarts":
         return _cosine_with_restarts(step, total_steps, warmup_steps, int(num_cycles))
+    if scheduler == "cosine_with_min_lr":
+        floor = options.get("min_lr_rate")
+        if floor is None:
+            floor = float(options.get("min_lr") or 0.0) / lr_init
+        return _cosine_with_min_lr(step, total_steps, warmup_steps, num_cycles, float(floor))
+    if scheduler == "inverse_sqrt":
+        return _inverse_sqrt(step, warmup_steps, options.get("timescale"))
     return _polynomial(step, total_steps, warmup_steps, power, lr_init)
 
 
@@ -137,6 +266,7 @@ def lr_curve(
     lr_init: float | None = None,
     relative_step: bool = False,
     warmup_init: bool = False,
+    options: Mapping | None = None,
 ) -> dict[str, list[float]]:
     """Learning rate of each named group at every optimizer step 0 … total_steps−1, for the plan preview.
 
@@ -155,6 +285,7 @@ def lr_curve(
         num_cycles=num_cycles,
         power=power,
         lr_init=init,
+        options=options,
     )
     factors = [factor(step) for step in range(total_steps)]
     return {name: [base * f for f in factors] for name, base in base_lrs.items()}
@@ -195,6 +326,7 @@ def build_lr_scheduler(
     warmup_steps: int,
     num_cycles: int = 1,
     power: float = 1.0,
+    options: Mapping | None = None,
 ) -> LRScheduler:
     """A torch scheduler following :func:`lr_factor` for every param group.
 
@@ -202,6 +334,7 @@ def build_lr_scheduler(
     sd-scripts, which forces its ``adafactor`` schedule). ``adafactor`` with another optimizer is an error.
     """
     _check_schedule_args(scheduler, total_steps, warmup_steps, num_cycles, power)
+    check_scheduler_options(scheduler, options, total_steps, warmup_steps)
     if _is_relative_step_adafactor(optimizer):
         return AdafactorStepSizeSchedule(optimizer)
     if scheduler == "adafactor" and type(optimizer).__name__ != "Adafactor":
@@ -217,5 +350,6 @@ def build_lr_scheduler(
         num_cycles=num_cycles,
         power=power,
         lr_init=float(optimizer.defaults.get("lr") or 1.0),
+        options=options,
     )
     return LambdaLR(optimizer, factor)

@@ -5,14 +5,16 @@ from .fields import parse_block_alphas, parse_block_dims, parse_half_lr_weights,
 from .names import parse_tracker_name
 from .setting import Setting
 from .tables import (
-    CONV_LORA_TYPES, LORA_TYPES, LYCORIS_TYPES, MAX_NORM_TYPES, RANK_DROPOUT_TYPES, REGULARIZED_TYPES,
+    CONV_LORA_TYPES, LORA_TYPES, MAX_NORM_TYPES, NO_BLOCK_TYPES, RANK_DROPOUT_TYPES, REGULARIZED_TYPES,
     SCHEDULERS_WITH_CYCLES, SCHEDULERS_WITH_POWER,
 )
 
-# Block settings: the types sd-scripts applies them to (networks.lora, networks.dylora; ours also LoHa).
-_BLOCK_TYPES = tuple(t for t in LORA_TYPES if t not in LYCORIS_TYPES)
+# Block settings: the types sd-scripts applies them to (networks.lora, networks.dylora, networks.lora_fa; ours
+# also LoHa).
+_BLOCK_TYPES = tuple(t for t in LORA_TYPES if t not in NO_BLOCK_TYPES)
 _CONV_BLOCK_TYPES = tuple(t for t in CONV_LORA_TYPES if t in _BLOCK_TYPES)
-_NOT_LYCORIS = " Not for the LyCORIS/… types (LyCORIS takes no block settings, as in sd-scripts)."
+_NOT_LYCORIS = (" Not for the LyCORIS/… types and Kohya LoKr (LyCORIS and sd-scripts' networks.lokr take no "
+                "block settings).")
 
 SAMPLERS = (
     "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
@@ -79,6 +81,12 @@ ADVANCED = (
     Setting("weighted_captions", "bool", False, "Weighted captions", tab="advanced", group="captions", section="Captions",
             help="Read (word:1.2) and [word] emphasis in captions, as the A1111 web UI does in prompts. "
                  "Avoid commas inside the brackets."),
+    Setting("masked_loss", "bool", False, "Masked loss", tab="advanced", group="noise_loss", section="Loss",
+            help="Weight the loss by a mask per image (white = learn, black = ignore), brought to the latent size "
+                 "by area averaging. As in sd-scripts the masks come from a dataset config (dataset_config): "
+                 "subsets with conditioning_data_dir (a folder of mask images named like the images; their red "
+                 "channel) or alpha_mask = true (the images' alpha channels, which mask the loss even with this "
+                 "off). On without any mask: refused."),
     Setting("prior_loss_weight", "float", 1.0, "Prior loss weight", tab="advanced", group="noise_loss", section="Loss",
             minimum=0, maximum=1,
             help="Weight of the regularization images' loss (0–1). Lower: the LoRA follows your images "
@@ -129,6 +137,16 @@ ADVANCED = (
             section="Precision",
             help="Keep even the LoRA weights, gradients and optimizer state in bf16 (needs mixed precision "
                  "bf16): least memory, some loss of accuracy. Works on CPU too."),
+    Setting("fp8_base", "bool", False, "fp8 base", tab="advanced", group="launch", section="Precision",
+            implemented=False,
+            help="sd-scripts: store the frozen base model's weights in float8 (e4m3) on a CUDA GPU and compute in "
+                 "mixed precision, for less memory. Not implemented in LoRA Loom (its model loader keeps 16- or "
+                 "32-bit weights), so turning it on is refused rather than ignored; a CPU could not use it either "
+                 "(no fp8 matmuls). Use mixed precision bf16 for the nearest saving."),
+    Setting("highvram", "bool", False, "highvram", tab="advanced", group="launch", section="Performance",
+            help="sd-scripts: do not free the CUDA cache after each latent-caching batch (faster on big GPUs). "
+                 "LoRA Loom never frees it during caching, so it already behaves as with highvram on: the switch "
+                 "changes nothing here and is kept so kohya_ss configs keep it."),
     Setting("gradient_checkpointing", "bool", False, "Gradient checkpointing", tab="advanced", group="launch",
             section="Performance",
             help="Recompute activations during the backward pass instead of storing them: much less memory, "

@@ -1,11 +1,11 @@
 """Settings of the Model, Folders and Basic tabs (kohya_ss key names; defaults from the seed)."""
 from __future__ import annotations
 
-from .fields import parse_resolution
+from .fields import parse_optimizer_name, parse_resolution
 from .names import parse_caption_extension, parse_output_name
 from .setting import Setting
 from .tables import (
-    CONV_LORA_TYPES, DORA_TYPES, FULL_RANK, LORA_TYPES, LR_SCHEDULERS, LYCORIS_CAPABLE_TYPES, LYCORIS_TYPES, OFT_TYPES,
+    CONV_LORA_TYPES, DORA_TYPES, FULL_RANK, LOKR_TYPES, LORA_TYPES, LR_SCHEDULERS, LYCORIS_CAPABLE_TYPES, LYCORIS_TYPES, OFT_TYPES,
     OPTIMIZERS, RANK_DROPOUT_SCALE_TYPES, RANK_DROPOUT_TYPES, REGULARIZED_TYPES, SCALAR_TYPES,
     SCHEDULERS_WITHOUT_WARMUP, TUCKER_TYPES,
 )
@@ -52,6 +52,14 @@ MODEL_AND_FOLDERS = (
     Setting("reg_data_dir", "path", "", "Regularization folder", tab="folders", group="data",
             help="Optional folder of regularization images in the same N_name layout. They keep the model "
                  "from forgetting the general class; their loss is scaled by the prior loss weight."),
+    Setting("dataset_config", "path", "", "Dataset config file", tab="folders", group="data",
+            help="Optional: an sd-scripts dataset .toml ([general], [[datasets]], [[datasets.subsets]]) listing "
+                 "the image folders one by one, each with its own num_repeats, class_tokens, caption_extension, "
+                 "is_reg, shuffle_caption, keep_tokens and flip_aug; a dataset may set resolution, batch_size and "
+                 "the bucket settings. When set, the image and regularization folders are ignored (as in "
+                 "sd-scripts) and anything not given in the file comes from these settings. The plan lists each "
+                 "subset. Options LoRA Loom has only for all images (color_aug, random_crop, caption dropout, "
+                 "prior_loss_weight) must match the job's; options it lacks (masks, caption prefix …) are refused."),
     Setting("output_dir", "path", "", "Output folder", tab="folders", group="saving",
             help="Where the LoRA files (final and intermediate) are written. Created if it does not exist."),
     Setting("logging_dir", "path", "", "Logging folder", tab="folders", group="logging",
@@ -64,6 +72,10 @@ BASIC = (
             help="Standard: LoRA on the attention and feed-forward layers. LoCon: also the 3×3 convolutions "
                  "of the ResNet blocks. LoHa: a Hadamard-product adapter, more expressive for its size. "
                  "DyLoRA: trains every rank up to the chosen one at once, so you can pick a rank afterwards. "
+                 "LoRA-FA: a LoRA whose down matrix stays frozen at its random start (sd-scripts' networks.lora_fa: "
+                 "only the up matrix learns, less optimizer memory). Kohya LoKr: sd-scripts' own LoKr "
+                 "(networks.lokr) on the layers Standard/LoCon adapt, with factor, Tucker, rank and module "
+                 "dropout only (kohya_ss offers it for SDXL; it trains SD1.x/SD2.x here too). "
                  "LyCORIS/LoKr: a Kronecker-product adapter (tiny files; rank 100000 = full matrix). "
                  "LyCORIS/iA3: learns one scale per channel (smallest of all). LyCORIS/GLoRA: generalised LoRA "
                  "(scales the weight and adds a low-rank term). LyCORIS/BOFT and LyCORIS/Diag-OFT: orthogonal "
@@ -78,7 +90,7 @@ BASIC = (
     Setting("network_dim", "int", 8, "Network Rank (Dimension)", tab="basic", group="network", section="Network",
             minimum=1, maximum=FULL_RANK,
             help="Width of the LoRA's hidden layer. Higher ranks store more detail but also more noise and "
-                 "make bigger files; 4–32 is typical, 8 is a good start. At most 1024, except LyCORIS/LoKr, "
+                 "make bigger files; 4–32 is typical, 8 is a good start. At most 1024, except the LoKr types, "
                  "BOFT and Diag-OFT, where 100000 means full rank (LoKr: full matrix; OFT: the block size)."),
     Setting("network_alpha", "float", 1.0, "Network alpha", tab="basic", group="network", section="Network",
             minimum=0.0001, maximum=1024, step=0.0001,
@@ -87,7 +99,7 @@ BASIC = (
     Setting("conv_dim", "int", 1, "Convolution rank (LoCon)", tab="basic", group="network", section="Network",
             minimum=0, maximum=FULL_RANK, visible_when=("LoRA_type", CONV_LORA_TYPES + LYCORIS_TYPES),
             help="Rank of the adapters on the 3×3 convolutions (LoCon, LoHa, DyLoRA and the LyCORIS types); "
-                 "0: no convolution adapters. At most 512, except 100000 (full rank) for LyCORIS/LoKr, BOFT "
+                 "0: no convolution adapters. At most 512, except 100000 (full rank) for the LoKr types, BOFT "
                  "and Diag-OFT."),
     Setting("conv_alpha", "float", 1.0, "Convolution alpha (LoCon)", tab="basic", group="network", section="Network",
             minimum=0.0001, maximum=512, visible_when=("LoRA_type", CONV_LORA_TYPES),
@@ -104,7 +116,7 @@ BASIC = (
                  "LyCORIS preset .toml (its target_module, target_name, exclude_name and enable_conv are read; "
                  "per-module algorithm maps are refused)."),
     Setting("factor", "int", -1, "LoKr factor", tab="basic", group="network", section="LyCORIS",
-            minimum=-1, maximum=64, visible_when=("LoRA_type", ("LyCORIS/LoKr",)),
+            minimum=-1, maximum=64, visible_when=("LoRA_type", LOKR_TYPES),
             help="How LoKr splits each dimension for its Kronecker product: -1 picks the most balanced split; "
                  "a positive number makes the small factor at most that big."),
     Setting("decompose_both", "bool", False, "LoKr decompose both", tab="basic", group="network", section="LyCORIS",
@@ -180,6 +192,10 @@ BASIC = (
     Setting("cache_latents_to_disk", "bool", False, "Cache latents to disk", tab="basic", group="data", section="Data",
             help="Like cache latents, but also saves them next to the images so later runs reuse them; "
                  "they are rebuilt when an image, the resolution or the bucket changes."),
+    Setting("skip_cache_check", "bool", False, "Skip cache check", tab="basic", group="data", section="Data",
+            help="With cache latents to disk: reuse a cache file of the right bucket without checking that its "
+                 "image and VAE are unchanged (faster start with many images; an edited image keeps training "
+                 "on its old latents until you turn this off)."),
     Setting("learning_rate", "float", 0.0001, "Learning rate", tab="basic", group="optimisation", section="Learning rate",
             minimum=0, maximum=10,
             help="How far each step moves the weights. Used for the UNet and the text encoder unless "
@@ -188,7 +204,10 @@ BASIC = (
             choices=LR_SCHEDULERS,
             help="How the learning rate changes over the run: constant; constant_with_warmup; cosine "
                  "(a smooth fall to 0); cosine_with_restarts (several falls, see cycles); linear; "
-                 "polynomial (see power); adafactor (Adafactor's own schedule, with that optimizer)."),
+                 "polynomial (see power); adafactor (Adafactor's own schedule, with that optimizer); "
+                 "piecewise_constant (steps of fixed factors, no warmup); cosine_with_min_lr (a cosine fall to a "
+                 "floor); inverse_sqrt (1/√step after the warmup); warmup_stable_decay (warmup, flat, then a decay "
+                 "at the end). The last four take their arguments from LR scheduler extra arguments."),
     Setting("lr_warmup", "float", 10.0, "LR warmup (% of steps)", tab="basic", group="optimisation",
             section="Learning rate", minimum=0, maximum=100,
             visible_when=("lr_scheduler", tuple(s for s in LR_SCHEDULERS if s not in SCHEDULERS_WITHOUT_WARMUP)),
@@ -206,12 +225,21 @@ BASIC = (
     Setting("lr_scheduler_args", "str", "", "LR scheduler extra arguments", tab="basic", group="optimisation",
             section="Learning rate",
             help="key=value arguments for the LR scheduler type, separated by spaces, such as T_max=1000 "
-                 "eta_min=1e-6. An argument the class does not take is an error."),
+                 "eta_min=1e-6. An argument the class does not take is an error. Without a type, four schedulers "
+                 "of the list read them (as sd-scripts passes them): piecewise_constant step_rules='1:100,0.5:200,0.1' "
+                 "(factor:step …, last factor); cosine_with_min_lr min_lr_rate=0.1 (or min_lr=1e-6); inverse_sqrt "
+                 "timescale=N (default: the warmup steps); warmup_stable_decay num_decay_steps=N (or a fraction "
+                 "below 1), min_lr_ratio, warmup_type / decay_type (linear, cosine, 1-sqrt)."),
     Setting("optimizer", "choice", "AdamW8bit", "Optimizer", tab="basic", group="optimisation", section="Optimizer",
-            choices=OPTIMIZERS,
+            choices=OPTIMIZERS, custom_choices=True, parser=parse_optimizer_name,
             help="How gradients become weight updates. AdamW8bit: AdamW with 8-bit state, less memory. "
                  "Adafactor ignores the learning rate and adapts its own. DAdaptation and Prodigy find the "
-                 "rate themselves (set learning rates to 1). Lion and SGDNesterov are alternatives."),
+                 "rate themselves (set learning rates to 1). Lion and SGDNesterov are alternatives. Paged…: "
+                 "bitsandbytes keeps the state in paged memory on a GPU (on the CPU they run unpaged). AdEMAMix8bit: "
+                 "Adam with a second, slow momentum (8-bit state). DAdaptAdanIP / DAdaptAdamPreprint: D-Adaptation's "
+                 "experimental variants (DAdaptation is DAdaptAdamPreprint). Or type any optimizer class as "
+                 "module.Class (torch.optim.RAdam): it is imported, must be a torch optimizer, and its "
+                 "Optimizer extra arguments are checked against its signature."),
     Setting("optimizer_args", "str", "", "Optimizer extra arguments", tab="basic", group="optimisation", section="Optimizer",
             help="Extra key=value arguments for the optimizer, separated by spaces, such as "
                  "weight_decay=0.01 betas=(0.9,0.99). An argument the optimizer does not take is an error."),

@@ -115,6 +115,9 @@ def check_settings(job: Job, settings) -> list[Problem]:
     if loraplus and job.network.LoRA_type == "LoHa":
         problems.append(Problem(loraplus[0], "LoRA+ speeds up the LoRA up matrices; LoHa has none, so it has no "
                                              "effect", "warning"))
+    if loraplus and job.network.LoRA_type == "LoRA-FA":
+        problems.append(Problem(loraplus[0], "has no effect on LoRA-FA (sd-scripts' networks.lora_fa takes no LoRA+ "
+                                             "ratios: only its up matrices learn, at the part's rate)", "warning"))
     if job.noise_loss.min_timestep > job.noise_loss.max_timestep:
         problems.append(Problem("min_timestep", f"({job.noise_loss.min_timestep}) is above the max timestep "
                                                 f"({job.noise_loss.max_timestep})"))
@@ -146,6 +149,8 @@ def check_settings(job: Job, settings) -> list[Problem]:
                                             "`pip install wandb`"))
     problems += check_optimizer_args_syntax(job.optimisation.optimizer_args)
     problems += check_scheduler_type(job.optimisation.lr_scheduler_type, job.optimisation.lr_scheduler_args)
+    if not job.optimisation.lr_scheduler_type:
+        problems += check_named_scheduler_args(job.optimisation.lr_scheduler, job.optimisation.lr_scheduler_args)
     problems += check_one_lr_optimizer(job)
     problems += _check_sample_prompts(job.sampling.sample_prompts)
     problems += check_launch(job)
@@ -182,6 +187,25 @@ def check_scheduler_type(name: str, args_text: str) -> list[Problem]:
             check_scheduler_args(scheduler_class(name), args)
     except SettingError as error:
         return [Problem(error.setting, str(error))]
+    return []
+
+
+def check_named_scheduler_args(scheduler: str, args_text: str) -> list[Problem]:
+    """piecewise_constant, cosine_with_min_lr, inverse_sqrt and warmup_stable_decay read lr_scheduler_args
+    (their step rules, floor, timescale, decay): what they cannot use is an error naming lr_scheduler_args."""
+    from .tables import SCHEDULER_ARGS
+
+    if scheduler not in SCHEDULER_ARGS:
+        return []
+    from trainer.optim.schedulers import check_scheduler_options, named_scheduler_options
+    from .setting import SettingError
+
+    try:
+        check_scheduler_options(scheduler, named_scheduler_options(scheduler, args_text), total_steps=10**9)
+    except SettingError as error:
+        return [Problem(error.setting, str(error))]
+    except ValueError as error:
+        return [Problem("lr_scheduler_args", str(error).removeprefix("lr_scheduler_args: "))]
     return []
 
 
@@ -298,7 +322,9 @@ def check_paths(job: Job) -> list[Problem]:
             problems.append(Problem(key, f"{path} is not a file"))
 
     need("pretrained_model_name_or_path", "any", True)
-    need("train_data_dir", "dir", True)
+    with_config = bool(job.data.dataset_config.strip())  # sd-scripts ignores both folders then
+    need("dataset_config", "file", False)
+    need("train_data_dir", "dir", not with_config)
     need("reg_data_dir", "dir", False)
     need("network_weights", "file", False)
     need("resume", "dir", False)
@@ -311,7 +337,7 @@ def check_paths(job: Job) -> list[Problem]:
         problems += writable_folder_problem("output_dir", job.saving.output_dir)
     if job.logging.logging_dir:
         problems += writable_folder_problem("logging_dir", job.logging.logging_dir)
-    if not any(p.setting in ("train_data_dir", "reg_data_dir") for p in problems):
+    if not any(p.setting in ("train_data_dir", "reg_data_dir", "dataset_config") for p in problems):
         problems += dataset_problems(job)
     if job.saving.resume:
         problems += resume_problems(job)

@@ -27,7 +27,9 @@ def class_name(group: str) -> str:
 
 
 def annotation(setting: Setting) -> str:
-    if setting.kind == "choice":
+    if setting.kind == "choice" and setting.custom_choices:
+        text = "str"
+    elif setting.kind == "choice":
         text = "Literal[" + ", ".join(repr(choice) for choice in setting.choices) + "]"
     else:
         text = _PLAIN_TYPES[setting.kind]

@@ -37,12 +37,12 @@ def writable_folder_problem(key: str, value: str) -> list[Problem]:
 
 def dataset_problems(job: Job) -> list[Problem]:
     """What ``plan`` and ``train`` would refuse in the image folders (scan and bucket plan, headers only)."""
-    from trainer.data.dataset_plan import data_options_from_job, plan_dataset
-    from trainer.data.folders import DataError, scan_dataset
+    from trainer.data.dataset_config import scan_job_dataset
+    from trainer.data.dataset_plan import plan_dataset
+    from trainer.data.folders import DataError
 
     try:
-        scan = scan_dataset(job.data.train_data_dir, job.data.reg_data_dir or None, job.data.caption_extension or ".caption")
-        plan_dataset(scan, data_options_from_job(job))
+        plan_dataset(*scan_job_dataset(job))
     except DataError as error:
         return [Problem(error.setting or "train_data_dir", str(error))]
     return []

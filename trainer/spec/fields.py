@@ -6,6 +6,7 @@ wrong and what is expected. Validation, the form and the trainer all call the sa
 from __future__ import annotations
 
 import math
+import re
 
 from .block_layout import allowed_layouts, layout_for
 
@@ -151,3 +152,18 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+_DOTTED_CLASS = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def parse_optimizer_name(text: str) -> str:
+    """An Optimizer value: one of the list (exactly as spelled there) or a dotted ``module.Class`` that
+    sd-scripts would import (``torch.optim.RAdam``, ``pytorch_optimizer.CAME``). Whether the module imports and
+    the class is an optimizer is checked before training (``trainer.preflight``)."""
+    from .tables import OPTIMIZERS
+
+    name = str(text).strip()
+    if name in OPTIMIZERS or _DOTTED_CLASS.match(name):
+        return name
+    raise ValueError(f"{name!r} is not one of {', '.join(OPTIMIZERS)}, nor a module.Class such as torch.optim.RAdam")

@@ -39,8 +39,10 @@ def defaults() -> dict[str, Any]:
 
 def _annotation(setting: Setting) -> Any:
     base: Any = {"str": str, "path": str, "text": str, "int": int, "float": float, "bool": bool}.get(setting.kind)
-    if setting.kind == "choice":
+    if setting.kind == "choice" and not setting.custom_choices:
         base = Literal[setting.choices]  # type: ignore[valid-type]
+    elif setting.kind == "choice":
+        base = str  # a listed name or a module.Class, checked by the setting's parser
     return Optional[base] if setting.optional else base
 
 

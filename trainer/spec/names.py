@@ -62,3 +62,4 @@ def path_inside(folder: Path, name: str) -> Path:
     if path.resolve().parent != folder.resolve():
         raise ValueError(f"{name!r} would be written outside {folder}")
     return path
+

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from .rules import rank_limits
 from .setting import Problem
-from .tables import LYCORIS_PRESETS, LYCORIS_TYPES
+from .tables import LYCORIS_PRESETS, NO_BLOCK_TYPES
 
 if TYPE_CHECKING:
     from .sections import Job
@@ -45,17 +45,17 @@ def check_network_options(job: Job) -> list[Problem]:
     for key, limit in zip(("network_dim", "conv_dim"), rank_limits(lora_type)):
         if job.get(key) > limit:
             problems.append(Problem(key, f"is at most {limit} for {lora_type}; 100000 (LyCORIS's full rank) is "
-                                         "for LyCORIS/LoKr, LyCORIS/BOFT and LyCORIS/Diag-OFT"))
+                                         "for the LoKr types, LyCORIS/BOFT and LyCORIS/Diag-OFT"))
     if lora_type == "DyLoRA":
         for key in FORWARD_REGULARIZERS:
             if job.get(key):
                 problems.append(Problem(key, "does not work with DyLoRA (sd-scripts' DyLoRA takes no regularizer); "
                                              "set it to 0 or choose another LoRA type"))
-    if lora_type in LYCORIS_TYPES:
+    if lora_type in NO_BLOCK_TYPES:
         for key in BLOCK_KEYS:
             if str(job.get(key) or "").strip():
-                problems.append(Problem(key, f"does not apply to {lora_type} (LyCORIS takes no block settings, as "
-                                             "in sd-scripts); it is ignored", "warning"))
+                problems.append(Problem(key, f"does not apply to {lora_type} (LyCORIS and sd-scripts' networks.lokr "
+                                             "take no block settings); it is ignored", "warning"))
     problems += ignored_options(job)
     preset = (network.LyCORIS_preset or "").strip()
     if preset and preset not in LYCORIS_PRESETS and not Path(preset).expanduser().is_file():

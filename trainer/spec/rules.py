@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 from .tables import (
-    CONV_LORA_TYPES, FULL_RANK_TYPES, LYCORIS_CAPABLE_TYPES, LYCORIS_TYPE_ALGOS, SCHEDULERS_WITH_CYCLES,
+    CONV_LORA_TYPES, FULL_RANK_TYPES, KOHYA_LOKR, LYCORIS_CAPABLE_TYPES, LYCORIS_TYPE_ALGOS, SCHEDULER_ARGS,
+    SCHEDULERS_WITH_CYCLES,
     SCHEDULERS_WITH_POWER, SCHEDULERS_WITHOUT_WARMUP,
 )
 
@@ -51,9 +52,12 @@ def lycoris_algo(lora_type: str, options: dict) -> str | None:
     """The LyCORIS algorithm a network runs, or None for our own modules (peft's LoRA / LoHa, our DyLoRA).
 
     The LyCORIS types always run through LyCORIS; Standard, LoCon and LoHa do when a LyCORIS option, a
-    regularizer or a preset other than full is set (``options``: setting → value)."""
+    regularizer or a preset other than full is set (``options``: setting → value). sd-scripts' own LoKr
+    (Kohya LoKr) runs LyCORIS's LoKr module on sd-scripts' layers."""
     if lora_type in LYCORIS_TYPE_ALGOS:
         return LYCORIS_TYPE_ALGOS[lora_type]
+    if lora_type == KOHYA_LOKR:
+        return "lokr"
     if lora_type not in LYCORIS_CAPABLE_TYPES:
         return None
     asked = any(options.get(key) for key in LYCORIS_SWITCHES + REGULARIZERS)
@@ -63,7 +67,8 @@ def lycoris_algo(lora_type: str, options: dict) -> str | None:
 
 
 def rank_limits(lora_type: str) -> tuple[int, int]:
-    """(network_dim, conv_dim) maxima: 100000 ("full rank") for LoKr, BOFT and Diag-OFT, else 1024 and 512."""
+    """(network_dim, conv_dim) maxima: 100000 ("full rank") for the LoKr types, BOFT and Diag-OFT, else 1024
+    and 512."""
     return (100000, 100000) if lora_type in FULL_RANK_TYPES else (1024, 512)
 
 
@@ -99,7 +104,7 @@ def unread_scheduler_settings(optimisation: OptimisationSection) -> list[tuple[s
                 unread.append((key, f"the LR scheduler type {optimisation.lr_scheduler_type} has no warmup "
                                     "(as in sd-scripts)"))
         return unread
-    if optimisation.lr_scheduler_args.strip():
+    if optimisation.lr_scheduler_args.strip() and scheduler not in SCHEDULER_ARGS:
         unread.append(("lr_scheduler_args", "is read only with an LR scheduler type; the LR Scheduler list "
                                             "ignores it"))
     if optimisation.lr_warmup_steps and scheduler in SCHEDULERS_WITHOUT_WARMUP:

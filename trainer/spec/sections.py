@@ -25,10 +25,12 @@ class DataSection:
 
     train_data_dir: str
     reg_data_dir: str
+    dataset_config: str
     train_batch_size: int
     caption_extension: str
     cache_latents: bool
     cache_latents_to_disk: bool
+    skip_cache_check: bool
     max_resolution: str
     enable_bucket: bool
     min_bucket_reso: int
@@ -61,7 +63,7 @@ class CaptionsSection:
 class NetworkSection:
     """The LoRA network."""
 
-    LoRA_type: Literal['Standard', 'LoCon', 'LoHa', 'DyLoRA', 'LyCORIS/LoKr', 'LyCORIS/iA3', 'LyCORIS/GLoRA', 'LyCORIS/BOFT', 'LyCORIS/Diag-OFT', 'LyCORIS/Native Fine-Tuning']
+    LoRA_type: Literal['Standard', 'LoCon', 'LoHa', 'DyLoRA', 'LoRA-FA', 'Kohya LoKr', 'LyCORIS/LoKr', 'LyCORIS/iA3', 'LyCORIS/GLoRA', 'LyCORIS/BOFT', 'LyCORIS/Diag-OFT', 'LyCORIS/Native Fine-Tuning']
     network_weights: str
     dim_from_weights: bool
     network_dim: int
@@ -104,12 +106,12 @@ class OptimisationSection:
     max_train_steps: int
     seed: int | None
     learning_rate: float
-    lr_scheduler: Literal['adafactor', 'constant', 'constant_with_warmup', 'cosine', 'cosine_with_restarts', 'linear', 'polynomial']
+    lr_scheduler: Literal['adafactor', 'constant', 'constant_with_warmup', 'cosine', 'cosine_with_restarts', 'linear', 'polynomial', 'piecewise_constant', 'cosine_with_min_lr', 'inverse_sqrt', 'warmup_stable_decay']
     lr_warmup: float
     lr_warmup_steps: int
     lr_scheduler_type: str
     lr_scheduler_args: str
-    optimizer: Literal['AdamW', 'AdamW8bit', 'Adafactor', 'DAdaptation', 'DAdaptAdaGrad', 'DAdaptAdam', 'DAdaptAdan', 'DAdaptLion', 'DAdaptSGD', 'Lion', 'SGDNesterov', 'Prodigy', 'PagedAdamW8bit', 'Lion8bit', 'SGDNesterov8bit']
+    optimizer: str
     optimizer_args: str
     text_encoder_lr: float | None
     unet_lr: float | None
@@ -128,6 +130,7 @@ class OptimisationSection:
 class NoiseLossSection:
     """Noise and loss weighting."""
 
+    masked_loss: bool
     prior_loss_weight: float
     min_snr_gamma: float
     noise_offset_type: Literal['Original', 'Multires']
@@ -206,6 +209,8 @@ class LaunchSection:
     additional_parameters: str
     full_fp16: bool
     full_bf16: bool
+    fp8_base: bool
+    highvram: bool
     gradient_checkpointing: bool
     mem_eff_attn: bool
     xformers: bool
@@ -248,6 +253,7 @@ SECTION_OF_KEY: dict[str, str] = {
     'metadata_tags': 'saving',
     'train_data_dir': 'data',
     'reg_data_dir': 'data',
+    'dataset_config': 'data',
     'output_dir': 'saving',
     'logging_dir': 'logging',
     'LoRA_type': 'network',
@@ -282,6 +288,7 @@ SECTION_OF_KEY: dict[str, str] = {
     'seed': 'optimisation',
     'cache_latents': 'data',
     'cache_latents_to_disk': 'data',
+    'skip_cache_check': 'data',
     'learning_rate': 'optimisation',
     'lr_scheduler': 'optimisation',
     'lr_warmup': 'optimisation',
@@ -315,6 +322,7 @@ SECTION_OF_KEY: dict[str, str] = {
     'no_token_padding': 'captions',
     'gradient_accumulation_steps': 'optimisation',
     'weighted_captions': 'captions',
+    'masked_loss': 'noise_loss',
     'prior_loss_weight': 'noise_loss',
     'lr_scheduler_num_cycles': 'optimisation',
     'lr_scheduler_power': 'optimisation',
@@ -330,6 +338,8 @@ SECTION_OF_KEY: dict[str, str] = {
     'max_token_length': 'captions',
     'full_fp16': 'launch',
     'full_bf16': 'launch',
+    'fp8_base': 'launch',
+    'highvram': 'launch',
     'gradient_checkpointing': 'launch',
     'shuffle_caption': 'captions',
     'persistent_data_loader_workers': 'data',

@@ -52,6 +52,8 @@ class Setting:
       than the default instead of accepting and ignoring it.
     - ``group``: the section of the typed job that holds it (``GROUPS``), by subject rather than by tab.
     - ``secret``: never written to job files, presets, metadata or logs.
+    - ``custom_choices``: a choice that also takes a dotted ``module.Class`` (kohya_ss's Optimizer list allows
+      custom values, which sd-scripts imports); ``parser`` checks the spelling.
     """
 
     key: str
@@ -71,6 +73,7 @@ class Setting:
     implemented: bool = True
     secret: bool = False
     step: float | None = None
+    custom_choices: bool = False
 
     def __post_init__(self) -> None:
         if self.tab not in TABS:
@@ -83,7 +86,8 @@ class Setting:
     def describe_range(self) -> str:
         """A short phrase saying which values are allowed, used in error messages and help."""
         if self.kind == "choice":
-            return "one of " + ", ".join(str(c) for c in self.choices)
+            more = ", or a module.Class" if self.custom_choices else ""
+            return "one of " + ", ".join(str(c) for c in self.choices) + more
         if self.kind == "bool":
             return "true or false"
         if self.kind in ("int", "float"):
