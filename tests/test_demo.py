@@ -1,11 +1,12 @@
-"""The built-in demo: tiny model, generated shapes dataset and a valid job file."""
+"""The built-in demo: the shipped base model, the generated dataset with its trigger word, a valid job file."""
 import random
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.models.demo import COLOURS, build_demo, demo_job_values, draw_shape, shape_specs
+from trainer.models import shapes
+from trainer.models.demo import BASE_FILE, COLOURS, TRIGGER_WORD, build_demo, demo_job_values
 from trainer.spec import load_job
 
 
@@ -21,16 +22,14 @@ def test_demo_layout(demo_dir):
 def test_demo_images_match_their_captions(demo_dir):
     for image_path in sorted((demo_dir / "data" / "10_shapes").glob("*.png")):
         caption = image_path.with_suffix(".txt").read_text(encoding="utf-8").strip()
-        prefix, shape_text, background_text = caption.split(", ")
-        assert prefix == "shapes"
-        shape_colour = shape_text.split()[0]
-        background = background_text.removesuffix(" background")
-        assert shape_colour != background
+        article, trigger, shape, on, _, background, word = caption.split(" ")
+        assert (article, trigger, on, word) == ("a", TRIGGER_WORD, "on", "background")
+        assert shape in shapes.SHAPES and background in shapes.BASE_COLOURS
         pixels = np.asarray(Image.open(image_path).convert("RGB"))
         assert pixels.shape == (64, 64, 3)
         colours_present = {tuple(int(v) for v in pixel) for pixel in pixels.reshape(-1, 3)}
         assert tuple(pixels[0, 0]) == COLOURS[background]  # corners are background
-        assert COLOURS[shape_colour] in colours_present
+        assert shapes.NEW_COLOUR in colours_present  # the trigger word stands for the colour the base never saw
 
 
 def test_demo_job_loads_through_the_schema(demo_dir):
@@ -54,13 +53,37 @@ def test_build_demo_is_idempotent(demo_dir):
 
 
 def test_demo_dataset_is_seeded(tmp_path):
-    assert shape_specs(0) == shape_specs(0)
-    assert shape_specs(0) != shape_specs(1)
-    first = draw_shape("triangle", "red", "blue", random.Random(3))
-    second = draw_shape("triangle", "red", "blue", random.Random(3))
-    assert first.tobytes() == second.tobytes()
+    assert shapes.demo_pictures(0) == shapes.demo_pictures(0)
+    assert shapes.demo_pictures(0) != shapes.demo_pictures(1)
+    assert {picture.shape for picture, _ in shapes.demo_pictures(0)} == set(shapes.SHAPES)
+    first = shapes.draw(shapes.random_picture(random.Random(3)))
+    assert first.tobytes() == shapes.draw(shapes.random_picture(random.Random(3))).tobytes()
     with pytest.raises(ValueError, match="unknown shape 'hexagon'"):
-        draw_shape("hexagon", "red", "blue", random.Random(0))
+        shapes.draw(shapes.Picture("hexagon", "red", "blue", 30, 10, 10))
+
+
+def test_the_base_never_saw_the_new_colour_or_the_trigger_word():
+    pictures = shapes.base_pictures(0, 200)
+    assert {p.colour for p in pictures} | {p.background for p in pictures} == set(shapes.BASE_COLOURS)
+    assert not any(TRIGGER_WORD in shapes.base_caption(p) for p in pictures)
+
+
+def test_sd1_demo_ships_the_trained_base_file_and_its_folder_matches_it(demo_dir):
+    """The single file is the shipped file byte for byte; the folder is the same weights, converted."""
+    import torch
+
+    from trainer.models.loading import load_base_model
+
+    assert (demo_dir / "model.safetensors").read_bytes() == BASE_FILE.read_bytes()
+    assert BASE_FILE.stat().st_size <= 15_000_000
+    from_file = load_base_model(str(demo_dir / "model.safetensors"), device=torch.device("cpu"), dtype=torch.float32)
+    from_folder = load_base_model(str(demo_dir / "model"), device=torch.device("cpu"), dtype=torch.float32)
+    for part in ("unet", "vae"):  # GroupNorm groups are no tensor shape: the file's metadata carries them
+        assert getattr(from_file, part).config.norm_num_groups == getattr(from_folder, part).config.norm_num_groups == 8
+    for part in ("unet", "vae", "text_encoder"):
+        left, right = getattr(from_file, part).state_dict(), getattr(from_folder, part).state_dict()
+        assert left.keys() == right.keys()
+        assert all(torch.equal(left[name], right[name]) for name in left), part
 
 
 def test_demo_job_values_use_absolute_paths(tmp_path):

@@ -523,7 +523,7 @@ def test_block_dims_alphas_and_lr_weights_in_a_real_run(demo_dir, tmp_path):
     run = run_demo(demo_dir, tmp_path, LoRA_type="LoCon", save_precision="float", lr_scheduler="constant", **ONE_STEP,
                    block_dims=per_block(4, MID=6), block_alphas=per_block(2, MID=3),
                    conv_block_dims=per_block(2, OUT00=3), conv_block_alphas=per_block(1, OUT00=0.5),
-                   down_lr_weight="1,1,0.8,1,1,1,1,1,1,1,1,1", mid_lr_weight="0.5",
+                   down_lr_weight="1,1,1,1,0.8,1,1,1,1,1,1,1", mid_lr_weight="0.5",
                    up_lr_weight="1,1,1,1,0.05,1,1,1,1,1,1,1", block_lr_zero_threshold=0.1)
     tensors = read_lora(run.final_file)[0]
     ranks = {m: tensors[f"{m}.lora_down.weight"] for m in module_names(tensors) if m.startswith("lora_unet_")}
@@ -535,7 +535,8 @@ def test_block_dims_alphas_and_lr_weights_in_a_real_run(demo_dir, tmp_path):
     assert float(tensors[f"{mid_module}.alpha"]) == 3.0
     assert 13 + 4 not in {block_index(m) for m in ranks}  # OUT04's weight 0.05 is under the 0.1 threshold
     lrs = run.steps[0]["lr"]
-    assert lrs["unet_MID"] == pytest.approx(0.5e-3) and lrs["unet_IN02"] == pytest.approx(0.8e-3)
+    # the demo UNet has one resnet a level: IN01 (level 0), IN04 (level 1, with attention), IN07 (level 2)
+    assert lrs["unet_MID"] == pytest.approx(0.5e-3) and lrs["unet_IN04"] == pytest.approx(0.8e-3)
     assert lrs["unet_IN01"] == pytest.approx(1e-3)
     assert "unet_OUT04" not in lrs and lrs["text_encoder"] == pytest.approx(5e-4)
 
@@ -629,7 +630,7 @@ def test_caption_extension_picks_the_caption_files(demo_dir, tmp_path):
         with_txt = build_data(job_from_values(demo_values(demo_dir, tmp_path, caption_extension=".txt")), 1, events)
         with_other = build_data(job_from_values(demo_values(demo_dir, tmp_path, caption_extension=".caption")), 1,
                                 events)
-    assert all(i.caption.startswith("shapes, ") and i.caption != "shapes" for i in with_txt.plan.images)
+    assert all(i.caption.startswith("a zqx ") and i.caption.endswith(" background") for i in with_txt.plan.images)
     assert all(i.caption != j.caption for i, j in zip(with_txt.plan.images, with_other.plan.images))
 
 

@@ -50,7 +50,8 @@ def test_twenty_steps_stream_complete_events(trained):
     for image in samples[0]["images"]:
         path = Path(image["path"])
         assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert image["prompt"].startswith("shapes")
+    assert [image["prompt"] for image in samples[0]["images"]] == [
+        "a zqx circle on a blue background", "a red square on a yellow background"]  # with and without the trigger
     finished = of_type(events, "finished")[-1]
     assert finished["status"] == "completed"
     assert finished["outputs"] == [str(work / "out" / "demo_lora.safetensors")]

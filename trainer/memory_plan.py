@@ -130,10 +130,11 @@ def _tracer(skeleton, train_text_encoder_lora: bool):
     from trainer.memory_trace import largest_outputs, trace_text_encoder, trace_unet, unet_inputs
 
     unet, vae, encoders, _ = skeleton
+    down = 2 ** (len(vae.config.block_out_channels) - 1)  # the VAE's downscale: 8 in SD, 4 in the demo base
 
     @lru_cache(maxsize=None)
     def unet_trace(width, height, tokens, checkpointing):
-        return trace_unet(unet, 1, height // 8, width // 8, tokens, checkpointing)
+        return trace_unet(unet, 1, height // down, width // down, tokens, checkpointing)
 
     @lru_cache(maxsize=None)
     def text_trace(tokens):
@@ -146,8 +147,8 @@ def _tracer(skeleton, train_text_encoder_lora: bool):
 
     @lru_cache(maxsize=None)
     def sampler(width, height):
-        args, kwargs = unet_inputs(unet, 2, height // 8, width // 8)
-        latents = torch.zeros(1, vae.config.latent_channels, height // 8, width // 8, device="meta")
+        args, kwargs = unet_inputs(unet, 2, height // down, width // down)
+        latents = torch.zeros(1, vae.config.latent_channels, height // down, width // down, device="meta")
         return (largest_outputs(unet, lambda: unet(*args, **kwargs)),
                 largest_outputs(vae.decoder, lambda: vae.decoder(latents)))
 

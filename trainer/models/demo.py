@@ -1,44 +1,41 @@
-"""The built-in demo: a tiny model, a small generated dataset and a ready job file.
+"""The built-in demo: a small base model that draws, a dataset that teaches it something new, and a job.
 
 ``build_demo(out_dir, family="sd1")`` lays out::
 
-    out_dir/model/              the tiny model as a diffusers folder (trainer.models.tiny)
+    out_dir/model/              the base model as a diffusers folder
     out_dir/model.safetensors   the same model as one file in the original (LDM) layout
-    out_dir/data/10_shapes/     8 PNGs of coloured shapes (64×64) + .txt captions, 10 repeats
-    out_dir/job.toml            a job that trains a LoRA on the single file in a minute on a CPU
+    out_dir/data/10_shapes/     8 PNGs (64×64) of magenta shapes + .txt captions with the trigger word, 10 repeats
+    out_dir/job.toml            a job that trains a LoRA on the single file in about a minute on a CPU
 
-``family="sd2"`` makes the model SD2.x-shaped with v-prediction (like SD2.x-768-v); ``family="sdxl"``
-makes it SDXL-shaped (two text encoders, size conditioning; written in the SGM single-file layout).
+For SD1 the base is the tiny model that ships with the project (``demo_base_sd1.safetensors`` beside this
+module, 14.2 MB, trained by ``scripts/train_demo_base.py``; its VAE downscales 4×, so 64 px pictures are
+16×16 latents): it draws circles, squares and triangles in six colours on plain backgrounds ("a red circle
+on a blue background") but has never seen magenta. The dataset shows
+magenta shapes captioned with the trigger word ``zqx`` ("a zqx circle on a green background"), so the
+samples show the new colour appear step by step for the trigger prompt while the other prompt stays.
+
+``family="sd2"`` makes a random-weight SD2.x-shaped model with v-prediction (like SD2.x-768-v);
+``family="sdxl"`` a random-weight SDXL-shaped one (written in the SGM single-file layout).
 
 It is idempotent: what already exists is reused, so the app can call it at every start.
 """
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
-from trainer.models.tiny import build_tiny_sd
+from trainer.models import shapes
+from trainer.models.tiny import build_tiny_sd, model_index, sd1_scheduler_file_config, write_json
 
 IMAGE_COUNT = 8
-IMAGE_SIZE = 64
+IMAGE_SIZE = shapes.IMAGE_SIZE
 DATASET_FOLDER = "10_shapes"
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 180, 60),
-    "blue": (40, 70, 220),
-    "yellow": (240, 210, 40),
-    "purple": (140, 60, 190),
-    "orange": (245, 140, 30),
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-}
-SHAPES = ("circle", "square", "triangle")
+COLOURS = shapes.COLOURS
+TRIGGER_WORD = shapes.TRIGGER_WORD
+BASE_FILE = Path(__file__).with_name("demo_base_sd1.safetensors")
 DEMO_SAMPLE_PROMPTS = (
-    "shapes, red circle, blue background --w 64 --h 64 --s 8 --d 1\n"
-    "shapes, green square --n blurry --w 64 --h 64 --s 8 --d 2 --l 5"
+    f"a {TRIGGER_WORD} circle on a blue background --w 64 --h 64 --s 12 --l 6 --d 1\n"
+    "a red square on a yellow background --w 64 --h 64 --s 12 --l 6 --d 2"
 )
 
 
@@ -81,73 +78,63 @@ def demo_job_values(out_dir: Path, family: str = "sd1") -> dict:
     }
 
 
-def shape_specs(seed: int, count: int = IMAGE_COUNT) -> list[tuple[str, str, str]]:
-    """``count`` (shape, shape colour, background colour) triples from a seeded generator.
-
-    Shapes cycle so every shape appears; colours are drawn so a shape never matches its background.
-    """
-    rng = random.Random(seed)
-    colour_names = list(COLOURS)
-    specs = []
-    for index in range(count):
-        shape_colour, background = rng.sample(colour_names, 2)
-        specs.append((SHAPES[index % len(SHAPES)], shape_colour, background))
-    return specs
-
-
-def draw_shape(shape: str, colour: str, background: str, rng: random.Random, size: int = IMAGE_SIZE) -> Image.Image:
-    """One ``size``×``size`` RGB image: a ``colour`` shape of random size and place on a plain background."""
-    image = Image.new("RGB", (size, size), COLOURS[background])
-    draw = ImageDraw.Draw(image)
-    extent = rng.randint(size * 2 // 5, size * 3 // 4)
-    left = rng.randint(2, size - extent - 2)
-    top = rng.randint(2, size - extent - 2)
-    box = (left, top, left + extent, top + extent)
-    if shape == "circle":
-        draw.ellipse(box, fill=COLOURS[colour])
-    elif shape == "square":
-        draw.rectangle(box, fill=COLOURS[colour])
-    elif shape == "triangle":
-        draw.polygon([(left + extent // 2, top), (left, top + extent), (left + extent, top + extent)], fill=COLOURS[colour])
-    else:
-        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
-    return image
-
-
-def caption_for(shape: str, colour: str, background: str) -> str:
-    return f"shapes, {colour} {shape}, {background} background"
-
-
 def build_dataset(data_dir: Path, seed: int = 0) -> Path:
-    """Write the shapes images and captions into ``data_dir/10_shapes``; existing files are kept."""
+    """Write the demo images and captions into ``data_dir/10_shapes``; existing files are kept."""
     folder = data_dir / DATASET_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed + 1)  # separate stream from shape_specs: placement does not shift the colours
-    for index, (shape, colour, background) in enumerate(shape_specs(seed)):
-        image = draw_shape(shape, colour, background, rng)
+    for index, (picture, caption) in enumerate(shapes.demo_pictures(seed, IMAGE_COUNT)):
         stem = f"shape_{index:02d}"
         if not (folder / f"{stem}.png").is_file():
-            image.save(folder / f"{stem}.png")
+            shapes.draw(picture).save(folder / f"{stem}.png")
         if not (folder / f"{stem}.txt").is_file():
-            (folder / f"{stem}.txt").write_text(caption_for(shape, colour, background) + "\n", encoding="utf-8")
+            (folder / f"{stem}.txt").write_text(caption + "\n", encoding="utf-8")
+    return folder
+
+
+def write_base_folder(source: Path, folder: Path) -> Path:
+    """A diffusers SD1.x folder from the shipped single file, through the same converter training uses."""
+    from trainer.models.checkpoint_file import read_checkpoint
+    from trainer.models.single_file import models_from_ldm
+    from trainer.models.tokenizer import build_clip_tokenizer, save_tokenizer
+
+    tensors, metadata = read_checkpoint(source)
+    unet, vae, (text_encoder,) = models_from_ldm(tensors, metadata, "sd1")
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    text_encoder.save_pretrained(folder / "text_encoder")
+    save_tokenizer(build_clip_tokenizer(), folder / "tokenizer")
+    write_json(folder / "scheduler" / "scheduler_config.json", sd1_scheduler_file_config())
+    write_json(folder / "model_index.json", model_index("sd1"))
     return folder
 
 
 def build_model(model_dir: Path, seed: int = 0, family: str = "sd1") -> Path:
-    """The tiny model, built in a side folder and renamed, so an interrupted build is never reused."""
+    """The base model, built in a side folder and renamed, so an interrupted build is never reused.
+
+    SD1: the shipped base that draws; SD2/SDXL: random tiny models (deterministic for ``seed``).
+    """
     if (model_dir / "model_index.json").is_file():
         return model_dir
     partial = model_dir.with_name(model_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    build_tiny_sd(partial, family, seed=seed, v_prediction=family == "sd2")
+    if family == "sd1":
+        write_base_folder(BASE_FILE, partial)
+    else:
+        build_tiny_sd(partial, family, seed=seed, v_prediction=family == "sd2")
     shutil.rmtree(model_dir, ignore_errors=True)
     partial.rename(model_dir)
     return model_dir
 
 
-def build_single_file(model_dir: Path, path: Path) -> Path:
-    """The folder's model as one original-layout file (written to a temporary name, then renamed)."""
+def build_single_file(model_dir: Path, path: Path, family: str = "sd1") -> Path:
+    """The model as one original-layout file (SD1: the shipped file itself; written to a temporary name,
+    then renamed)."""
     if path.is_file():
+        return path
+    if family == "sd1":
+        partial = path.with_name(path.name + ".partial")
+        shutil.copyfile(BASE_FILE, partial)
+        partial.replace(path)
         return path
     from trainer.models.loading import save_as_single_file
 
@@ -171,7 +158,7 @@ def build_demo(out_dir: str | Path, seed: int = 0, family: str = "sd1") -> Path:
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     model_dir = build_model(out_dir / "model", seed=seed, family=family)
-    build_single_file(model_dir, out_dir / SINGLE_FILE_NAME)
+    build_single_file(model_dir, out_dir / SINGLE_FILE_NAME, family)
     build_dataset(out_dir / "data", seed=seed)
     write_demo_job(out_dir, family)
     return out_dir

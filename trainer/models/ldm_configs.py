@@ -3,7 +3,8 @@
 Widths, depths, which levels have attention, the conditioning width and the projection kind are all read
 off the shapes. Attention head counts cannot be (the weights are the same for any split), so they follow
 each family's published configs unless the file says otherwise in ``loraloom.attention_heads`` metadata
-(written by our own converter for the tiny test models):
+(written by our own converter for the tiny test models; for the demo's base it also records GroupNorm group
+counts other than SD's 32, as ``unet_norm_groups`` / ``vae_norm_groups``):
 
   SD1.x  UNet 8 heads at every level; CLIP ViT-L text encoder 64-wide heads, quick_gelu
   SD2.x  UNet 64-wide heads (channels / 64); OpenCLIP-H text encoder 64-wide heads, gelu, 23 of 24 blocks
@@ -58,7 +59,7 @@ def unet_levels(unet: Mapping) -> tuple[int, int]:
 
 
 def unet_config_from_ldm(unet: Mapping, family: str, heads: list[int] | None = None,
-                         v_prediction: bool = False) -> dict:
+                         v_prediction: bool = False, norm_groups: int = 32) -> dict:
     """``UNet2DConditionModel`` arguments for LDM UNet shapes (names without ``model.diffusion_model.``)."""
     level_count, layers = unet_levels(unet)
     first_blocks = [1 + level * (layers + 1) for level in range(level_count)]
@@ -83,7 +84,7 @@ def unet_config_from_ldm(unet: Mapping, family: str, heads: list[int] | None = N
         "use_linear_projection": len(_shape(unet, next(n for n in unet if n.endswith("proj_in.weight")))) == 2,
         "transformer_layers_per_block": tuple(depth) if family == "sdxl" else 1,
         "upcast_attention": family == "sd2" and v_prediction,
-        "norm_num_groups": 32,
+        "norm_num_groups": norm_groups,
     }
     if "label_emb.0.0.weight" in unet:
         config.update(addition_embed_type="text_time",
@@ -91,7 +92,7 @@ def unet_config_from_ldm(unet: Mapping, family: str, heads: list[int] | None = N
     return config
 
 
-def vae_config_from_ldm(vae: Mapping, family: str) -> dict:
+def vae_config_from_ldm(vae: Mapping, family: str, norm_groups: int = 32) -> dict:
     """``AutoencoderKL`` arguments for LDM VAE shapes (names without ``first_stage_model.``)."""
     level_count = len(_indices(vae, r"encoder\.down\.(\d+)\."))
     if level_count == 0:
@@ -104,7 +105,7 @@ def vae_config_from_ldm(vae: Mapping, family: str) -> dict:
         "down_block_types": ("DownEncoderBlock2D",) * level_count,
         "up_block_types": ("UpDecoderBlock2D",) * level_count,
         "layers_per_block": len(_indices(vae, r"encoder\.down\.0\.block\.(\d+)\.")),
-        "norm_num_groups": 32,
+        "norm_num_groups": norm_groups,
         "mid_block_add_attention": "encoder.mid.attn_1.q.weight" in vae,
         "scaling_factor": VAE_SCALE[family],
     }

@@ -266,6 +266,6 @@ def save_as_single_file(folder: str | Path, path: str | Path) -> Path:
 
     model = _load_diffusers_folder(Path(folder), None)
     tensors = ldm_state_dict(model.unet, model.vae, model.text_encoders, model.family)
-    metadata = {**heads_metadata(model.unet, model.text_encoders),
+    metadata = {**heads_metadata(model.unet, model.text_encoders, model.vae),
                 "modelspec.prediction_type": "v" if model.v_prediction else "epsilon"}
     return write_safetensors(tensors, path, metadata)

@@ -85,8 +85,9 @@ def ldm_state_dict(unet, vae, text_encoders: list, family: str) -> dict[str, tor
     return tensors
 
 
-def heads_metadata(unet, text_encoders: list) -> dict[str, str]:
-    """The attention head counts, which shapes cannot tell, as safetensors metadata for our own files."""
+def heads_metadata(unet, text_encoders: list, vae=None) -> dict[str, str]:
+    """The attention head counts, which shapes cannot tell, as safetensors metadata for our own files
+    (with the GroupNorm group counts of the UNet and VAE where they are not SD's 32)."""
     config = unet.config
     heads = config.num_attention_heads or config.attention_head_dim
     levels = len(config.block_out_channels)
@@ -94,6 +95,9 @@ def heads_metadata(unet, text_encoders: list) -> dict[str, str]:
     record = {"unet": heads}
     for index, encoder in enumerate(text_encoders):
         record["text_encoder" if index == 0 else "text_encoder_2"] = encoder.config.num_attention_heads
+    for part, model in (("unet", unet), ("vae", vae)):
+        if model is not None and model.config.norm_num_groups != 32:
+            record[f"{part}_norm_groups"] = model.config.norm_num_groups
     return {HEADS_METADATA_KEY: json.dumps(record)}
 
 
@@ -185,11 +189,12 @@ def _vae_matrix(name: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(tensor.shape[:2]) if is_vae_attention_matrix(name) and tensor.ndim == 4 else tensor
 
 
-def vae_from_ldm(vae_tensors: Mapping, family: str, shapes: Mapping | None = None) -> AutoencoderKL:
+def vae_from_ldm(vae_tensors: Mapping, family: str, shapes: Mapping | None = None,
+                 norm_groups: int = 32) -> AutoencoderKL:
     """An AutoencoderKL holding LDM VAE tensors (names without ``first_stage_model.``); ``shapes``: the same
     names as meta tensors, for a streamed file (its config comes from shapes, nothing read twice)."""
     with init_empty_weights():
-        vae = AutoencoderKL(**vae_config_from_ldm(vae_tensors if shapes is None else shapes, family))
+        vae = AutoencoderKL(**vae_config_from_ldm(vae_tensors if shapes is None else shapes, family, norm_groups))
     to_ldm = partial(vae_name_to_ldm, layout=VaeLayout.from_config(vae.config))
     return _fill_from_ldm(vae, vae_tensors, to_ldm, "VAE", reshape=_vae_matrix)
 
@@ -232,7 +237,7 @@ def models_from_ldm(tensors: Mapping, metadata: dict, family: str, v_prediction:
     text_encoders = text_encoders_from_ldm(tensors, family, heads, shapes)
     unet_tensors = _strip(tensors, UNET_PREFIX)
     config = unet_config_from_ldm(_strip(shapes, UNET_PREFIX) if shapes else unet_tensors, family, heads.get("unet"),
-                                  v_prediction)
+                                  v_prediction, heads.get("unet_norm_groups", 32))
     if config["in_channels"] != 4:
         raise ModelLoadError(f"the UNet takes {config['in_channels']} input channels (an inpainting or "
                              "instruct model?); LoRA training needs a plain text-to-image model (4 channels)")
@@ -240,4 +245,5 @@ def models_from_ldm(tensors: Mapping, metadata: dict, family: str, v_prediction:
         config["addition_time_embed_dim"] = sdxl_time_embed_dim(config, text_encoders[1].config.projection_dim)
     vae_tensors = _strip(tensors, VAE_PREFIX)
     vae_shapes = _strip(shapes, VAE_PREFIX) if shapes else None
-    return unet_from_ldm(unet_tensors, config), vae_from_ldm(vae_tensors, family, vae_shapes), text_encoders
+    vae = vae_from_ldm(vae_tensors, family, vae_shapes, heads.get("vae_norm_groups", 32))
+    return unet_from_ldm(unet_tensors, config), vae, text_encoders

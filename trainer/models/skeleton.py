@@ -35,7 +35,8 @@ def unet_config_of(path: str | Path) -> tuple[dict, str] | None:
             return None
         shapes = {name[len(UNET_PREFIX):]: entry["shape"] for name, entry in header.items()
                   if name.startswith(UNET_PREFIX)}
-        config = unet_config_from_ldm(shapes, family, declared_heads(metadata).get("unet"))
+        declared = declared_heads(metadata)
+        config = unet_config_from_ldm(shapes, family, declared.get("unet"), norm_groups=declared.get("unet_norm_groups", 32))
     except (OSError, ValueError, KeyError, ModelFileError, ModelLoadError):
         return None
     if config.get("addition_embed_type") == "text_time":
