@@ -21,10 +21,11 @@ typed=0
 .venv/bin/python -m mypy || typed=$?
 
 echo "== run 1: the whole suite with nothing beside the checkout (LORA_LOOM_SHARED=none)"
-# All but the browser tests on ${LORA_LOOM_WORKERS:=2} pytest workers (one torch thread each: two cores, two
+# All but the browser tests on LORA_LOOM_WORKERS pytest workers (one torch thread each: two cores, two
 # workers); then the browser tests one at a time (each drives an app, a Chromium and a trainer).
 first=0
-LORA_LOOM_SHARED=none "${pytest[@]}" -n "$LORA_LOOM_WORKERS" -m "not browser" || first=$?
+workers=${LORA_LOOM_WORKERS:-2}
+LORA_LOOM_SHARED=none "${pytest[@]}" -n "$workers" -m "not browser" || first=$?
 LORA_LOOM_SHARED=none "${pytest[@]}" -m browser || first=$?
 
 shared=${LORA_LOOM_SHARED:-../shared}
