@@ -21,7 +21,7 @@ from trainer.spec import Problem, Setting
 ROW_SLOTS = 4
 # What kohya_ss users rarely open (LyCORIS's options matter only for its types; launch only for several GPUs)
 FOLDED_SECTIONS = frozenset({"Performance", "Logging", "Other", "LyCORIS", "Noise", "Augmentation",
-                             "Accelerate launch"})
+                             "Regularizers", "Accelerate launch"})
 
 
 def slots(setting: Setting) -> int:

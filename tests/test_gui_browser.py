@@ -280,7 +280,7 @@ def test_start_shows_loss_samples_and_warnings_reload_reattaches_and_stop_saves(
     page.click("#start-button")
     wait_shown(page, "#loss-plot .mark-line path", timeout=90_000)
     wait_shown(page, "#sample-gallery img", timeout=90_000)
-    assert "step 10 — shapes" in page.inner_text("#sample-gallery")
+    assert "step 10 — a zqx circle on a blue background" in page.inner_text("#sample-gallery")  # the demo's trigger prompt
     assert "of 2000" in page.inner_text("#run-progress")
     page.close()
 
