@@ -45,20 +45,22 @@ def queue_app(tmp_path, demo_dir):
 
 def test_three_queued_jobs_run_in_order_live_and_two_compare(queue_app, browser):
     page = open_page(browser, queue_app["url"])
-    for name in NAMES:
+    seen_live: set[str] = set()  # the jobs the run area showed while they trained
+    for name in NAMES:  # the first job starts while the others are added: the run area is watched meanwhile
         field(page, "output_name").fill(name)
         page.click("#add-queue-button")
-        page.locator(f"#queue-note >> text=-{name}").first.wait_for(timeout=60_000)  # "Queued 000N-name."
-    seen_live, deadline = set(), time.monotonic() + 600
+        deadline = time.monotonic() + 60
+        while not page.locator(f"#queue-note >> text=-{name}").count():  # "Queued 000N-name."
+            assert time.monotonic() < deadline, page.inner_text("#queue-note")
+            _watch_run_area(page, seen_live)
+            time.sleep(0.3)
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:  # the run area follows each job while it trains
-        shown = page.evaluate("[document.querySelector('#runs-choice input')?.value || '', "
-                              "document.querySelector('#run-progress [data-state]')?.dataset.state || '']")
-        if shown[1] == "running":
-            seen_live.update(name for name in NAMES if f"-{name}" in shown[0])
+        shown = _watch_run_area(page, seen_live)
         done = page.locator("#queue-table tr[data-status='completed']").count()
         if done == len(NAMES) and seen_live == set(NAMES):
             break
-        time.sleep(0.5)
+        time.sleep(0.3)
     assert seen_live == set(NAMES), (seen_live, shown, page.inner_text("#queue-table"))
     for name in NAMES:
         wait_shown(page, f"#queue-table tr[data-job$='-{name}'][data-status='completed']", timeout=10_000)
@@ -84,3 +86,12 @@ def test_three_queued_jobs_run_in_order_live_and_two_compare(queue_app, browser)
     assert len(captions) == 2
     assert len({caption.split(" — ", 1)[1] for caption in captions}) == 1  # the same step and prompt
     assert "-qa — " in captions[0] and "-qb — " in captions[1]
+
+
+def _watch_run_area(page, seen_live: set[str]) -> list[str]:
+    """Adds to ``seen_live`` the queued job that the run area shows as running now; returns what it shows."""
+    shown = page.evaluate("[document.querySelector('#runs-choice input')?.value || '', "
+                          "document.querySelector('#run-progress [data-state]')?.dataset.state || '']")
+    if shown[1] == "running":
+        seen_live.update(name for name in NAMES if f"-{name}" in shown[0])
+    return shown
