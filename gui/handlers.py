@@ -14,7 +14,7 @@ import pandas as pd
 
 from gui import presets_panel
 from gui.model_note import MODEL_KEY, model_note
-from gui.plan_panel import compute_plan, dataset_config_markdown, dataset_markdown, plan_markdown
+from gui.plan_panel import PlanWorker, compute_plan, dataset_config_markdown, dataset_markdown, plan_markdown
 from gui.run_view import (
     RunView,
     loss_rows,
@@ -68,6 +68,7 @@ def view_state(view: RunView) -> str:
 class Handlers:
     def __init__(self, form, area, manager, config):
         self.form, self.area, self.manager, self.config = form, area, manager, config
+        self.planner = PlanWorker(config.trainer_command)  # one plan subprocess for the page, kept
 
     # ----- wiring -----------------------------------------------------------------------------------
     def wire(self, app: gr.Blocks) -> None:
@@ -309,8 +310,8 @@ class Handlers:
         return self._plan_for(data[self.area.state], split_secrets(self.form.values(data))[0])
 
     def _plan_for(self, session: SessionState, values: dict, rescan: bool = False) -> dict:
-        """The plan panel (and the Dataset tab when ``rescan``) for ``values``. Plans run in parallel, a
-        subprocess each, and may finish out of order: one overtaken by a newer request is dropped."""
+        """The plan panel (and the Dataset tab when ``rescan``) for ``values``. The page's plan worker makes one
+        plan at a time; a request overtaken by a newer one while it waited or ran is dropped."""
         session.planned = values
         updates = self._plan_updates(values)
         if rescan:
@@ -320,7 +321,7 @@ class Handlers:
         return updates
 
     def _plan_updates(self, values: dict) -> dict:
-        result = compute_plan(values, self.config.trainer_command)
+        result = compute_plan(values, self.planner)
         if result.plan is None:
             return {self.area.plan_md: f"❌ {result.error}", self.area.plan_plot: frame([], LR_COLUMNS)}
         return {self.area.plan_md: plan_markdown(result.plan),

@@ -1,18 +1,21 @@
 """The plan panel and the Dataset tab: what a run will do, worked out before it starts (no gradio here).
 
-The plan comes from ``python -m trainer plan JOB.toml`` in a subprocess, because the LR preview uses the
-trainer's own schedulers (torch) and the GUI process stays free of torch. The dataset table comes from
-``trainer.data.folders.scan_dataset``, which only reads image headers.
+The plan comes from the trainer in a subprocess, because the LR preview uses the trainer's own schedulers
+(torch) and the GUI process stays free of torch: one ``python -m trainer plan-server`` that the page keeps
+(``PlanWorker``), so that the imports are paid once and a plan after an edit takes a fraction of a second.
+The dataset table comes from ``trainer.data.folders.scan_dataset``, which only reads image headers.
 """
 from __future__ import annotations
 
 import json
 import os
+import selectors
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from gui.runs import PROJECT_ROOT
 
@@ -30,28 +33,100 @@ class PlanResult(NamedTuple):
     error: str  # "" when the plan was made
 
 
-def compute_plan(values: dict[str, Any], trainer_command: list[str] | None = None) -> PlanResult:
-    """Write the values as a job file in a temporary folder and ask the trainer for its plan."""
+class PlanWorker:
+    """One long-lived ``TRAINER plan-server`` subprocess, asked one plan at a time (a lock), started on the
+    first request and again whenever it has died; it ends by itself when the page's process closes its
+    stdin (the app exits)."""
+
+    def __init__(self, trainer_command: list[str] | None = None):
+        self.command = [*(trainer_command or [sys.executable, "-m", "trainer"]), "plan-server"]
+        self._process: subprocess.Popen | None = None
+        self._stderr: IO[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def plan(self, job_path: Path, timeout: float = PLAN_TIMEOUT_S) -> PlanResult:
+        failure = ""
+        with self._lock:
+            for _attempt in range(2):  # a worker that died since the last plan is started again, once
+                try:
+                    process = self._started()
+                    assert process.stdin is not None
+                    process.stdin.write(json.dumps({"job": str(job_path)}) + "\n")
+                    process.stdin.flush()
+                    line = _read_line(process, timeout)
+                except OSError:
+                    line = ""
+                if line is None:
+                    self.close()
+                    return PlanResult(None, f"The plan took longer than {timeout:.0f} s; is the image folder "
+                                            f"very large?")
+                if line:
+                    return _plan_result(line)
+                failure = self._failure()
+                self.close()
+            return PlanResult(None, failure or "The trainer's plan worker ended without an answer.")
+
+    def _started(self) -> subprocess.Popen:
+        if self._process is None or self._process.poll() is not None:
+            self.close()
+            self._stderr = tempfile.TemporaryFile()
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(PROJECT_ROOT),
+                                                                             os.environ.get("PYTHONPATH")))))
+            self._process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             stderr=self._stderr, text=True, env=env)
+        return self._process
+
+    def _failure(self) -> str:
+        """The last lines the worker wrote to stderr (why it died)."""
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace").strip()[-2000:]
+
+    def close(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            for stream in (process.stdin, process.stdout):
+                if stream is not None:
+                    stream.close()
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+
+def _read_line(process: subprocess.Popen, timeout: float) -> str | None:
+    """One line of the worker's stdout; "" when it ended; None when it said nothing within ``timeout``."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            return None
+    return process.stdout.readline()
+
+
+def _plan_result(line: str) -> PlanResult:
+    try:
+        reply = json.loads(line)
+    except json.JSONDecodeError:
+        return PlanResult(None, "The trainer's plan was not valid JSON:\n" + line[-2000:])
+    if reply.get("plan") is not None:
+        return PlanResult(reply["plan"], "")
+    return PlanResult(None, str(reply.get("error") or f"plan failed (exit code {reply.get('code')})"))
+
+
+def compute_plan(values: dict[str, Any], worker: PlanWorker) -> PlanResult:
+    """Write the values as a job file in a temporary folder and ask the trainer's plan worker for its plan."""
     from trainer.spec import JobError, write_job_toml
 
-    command = list(trainer_command or [sys.executable, "-m", "trainer"])
     with tempfile.TemporaryDirectory(prefix="loom-plan-") as folder:
         try:
             job_path = write_job_toml(values, Path(folder) / "job.toml")
         except JobError as error:
             return PlanResult(None, "Fix the settings first:\n" + "\n".join(f"- {p}" for p in error.problems))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")))))
-        try:
-            done = subprocess.run([*command, "plan", str(job_path), "--no-memory"], capture_output=True, text=True,
-                                  timeout=PLAN_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return PlanResult(None, f"The plan took longer than {PLAN_TIMEOUT_S} s; is the image folder very large?")
-    if done.returncode != 0:
-        return PlanResult(None, (done.stderr or done.stdout).strip() or f"plan failed (exit code {done.returncode})")
-    try:
-        return PlanResult(json.loads(done.stdout), "")
-    except json.JSONDecodeError:
-        return PlanResult(None, "The trainer's plan was not valid JSON:\n" + done.stdout[-2000:])
+        return worker.plan(job_path)
 
 
 def _points(steps: list, limit: int = 12) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gui.blocks_table import block_rows
-from gui.plan_panel import compute_plan, dataset_markdown, plan_markdown
+from gui.plan_panel import PlanWorker, compute_plan, dataset_markdown, plan_markdown
 from gui.presets_panel import load_preset_values, save_preset_values
 from gui.values import applies, coerce_value, field_error_text, split_secrets
 from trainer.spec import SETTINGS_BY_KEY, Problem, defaults, validate_values
@@ -86,8 +86,35 @@ def test_the_dataset_table_lists_a_dataset_configs_subsets(demo_dir, tmp_path):
 
 
 def test_plan_refuses_bad_values_without_starting_a_subprocess():
-    result = compute_plan({**defaults(), "train_batch_size": 0}, trainer_command=["/nonexistent/python"])
+    result = compute_plan({**defaults(), "train_batch_size": 0}, PlanWorker(["/nonexistent/python"]))
     assert result.plan is None and "train_batch_size" in result.error
+
+
+def test_the_plan_worker_answers_each_request_and_comes_back_after_it_dies(demo_dir, tmp_path):
+    """The real ``python -m trainer plan-server``: plans for two job files from one process (the second's
+    numbers follow its file), a refused job answered with its setting and the worker still serving, and a
+    killed worker replaced at the next request."""
+    from trainer.spec import read_job_toml, write_job_toml
+
+    values = read_job_toml(demo_dir / "job.toml")
+    values.pop("spec_version")
+    worker = PlanWorker()
+    try:
+        first = worker.plan(write_job_toml(values, tmp_path / "a.toml"))
+        second = worker.plan(write_job_toml({**values, "epoch": 2 * values["epoch"]}, tmp_path / "b.toml"))
+        assert first.error == "" and second.error == ""
+        assert second.plan["total_steps"] == 2 * first.plan["total_steps"] > 0
+        process = worker._process
+        missing = worker.plan(write_job_toml({**values, "train_data_dir": str(tmp_path / "nowhere")},
+                                             tmp_path / "c.toml"))
+        assert missing.plan is None and "train_data_dir" in missing.error
+        assert worker._process is process  # the same worker answered all three
+        process.kill()
+        process.wait()
+        again = worker.plan(tmp_path / "a.toml")
+        assert again.plan == first.plan and worker._process is not process
+    finally:
+        worker.close()
 
 
 def test_user_preset_round_trip(tmp_path):
@@ -199,7 +226,8 @@ def test_plan_follows_edits_once_they_pause_and_only_once(monkeypatch):
     from gui import handlers
     from gui.handlers import Handlers, SessionState
 
-    fake_trainer = [sys.executable, "-c", "import json; print(json.dumps({'total_steps': 7, 'lr_curve': {}}))"]
+    fake_trainer = [sys.executable, "-c", "import json, sys\nfor _ in sys.stdin: print(json.dumps({'code': 0, "
+                    "'plan': {'total_steps': 7, 'lr_curve': {}}}), flush=True)"]
     area = SimpleNamespace(state="state", plan_md="plan_md", plan_plot="plan_plot", dataset_md="dataset_md",
                            plan_timer="plan_timer")
     ui = Handlers(form=None, area=area, manager=None, config=SimpleNamespace(trainer_command=fake_trainer))
@@ -230,18 +258,19 @@ def test_plan_follows_edits_once_they_pause_and_only_once(monkeypatch):
 
 
 def test_a_plan_overtaken_by_a_newer_one_is_dropped(tmp_path):
-    """Plans run in parallel (a subprocess each) and can finish out of order: the slow plan for the older
-    values must not replace the panel made for the newer ones."""
+    """A newer request waits while the worker makes the slow plan for the older values; that plan must not
+    replace the panel made for the newer ones."""
     import threading
     from types import SimpleNamespace
 
     from gui.handlers import Handlers, SessionState
 
-    fake = tmp_path / "fake_trainer.py"  # takes 3 s for epoch 3, at once for any other value
+    fake = tmp_path / "fake_trainer.py"  # a plan worker: 3 s for epoch 3, at once for any other value
     fake.write_text("import json, sys, time, tomllib\n"
-                    "epoch = tomllib.load(open(sys.argv[2], 'rb')).get('epoch', 1)\n"
-                    "time.sleep(3 if epoch == 3 else 0)\n"
-                    "print(json.dumps({'total_steps': epoch * 100, 'lr_curve': {}}))\n")
+                    "for line in sys.stdin:\n"
+                    "    epoch = tomllib.load(open(json.loads(line)['job'], 'rb')).get('epoch', 1)\n"
+                    "    time.sleep(3 if epoch == 3 else 0)\n"
+                    "    print(json.dumps({'code': 0, 'plan': {'total_steps': epoch * 100, 'lr_curve': {}}}), flush=True)\n")
     area = SimpleNamespace(state="state", plan_md="plan_md", plan_plot="plan_plot", dataset_md="dataset_md")
     ui = Handlers(form=None, area=area, manager=None, config=SimpleNamespace(trainer_command=[sys.executable, str(fake)]))
     session = SessionState()

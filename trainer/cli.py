@@ -41,27 +41,57 @@ def cmd_validate(args) -> int:
     return EXIT_REFUSED if errors else EXIT_OK
 
 
-def cmd_plan(args) -> int:
+def plan_for(job_path: str, with_memory: bool) -> tuple[int, dict | None, str]:
+    """(exit code, plan or None, error text) for a job file: what ``plan`` prints, as data."""
     from trainer.data.folders import DataError
     from trainer.plan import make_plan
     from trainer.spec import JobError, check_paths, load_job
 
     try:
-        job = load_job(args.job)
+        job = load_job(job_path)
     except JobError as error:
-        _print_problems(error.problems, sys.stderr)
-        return EXIT_REFUSED
+        return EXIT_REFUSED, None, "\n".join(str(p) for p in error.problems)
     path_problems = [p for p in check_paths(job) if p.setting in ("train_data_dir", "reg_data_dir")]
     if path_problems:
-        _print_problems(path_problems, sys.stderr)
-        return EXIT_REFUSED
+        return EXIT_REFUSED, None, "\n".join(str(p) for p in path_problems)
     try:
-        plan = make_plan(job, with_memory=not args.no_memory)
+        return EXIT_OK, make_plan(job, with_memory=with_memory), ""
     except DataError as error:
-        print(f"error: {error.setting or 'train_data_dir'}: {error}", file=sys.stderr)
-        return EXIT_REFUSED
+        return EXIT_REFUSED, None, f"error: {error.setting or 'train_data_dir'}: {error}"
+
+
+def cmd_plan(args) -> int:
+    code, plan, error = plan_for(args.job, with_memory=not args.no_memory)
+    if plan is None:
+        print(error, file=sys.stderr)
+        return code
     json.dump(plan, sys.stdout, indent=2 if args.pretty else None)
     print()
+    return EXIT_OK
+
+
+def cmd_plan_server(args) -> int:
+    """Plans on request, for the page: one JSON line in (``{"job": PATH, "memory": false}``), one JSON line out
+    (``{"code": 0, "plan": {...}}`` or ``{"code": 2, "error": "..."}``), until stdin ends. The imports are paid
+    once, so a plan takes a fraction of a second instead of a new process's seconds."""
+    import traceback
+
+    import trainer.plan  # noqa: F401  (imported before the first request, not during it)
+
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything else printed goes to stderr, not into a reply
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+            code, plan, error = plan_for(str(request["job"]), with_memory=bool(request.get("memory")))
+        except Exception as failure:  # noqa: BLE001 - a bad request or a bug answers this request only
+            code, plan = EXIT_FAILED, None
+            error = f"the plan failed: {type(failure).__name__}: {failure}"
+            traceback.print_exc(file=sys.stderr)
+        reply = {"code": code, "plan": plan} if plan is not None else {"code": code, "error": error}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
     return EXIT_OK
 
 
@@ -172,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--no-memory", action="store_true",
                       help="leave out the memory estimate (it builds the model on the meta device: diffusers)")
     plan.set_defaults(func=cmd_plan)
+    server = sub.add_parser("plan-server", help="answer plan requests read from stdin, one JSON line each (the page "
+                                                "keeps one running)")
+    server.set_defaults(func=cmd_plan_server)
     imp = sub.add_parser("import-kohya", help="convert a kohya_ss config JSON into a job file")
     imp.add_argument("config")
     imp.add_argument("-o", "--output", required=True)
