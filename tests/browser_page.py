@@ -4,17 +4,12 @@ and measure the page. Used by ``tests/test_gui_page_browser.py``.
 """
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from tests.process_helpers import kill_runs, start_app, stop_app
+
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 WIDE, PHONE = (1400, 1000), (390, 844)
@@ -22,57 +17,36 @@ TABS = ("Model", "Folders", "Dataset", "Basic", "Advanced", "Blocks/Conv", "Samp
 INNER_TABS = ("Weights", "Blocks", "Conv")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@contextmanager
+def chromium():
+    """A headless Chromium: the system's (never one a tool downloads)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def close_pages(browser) -> None:
+    """Close every page left open: each one polls the app, and would slow down the next test."""
+    for context in list(browser.contexts):
+        context.close()
 
 
 @contextmanager
 def running_app(job: Path, root: Path):
-    """``python app.py --job JOB`` on a free port; yields its URL. Kills any trainer it left behind."""
-    runs, port = root / "runs", free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    with (root / "app.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, str(PROJECT_ROOT / "app.py"), "--port", str(port), "--job", str(job),
-             "--runs-dir", str(runs), "--user-presets", str(root / "user_presets")],
-            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}/"
-        try:
-            _wait_for_http(url, process)
-            yield url
-        finally:
-            kill_runs(runs)
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-
-
-def _wait_for_http(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"app.py exited early with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"app.py did not answer on {url} within {timeout}s")
-
-
-def kill_runs(runs: Path) -> None:
-    """SIGKILL every trainer under ``runs`` that has not finished (a crash, as far as the page can tell)."""
-    from trainer.events import find_event
-    from trainer.run_status import read_pid
-
-    for run in [p.parent for p in runs.glob("*/pid")] if runs.exists() else []:
-        if find_event(run / "events.jsonl", "finished") is not None:
-            continue
-        try:
-            os.killpg(read_pid(run) or 0, signal.SIGKILL)
-        except OSError:
-            pass
+    """``python app.py --job JOB`` on a free port, its runs under ROOT/runs and the user presets under
+    ROOT/user_presets; yields its URL. Kills any trainer it left behind."""
+    runs = root / "runs"
+    process, url = start_app(job, root, runs, "--user-presets", str(root / "user_presets"))
+    try:
+        yield url
+    finally:
+        kill_runs(runs)
+        stop_app(process)
 
 
 def open_page(browser, url: str, size=WIDE):
@@ -81,6 +55,23 @@ def open_page(browser, url: str, size=WIDE):
     page.goto(url)
     page.wait_for_selector("#start-button", timeout=60_000)
     return page
+
+
+def field(page, key: str):
+    """The input (or text area) of setting ``key``."""
+    return page.locator(f"#setting-{key} input, #setting-{key} textarea").first
+
+
+def wait_shown(page, selector: str, timeout: int) -> None:
+    """Wait for ``selector``; on timeout fail with what the page's run area says (for a diagnosis from CI)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.locator(selector).first.wait_for(timeout=timeout)
+    except PlaywrightTimeout:
+        texts = {part: page.inner_text(part)[-1500:] for part in ("#run-progress", "#messages", "#run-outputs")
+                 if page.locator(part).count()}
+        raise AssertionError(f"{selector} did not appear within {timeout / 1000:.0f} s; the page said {texts}") from None
 
 
 TAB_IDS = {"Model": "tab-model", "Folders": "tab-folders", "Dataset": "tab-dataset", "Basic": "tab-basic",

@@ -71,3 +71,12 @@ def sd2_demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("sd2_demo")
     build_demo(out, family="sd2")
     return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium for the browser tests of one module."""
+    from tests.browser_page import chromium
+
+    with chromium() as opened:
+        yield opened

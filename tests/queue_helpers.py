@@ -2,11 +2,8 @@
 stop mid-way), plus a stand-in trainer for the engine's own tests (it obeys ``train JOB --run-dir DIR``)."""
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import textwrap
-import time
 import tomllib
 from pathlib import Path
 
@@ -72,22 +69,3 @@ def standin_command(folder: Path) -> list[str]:
     script = Path(folder) / "standin_trainer.py"
     script.write_text(STANDIN)
     return [sys.executable, str(script)]
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
-
-
-def kill_runs(runs_dir: Path) -> None:
-    """Never leave a trainer behind, whatever a test did."""
-    for pid_file in Path(runs_dir).glob("*/pid"):
-        try:
-            os.killpg(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            pass

@@ -7,45 +7,19 @@ in a temporary folder, 50 epochs so the run is still going when the test stops i
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser_page import close_pages, field, open_page, running_app, wait_shown
+from tests.process_helpers import PROJECT_ROOT, kill_runs
+
 pytestmark = pytest.mark.browser
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 SCREENSHOT = Path("/tmp/loom-browser-test.png")
 KOHYA_FIXTURES = PROJECT_ROOT / "tests" / "fixtures" / "kohya"  # our own kohya_ss-format configs
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"app.py exited early with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"app.py did not answer on {url} within {timeout}s")
 
 
 @pytest.fixture(scope="module")
@@ -58,36 +32,8 @@ def app_env(tmp_path_factory, demo_dir):
     values.update(output_dir=str(root / "out"), epoch=50, output_name="browser_lora", sample_every_n_steps=10,
                   xformers=True)  # on CPU a warning the run area must show
     job = write_job_toml(values, root / "job.toml")
-    runs = root / "runs"
-    port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    log = (root / "app.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "app.py"), "--port", str(port), "--job", str(job), "--runs-dir", str(runs)],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_for_http(url, process)
-        yield {"url": url, "runs": runs, "out": root / "out"}
-    finally:
-        for run_pid in runs.glob("*/pid"):  # never leave a trainer behind
-            try:
-                os.killpg(int(run_pid.read_text().split()[0]), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with running_app(job, root) as url:
+        yield {"url": url, "runs": root / "runs", "out": root / "out"}
 
 
 @pytest.fixture(autouse=True)
@@ -96,41 +42,9 @@ def each_test_leaves_nothing_behind(request):
     second) and kill a run it left going (it would hold the CPU and keep Start disabled)."""
     yield
     if "browser" in request.fixturenames:
-        for context in list(request.getfixturevalue("browser").contexts):
-            context.close()
+        close_pages(request.getfixturevalue("browser"))
     if "app_env" in request.fixturenames:
-        runs = request.getfixturevalue("app_env")["runs"]
-        for pid_file in runs.glob("*/pid") if runs.exists() else []:
-            events = pid_file.parent / "events.jsonl"
-            if events.exists() and '"finished"' in events.read_text(encoding="utf-8"):
-                continue
-            try:
-                os.killpg(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
-
-
-def open_page(browser, url):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url)
-    page.wait_for_selector("#start-button", timeout=60_000)
-    return page
-
-
-def wait_shown(page, selector: str, timeout: int) -> None:
-    """Wait for ``selector``; on timeout fail with what the page's run area says (for a diagnosis from CI)."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    try:
-        page.locator(selector).first.wait_for(timeout=timeout)
-    except PlaywrightTimeout:
-        texts = {part: page.inner_text(part)[-1500:] for part in ("#run-progress", "#messages", "#run-outputs")
-                 if page.locator(part).count()}
-        raise AssertionError(f"{selector} did not appear within {timeout / 1000:.0f} s; the page said {texts}") from None
-
-
-def field(page, key):
-    return page.locator(f"#setting-{key} input, #setting-{key} textarea").first
+        kill_runs(request.getfixturevalue("app_env")["runs"])
 
 
 def test_page_has_the_tabs_and_a_plan(app_env, browser):

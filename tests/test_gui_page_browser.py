@@ -22,11 +22,11 @@ from playwright.sync_api import expect
 
 from trainer.events import find_event
 from tests.browser_page import (
-    CHROMIUM_ARGS,
     PHONE,
     WIDE,
     button_states,
     change_and_restore_one_field_per_tab,
+    close_pages,
     each_tab,
     kill_runs,
     open_everything,
@@ -73,22 +73,11 @@ def app(tmp_path_factory, demo_dir):
         yield {"url": url, "root": root, "runs": root / "runs", "values": values}
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture(autouse=True)
 def nothing_left_behind(request):
     yield
     if "browser" in request.fixturenames:
-        for context in list(request.getfixturevalue("browser").contexts):
-            context.close()
+        close_pages(request.getfixturevalue("browser"))
     if "app" in request.fixturenames:
         kill_runs(request.getfixturevalue("app")["runs"])
 

@@ -3,8 +3,6 @@ finite loss, and its saved file, loaded through LyCORIS's loader onto a fresh co
 trained model's UNet output. The runs go through the session API (what ``python -m trainer train`` runs, the
 trained model kept for the comparison); one run per type goes through the CLI itself."""
 import json
-import math
-import re
 import tomllib
 from pathlib import Path
 
@@ -12,12 +10,9 @@ import pytest
 import torch
 
 from trainer.models.loading import load_base_model
-from trainer.network import read_lora_file
 
-from .effects_runs import run_in_session, small_dataset
 from .lycoris_reload import fixed_unet_output, load_with_lycoris
-from .test_lycoris_runs import FIVE_STEPS, KEY, _reload_matches
-from .trainer_helpers import events_of, of_type, run_trainer, write_job
+from .test_lycoris_runs import _reload_matches, cli_five_steps, five_step_file
 
 SUFFIXES = {"Kohya LoKr": r"(lokr_w1|lokr_w2|lokr_w2_a|lokr_w2_b|lokr_t2|alpha)",
             "LoRA-FA": r"(lora_down\.weight|lora_up\.weight|alpha)"}
@@ -28,14 +23,7 @@ MODULES = {"Kohya LoKr": "networks.lokr", "LoRA-FA": "networks.lora_fa"}
 @pytest.mark.parametrize("lora_type", ["Kohya LoKr", "LoRA-FA"])
 def test_each_type_trains_five_steps_and_reloads_through_lycoris(lora_type, family, demo_dir, sdxl_demo_dir, tmp_path):
     demo = demo_dir if family == "sd1" else sdxl_demo_dir
-    data = small_dataset(demo, tmp_path / "data", images=5)
-    run = run_in_session(demo, tmp_path, train_data_dir=str(data), LoRA_type=lora_type, text_encoder_lr=0.0,
-                         **FIVE_STEPS)
-    assert run.status == "completed" and len(run.losses) == 5
-    assert all(math.isfinite(loss) for loss in run.losses)
-    tensors, metadata = read_lora_file(run.final_file)
-    pattern = re.compile(KEY[family] + SUFFIXES[lora_type] + "$")
-    assert all(pattern.match(k) for k in tensors), [k for k in tensors if not pattern.match(k)][:3]
+    run, tensors, metadata = five_step_file(lora_type, SUFFIXES[lora_type], family, demo, tmp_path)
     assert metadata["ss_network_module"] == MODULES[lora_type]
     _reload_matches(run, tensors)
 
@@ -48,16 +36,8 @@ def test_cli_runs_with_the_types_options(family, lora_type, extra, demo_dir, sdx
     """Through ``python -m trainer train``, text encoders included: the file has the type's keys and metadata,
     LyCORIS's loader and ours give the same model from it, and (LoRA-FA) the max-norm statistics are in the
     step events and within the limit."""
-    demo = Path(demo_dir if family == "sd1" else sdxl_demo_dir)
-    data = small_dataset(demo, tmp_path / "data", images=5)
-    job = write_job(demo, tmp_path / "job.toml", train_data_dir=str(data), output_dir=str(tmp_path / "out"),
-                    logging_dir=str(tmp_path / "logs"), LoRA_type=lora_type, **FIVE_STEPS, **extra)
-    result = run_trainer("train", job, "--run-dir", tmp_path / "run")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    events = events_of(tmp_path / "run")
-    steps = of_type(events, "step")
-    assert len(steps) == 5 and all(math.isfinite(s["loss"]) for s in steps)
-    tensors, metadata = read_lora_file(next((tmp_path / "out").glob("*.safetensors")))
+    job, steps, tensors, metadata = cli_five_steps(lora_type, Path(demo_dir if family == "sd1" else sdxl_demo_dir),
+                                                   tmp_path, extra)
     assert metadata["ss_network_module"] == MODULES[lora_type]
     assert any(k.startswith("lora_te") for k in tensors) and any(k.startswith("lora_unet") for k in tensors)
     args = json.loads(metadata["ss_network_args"])

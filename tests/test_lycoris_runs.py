@@ -25,6 +25,36 @@ KEY = {"sd1": r"^lora_(unet|te)_[a-z0-9_]+\.", "sdxl": r"^lora_(unet_(input_bloc
        r"[a-z0-9_]+\."}
 
 
+def five_step_file(lora_type: str, suffix: str, family: str, demo: Path, tmp_path: Path):
+    """Five steps of ``lora_type`` on the UNet alone (what is compared; the text encoders' modules are covered
+    in process and by the CLI runs), with a finite loss; every saved key names a module of ``demo``'s family
+    and ends in ``suffix``. Returns the run, its tensors and metadata."""
+    data = small_dataset(demo, tmp_path / "data", images=5)
+    run = run_in_session(demo, tmp_path, train_data_dir=str(data), LoRA_type=lora_type, text_encoder_lr=0.0,
+                         **FIVE_STEPS)
+    assert run.status == "completed" and len(run.losses) == 5
+    assert all(math.isfinite(loss) for loss in run.losses)
+    tensors, metadata = read_lora_file(run.final_file)
+    pattern = re.compile(KEY[family] + suffix + "$")
+    assert all(pattern.match(k) for k in tensors), [k for k in tensors if not pattern.match(k)][:3]
+    return run, tensors, metadata
+
+
+def cli_five_steps(lora_type: str, demo: Path, tmp_path: Path, extra: dict):
+    """Five steps of ``lora_type`` with the options ``extra`` through ``python -m trainer train``, text
+    encoders included, with a finite loss. Returns the job file, the step events, the saved tensors and
+    metadata."""
+    data = small_dataset(demo, tmp_path / "data", images=5)
+    job = write_job(demo, tmp_path / "job.toml", train_data_dir=str(data), output_dir=str(tmp_path / "out"),
+                    logging_dir=str(tmp_path / "logs"), LoRA_type=lora_type, **FIVE_STEPS, **extra)
+    result = run_trainer("train", job, "--run-dir", tmp_path / "run")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    steps = of_type(events_of(tmp_path / "run"), "step")
+    assert len(steps) == 5 and all(math.isfinite(s["loss"]) for s in steps)
+    tensors, metadata = read_lora_file(next((tmp_path / "out").glob("*.safetensors")))
+    return job, steps, tensors, metadata
+
+
 def _reload_matches(run, tensors) -> None:
     trained = fixed_unet_output(run.session.base.unet)
     fresh = load_base_model(run.session.job.model.pretrained_model_name_or_path)
@@ -39,15 +69,7 @@ def _reload_matches(run, tensors) -> None:
 def test_each_lycoris_type_trains_five_steps_and_reloads_through_lycoris(lora_type, family, demo_dir,
                                                                          sdxl_demo_dir, tmp_path):
     demo = demo_dir if family == "sd1" else sdxl_demo_dir
-    data = small_dataset(demo, tmp_path / "data", images=5)
-    # the UNet alone (what is compared; the text encoders' modules are covered in process and by the CLI runs)
-    run = run_in_session(demo, tmp_path, train_data_dir=str(data), LoRA_type=lora_type, text_encoder_lr=0.0,
-                         **FIVE_STEPS)
-    assert run.status == "completed" and len(run.losses) == 5
-    assert all(math.isfinite(loss) for loss in run.losses)
-    tensors, metadata = read_lora_file(run.final_file)
-    pattern = re.compile(KEY[family] + SUFFIXES[lora_type] + "$")
-    assert all(pattern.match(k) for k in tensors), [k for k in tensors if not pattern.match(k)][:3]
+    run, tensors, metadata = five_step_file(lora_type, SUFFIXES[lora_type], family, demo, tmp_path)
     assert metadata["ss_network_module"] == "lycoris.kohya"
     _reload_matches(run, tensors)
 
@@ -59,16 +81,8 @@ def test_each_lycoris_type_trains_five_steps_and_reloads_through_lycoris(lora_ty
 def test_cli_runs_dora_and_the_regularizers(family, lora_type, extra, demo_dir, sdxl_demo_dir, tmp_path):
     """Through ``python -m trainer train``: DoRA's magnitudes are saved and reload; the max-norm statistics
     are in the step events and every module's norm is within the limit in the saved file."""
-    demo = Path(demo_dir if family == "sd1" else sdxl_demo_dir)
-    data = small_dataset(demo, tmp_path / "data", images=5)
-    job = write_job(demo, tmp_path / "job.toml", train_data_dir=str(data), output_dir=str(tmp_path / "out"),
-                    logging_dir=str(tmp_path / "logs"), LoRA_type=lora_type, **FIVE_STEPS, **extra)
-    result = run_trainer("train", job, "--run-dir", tmp_path / "run")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    steps = of_type(events_of(tmp_path / "run"), "step")
-    assert len(steps) == 5 and all(math.isfinite(s["loss"]) for s in steps)
-    files = list((tmp_path / "out").glob("*.safetensors"))
-    tensors, _ = read_lora_file(files[0])
+    job, steps, tensors, _ = cli_five_steps(lora_type, Path(demo_dir if family == "sd1" else sdxl_demo_dir),
+                                           tmp_path, extra)
     assert any(k.endswith(".dora_scale") for k in tensors)
     fresh = load_base_model(tomllib.loads(job.read_text())["pretrained_model_name_or_path"])
     before = fixed_unet_output(fresh.unet)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.effects_runs import small_dataset
-from tests.queue_helpers import kill_runs, standin_command, tiny_values, wait_for
+from tests.process_helpers import kill_runs, wait_for
+from tests.queue_helpers import standin_command, tiny_values
 from trainer import run_queue
 from trainer.queue_runner import QueueRunner
 from trainer.run_status import (

@@ -6,27 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.queue_helpers import kill_runs, long_values, tiny_values, wait_for
-from tests.test_gui_browser import PROJECT_ROOT, free_port, wait_for_http
+from tests.queue_helpers import long_values, tiny_values
+from tests.process_helpers import kill_runs, start_app, stop_app, wait_for
 from trainer import run_queue
 from trainer.events import read_events
 from trainer.spec import write_job_toml
-
-def start_app(root: Path, job: Path, runs: Path) -> subprocess.Popen:
-    port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    log = (root / "app.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "app.py"), "--port", str(port), "--job", str(job), "--runs-dir", str(runs)],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for_http(f"http://127.0.0.1:{port}/", process)
-    return process
-
 
 def stepping(runs: Path, position: int) -> bool:
     entry = run_queue.list_jobs(runs)[position - 1]
@@ -48,7 +35,7 @@ def test_killed_trainer_fails_fast_and_an_app_restart_carries_on(tmp_path, demo_
     ids = [run_queue.add_job(runs, long_values(demo_dir, tmp_path, "first")),
            run_queue.add_job(runs, long_values(demo_dir, tmp_path, "second")),
            run_queue.add_job(runs, tiny_values(demo_dir, tmp_path, "third"))]
-    app = start_app(tmp_path, job, runs)
+    app, _ = start_app(job, tmp_path, runs)
     try:
         wait_for(lambda: stepping(runs, 1), timeout=240, interval=0.5)
         first_dir = Path(run_queue.list_jobs(runs)[0].run_dir)
@@ -63,7 +50,7 @@ def test_killed_trainer_fails_fast_and_an_app_restart_carries_on(tmp_path, demo_
         second = run_queue.list_jobs(runs)[1]
         assert second.status in ("stopped", "failed")
         assert run_queue.list_jobs(runs)[2].status == "queued"
-        app = start_app(tmp_path, job, runs)
+        app, _ = start_app(job, tmp_path, runs)
         wait_for(lambda: run_queue.list_jobs(runs)[2].status == "completed", timeout=400, interval=0.5)
         statuses = [e.status for e in run_queue.list_jobs(runs)]
         assert statuses == ["failed", second.status, "completed"]
@@ -71,6 +58,5 @@ def test_killed_trainer_fails_fast_and_an_app_restart_carries_on(tmp_path, demo_
         assert (tmp_path / "out" / "third.safetensors").is_file()
     finally:
         if app.poll() is None:
-            os.killpg(app.pid, signal.SIGTERM)
-            app.wait(timeout=60)
+            stop_app(app)
         kill_runs(runs)

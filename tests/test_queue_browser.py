@@ -3,18 +3,13 @@ the run area follows each one live, all end completed with their LoRA files list
 give one loss series per run and their samples of the same prompt and step side by side."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.queue_helpers import kill_runs, tiny_values
-from tests.test_gui_browser import (  # noqa: F401  (browser: the module's Chromium fixture)
-    PROJECT_ROOT, browser, field, free_port, open_page, wait_for_http, wait_shown,
-)
+from tests.browser_page import field, open_page, wait_shown
+from tests.process_helpers import kill_runs, start_app, stop_app
+from tests.queue_helpers import tiny_values
 from trainer import run_queue
 from trainer.spec import write_job_toml
 
@@ -26,20 +21,11 @@ NAMES = ("qa", "qb", "qc")
 def queue_app(tmp_path, demo_dir):
     job = write_job_toml(tiny_values(demo_dir, tmp_path, "form"), tmp_path / "job.toml")
     runs = (tmp_path / "runs").resolve()
-    port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    log = (tmp_path / "app.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "app.py"), "--port", str(port), "--job", str(job), "--runs-dir", str(runs)],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
+    process, url = start_app(job, tmp_path, runs)
     try:
-        wait_for_http(url, process)
         yield {"url": url, "runs": runs, "out": tmp_path / "out"}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
-        log.close()
+        stop_app(process)
         kill_runs(runs)
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.process_helpers import wait_for
+
 from gui.run_view import (
     RunView,
     format_duration,
@@ -70,16 +72,6 @@ def standin(tmp_path):
 
 def demo_like_values(tmp_path: Path) -> dict:
     return {"output_name": "my lora 1", "train_data_dir": str(tmp_path), "output_dir": str(tmp_path / "out")}
-
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
 
 
 def events_of(run_dir: Path) -> list[dict]:

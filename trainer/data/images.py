@@ -29,16 +29,24 @@ HUE_SHIFT_OPENCV_UNITS = 8.0  # of OpenCV's 180 hue units
 GAMMA_RANGE = (0.95, 1.05)
 
 
+def decode(path) -> Image.Image:
+    """Decode an image fully, EXIF-rotated, in its own mode. Raises what PIL raises for a bad file (see
+    ``DECODE_ERRORS``)."""
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image)
+
+
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def load_rgb(path) -> Image.Image:
     """Decode an image fully (EXIF-rotated, RGB). A corrupt or truncated file raises DataError naming it."""
     try:
-        with _warnings.catch_warnings():
-            _warnings.simplefilter("ignore")
-            with Image.open(path) as image:
-                image.load()
-                rotated = ImageOps.exif_transpose(image)
-                return rotated.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return decode(path).convert("RGB")
+    except DECODE_ERRORS as err:
         raise DataError(f"Image {path} cannot be decoded ({type(err).__name__}: {err}); "
                         f"fix or remove it.", "train_data_dir", Path(path)) from err
 
@@ -101,20 +109,14 @@ def load_mask(path, source: str) -> Image.Image:
     all 255 when it has none), or the red channel of the mask file ``source`` (sd-scripts' conditioning image),
     stretched to the image's size when the mask file's size differs."""
     try:
-        with _warnings.catch_warnings():
-            _warnings.simplefilter("ignore")
-            with Image.open(path) as image:
-                image.load()
-                rotated = ImageOps.exif_transpose(image)
-                size = rotated.size
-                if source == "alpha":
-                    if "A" in rotated.getbands() or "transparency" in rotated.info:
-                        return rotated.convert("RGBA").getchannel("A")
-                    return Image.new("L", size, 255)
-            with Image.open(source) as mask_file:
-                mask_file.load()
-                red = ImageOps.exif_transpose(mask_file).convert("RGB").getchannel("R")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        image = decode(path)
+        size = image.size
+        if source == "alpha":
+            if "A" in image.getbands() or "transparency" in image.info:
+                return image.convert("RGBA").getchannel("A")
+            return Image.new("L", size, 255)
+        red = decode(source).convert("RGB").getchannel("R")
+    except DECODE_ERRORS as err:
         raise DataError(f"The mask of {path} cannot be decoded ({type(err).__name__}: {err}); fix or remove it.",
                         "masked_loss", Path(path)) from err
     return red if red.size == size else red.resize(size, Image.BILINEAR)
