@@ -1,14 +1,20 @@
-"""The settings form, built from the schema: one widget and one error note per setting, no per-setting code.
+"""The settings form, built from the schema: one widget per setting and the field error notes, no per-setting
+code.
 
 bool → Checkbox, choice → Dropdown, int/float → one-line Textbox (numbers as text, so a blank stays blank:
 see ``gui.values``), str/path → Textbox, text → multi-line Textbox. Label = setting.label, help = the
-widget's ``info`` (the page's CSS shows it as a tip on hover or focus), ``elem_id="setting-<key>"``; the
-note under each field has ``elem_id="error-<key>"`` and stays hidden while the field is fine. A setting that
-does not apply (``visible_when``) is disabled and its label says why. Handlers receive values by name:
+widget's ``info`` (the page's CSS shows it as a tip on hover or focus), ``elem_id="setting-<key>"``. The
+notes under the fields (``id="error-<key>"``, only while a field has a problem) all travel in one hidden
+component, ``Form.error_box``, which the page's script spreads under the fields (``gui/page_style.py``): each
+event that lists an output costs the browser time, so one output replaces a Markdown per setting. A setting
+that does not apply (``visible_when``) is disabled and its label says why. Handlers receive values by name:
 ``Form.values(data)`` turns Gradio's {component: value} dict into {key: value}.
 """
 from __future__ import annotations
 
+import html
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +34,11 @@ from trainer.spec import SETTINGS, SETTINGS_BY_KEY, Problem, Setting
 
 @dataclass
 class Form:
-    """The widgets of every setting (``fields``) and the error note under each (``errors``), by key."""
+    """The widgets of every setting (``fields``, by key) and the one component that carries the error notes
+    under them (``error_box``)."""
 
     fields: dict[str, gr.components.Component] = field(default_factory=dict)
-    errors: dict[str, gr.Markdown] = field(default_factory=dict)
+    error_box: Any = None  # gr.HTML holding error_box_html(...)
 
     @property
     def inputs(self) -> set:
@@ -53,14 +60,32 @@ class Form:
             for s in SETTINGS if s.visible_when is not None and s.key in self.fields
         }
 
-    def error_updates(self, problems: list[Problem]) -> dict:
-        """Each error note shown with its problems, or hidden when its setting is fine."""
+    def error_notes(self, problems: list[Problem]) -> dict[str, str]:
+        """{key: the note's HTML} for each setting of the form that has a problem."""
         grouped = problems_by_setting(problems)
-        updates = {}
-        for key, note in self.errors.items():
-            found = grouped.get(key, [])
-            updates[note] = gr.update(value=field_error_text(key, found), visible=bool(found))
-        return updates
+        return {key: note_html(field_error_text(key, found)) for key, found in grouped.items() if key in self.fields}
+
+    def error_updates(self, problems: list[Problem], shown: dict[str, str] | None = None) -> dict:
+        """The error notes for ``problems``, as an update of ``error_box``. With ``shown`` (the notes this page
+        shows now; updated here) nothing is sent when they are the same."""
+        notes = self.error_notes(problems)
+        if shown is not None:
+            if shown == notes:
+                return {}
+            shown.clear()
+            shown.update(notes)
+        return {self.error_box: error_box_html(notes)}
+
+
+def note_html(text: str) -> str:
+    """A note's text as HTML: escaped, with `code` spans."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text, quote=False)).replace("\n\n", "<br>")
+
+
+def error_box_html(notes: dict[str, str]) -> str:
+    """The error box's content: the notes as JSON text, which the page's script reads and spreads."""
+    return f'<pre class="loom-errors-data">{html.escape(json.dumps(notes, ensure_ascii=False), quote=False)}</pre>'
+
 
 
 def make_widget(setting: Setting, values: dict[str, Any]) -> gr.components.Component:
@@ -90,9 +115,6 @@ def make_widget(setting: Setting, values: dict[str, Any]) -> gr.components.Compo
                       **common)
 
 
-def add_field(form: Form, setting: Setting, values: dict[str, Any], problems: list[Problem]) -> None:
-    """The widget of ``setting`` and the error note under it, registered in ``form``."""
+def add_field(form: Form, setting: Setting, values: dict[str, Any]) -> None:
+    """The widget of ``setting``, registered in ``form`` (its error note is drawn by the page's script)."""
     form.fields[setting.key] = make_widget(setting, values)
-    form.errors[setting.key] = gr.Markdown(field_error_text(setting.key, problems), visible=bool(problems),
-                                           elem_id=f"error-{setting.key}",
-                                           elem_classes=["loom-field-error"])

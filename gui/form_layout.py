@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import html
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 
 from gui.form import Form, add_field
-from gui.values import problems_by_setting, sections_of, settings_of_tab
-from trainer.spec import Problem, Setting
+from gui.values import sections_of, settings_of_tab
+from trainer.spec import Setting
 
 ROW_SLOTS = 4
 # What kohya_ss users rarely open (LyCORIS's options matter only for its types; launch only for several GPUs)
@@ -78,11 +78,11 @@ def _band_width(band: list[tuple[str, list[Setting]]]) -> int:
     return sum(slots(s) for _, settings in band for s in settings)
 
 
-def build_tab_fields(form: Form, tab: str, values: dict[str, Any], problems: Sequence[Problem] = (),
+def build_tab_fields(form: Form, tab: str, values: dict[str, Any],
                      after: dict[str, Callable[[], Any]] | None = None) -> None:
-    """Widgets of one tab, section by section, each with its error note (shown only for ``problems``).
-    ``after[key]()`` builds extra components right under that setting's field (the model note)."""
-    add = _FieldAdder(form, values, problems_by_setting(problems), after or {})
+    """Widgets of one tab, section by section. ``after[key]()`` builds extra components right under that
+    setting's field (the model note)."""
+    add = _FieldAdder(form, values, after or {})
     for band in bands(sections_of(settings_of_tab(tab))):
         (section, settings), *others = band
         if section in FOLDED_SECTIONS:
@@ -102,17 +102,17 @@ def build_tab_fields(form: Form, tab: str, values: dict[str, Any], problems: Seq
 
 
 class _FieldAdder:
-    """Adds fields row by row into the form, with each field's error note and extras (``after``)."""
+    """Adds fields row by row into the form, with each field's extras (``after``)."""
 
-    def __init__(self, form: Form, values: dict[str, Any], grouped: dict, after: dict):
-        self.form, self.values, self.grouped, self.after = form, values, grouped, after
+    def __init__(self, form: Form, values: dict[str, Any], after: dict):
+        self.form, self.values, self.after = form, values, after
 
     def rows(self, settings: list[Setting], pad: bool = True) -> None:
         for row in pack_rows(settings):
             with gr.Row(equal_height=False, elem_classes=["loom-row"]):
                 for setting in row:
                     with gr.Column(scale=slots(setting), min_width=150 if slots(setting) == 1 else 240):
-                        add_field(self.form, setting, self.values, self.grouped.get(setting.key, []))
+                        add_field(self.form, setting, self.values)
                         if setting.key in self.after:
                             self.after[setting.key]()
                 if pad:  # a one-slot field stays one slot wide, even alone in its row

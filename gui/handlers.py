@@ -46,6 +46,7 @@ class SessionState:
     edited: dict | None = None  # the form's values (secrets left out) after the latest edit
     edited_at: float = 0.0  # time.monotonic() of that edit
     planned: dict | None = None  # the values the plan panel was last made from
+    errors_shown: dict[str, str] = field(default_factory=dict)  # the field error notes on the page, by setting
 
 
 def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
@@ -74,7 +75,7 @@ class Handlers:
     def wire(self, app: gr.Blocks) -> None:
         form, area = self.form, self.area
         run_outputs = self.run_outputs()
-        field_outputs = [*form.errors.values(), area.messages, area.state]
+        field_outputs = [form.error_box, area.messages, area.state]
         # A text field is checked when it is left (blur) or submitted, not on every keystroke: each check
         # sends the whole form, which costs the browser seconds on a busy machine; a box or list is checked
         # when it is changed by hand.
@@ -86,7 +87,7 @@ class Handlers:
             form.fields[key].change(self.applicability, inputs=form.inputs, outputs=self._dependents(),
                                     show_progress="hidden")
         area.start.click(self.start, inputs=form.inputs | {area.state},
-                         outputs=[*form.errors.values(), *run_outputs, area.runs])
+                         outputs=[form.error_box, *run_outputs, area.runs])
         area.stop.click(self.stop, inputs={area.state}, outputs=[area.state, area.messages, area.stop])
         area.sample_now.click(self.sample_now, inputs={area.state}, outputs=[area.state, area.messages])
         area.save_now.click(self.save_now, inputs={area.state}, outputs=[area.state, area.messages])
@@ -113,7 +114,7 @@ class Handlers:
         form, area = self.form, self.area
         value_outputs = [*form.fields.values(), area.preset_report]
         check = dict(fn=self.check_fields, inputs=form.inputs | {area.state},
-                     outputs=[*form.errors.values(), area.messages, area.state], show_progress="hidden")
+                     outputs=[form.error_box, area.messages, area.state], show_progress="hidden")
         area.preset_load.click(self.load_preset, inputs=form.inputs | {area.preset},
                                outputs=value_outputs).then(**check)
         area.preset_save.click(self.save_preset, inputs=form.inputs | {area.preset_name},
@@ -147,7 +148,7 @@ class Handlers:
         _, problems = validate_values(values, for_training=False)
         session.notes = problem_messages(problems)
         session.edited, session.edited_at = split_secrets(values)[0], time.monotonic()
-        return {**self.form.error_updates(problems), self.area.messages: self._messages(session),
+        return {**self.form.error_updates(problems, session.errors_shown), self.area.messages: self._messages(session),
                 self.area.state: session, self.area.plan_timer: gr.Timer(active=True)}
 
     def show_model_note(self, data: dict) -> dict:
@@ -171,7 +172,7 @@ class Handlers:
         values = self.form.values(data)
         _, problems = validate_values(values, for_training=True)
         session.notes = problem_messages(problems)
-        updates = self.form.error_updates(problems)
+        updates = self.form.error_updates(problems, session.errors_shown)
         if has_errors(problems):
             session.notes.insert(0, ("error", "Nothing was started: fix the settings marked in red first."))
             return {**updates, self.area.messages: self._messages(session), self.area.state: session}

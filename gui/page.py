@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from gui.blocks_table import blocks_markdown
-from gui.form import Form
+from gui.form import Form, error_box_html
 from gui.form_layout import build_tab_fields, fold
 from gui.handlers import PLAN_TICK_S, RUN_TICK_S, Handlers, SessionState
 from gui.model_note import MODEL_KEY, model_note
@@ -96,16 +96,16 @@ def _presets_controls(area: RunArea) -> None:
                                 interactive=False, visible=False, elem_id="job-file")
 
 
-def _settings_tabs(form: Form, values: dict, area: RunArea, problems: list) -> None:
+def _settings_tabs(form: Form, values: dict, area: RunArea) -> None:
     def add_model_note() -> None:
         note = model_note(values.get(MODEL_KEY, ""), values.get("v2", False), values.get("v_parameterization", False))
         area.model_note = gr.Markdown(note, elem_id="model-note", padding=True)
 
     with gr.Tabs(elem_id="settings-tabs"):
         with gr.Tab("Model", id="model", elem_id="tab-model"):
-            build_tab_fields(form, "model", values, problems, after={MODEL_KEY: add_model_note})
+            build_tab_fields(form, "model", values, after={MODEL_KEY: add_model_note})
         with gr.Tab("Folders", id="folders", elem_id="tab-folders"):
-            build_tab_fields(form, "folders", values, problems)
+            build_tab_fields(form, "folders", values)
         with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
             gr.Markdown("The folders found in the image folder (and the regularization folder), as the "
                         "trainer will read them.")
@@ -113,16 +113,16 @@ def _settings_tabs(form: Form, values: dict, area: RunArea, problems: list) -> N
             area.dataset_md = gr.Markdown("", elem_id="dataset-table")
         for tab_id, title in (("basic", "Basic"), ("advanced", "Advanced")):
             with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}"):
-                build_tab_fields(form, tab_id, values, problems)
+                build_tab_fields(form, tab_id, values)
         with gr.Tab("Blocks/Conv", id="blocks-conv", elem_id="tab-blocks-conv"):
             with gr.Tabs():
                 for tab_id, title in INNER_TABS:
                     with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}"):
-                        build_tab_fields(form, tab_id, values, problems)
+                        build_tab_fields(form, tab_id, values)
             with fold("Which UNet modules each block holds", "fold-blocks-table"):
                 gr.Markdown(blocks_markdown())
         with gr.Tab("Samples", id="samples", elem_id="tab-samples"):
-            build_tab_fields(form, "samples", values, problems)
+            build_tab_fields(form, "samples", values)
 
 
 def _run_area(area: RunArea, opening_messages: str) -> None:
@@ -180,13 +180,16 @@ def build_app(config: AppConfig) -> gr.Blocks:
         with gr.Row(equal_height=False, elem_id="main-row"):
             with gr.Column(scale=3, min_width=400, elem_id="settings-column"):
                 _presets_row(area)
-                _settings_tabs(form, values, area, problems)
+                _settings_tabs(form, values, area)
+                opening_errors = form.error_notes(problems)  # drawn under their fields by the page's script
+                form.error_box = gr.HTML(error_box_html(opening_errors), elem_id="field-errors",
+                                         elem_classes=["loom-hidden"])
             with gr.Column(scale=2, min_width=400, elem_id="run-column"):
                 _run_area(area, messages_markdown(opening_notes))
                 _plan_panel(area)
                 _runs_and_log(area)
                 queue_widgets = build_queue_panel(area.add_to_queue)
-        area.state = gr.State(SessionState(notes=opening_notes))
+        area.state = gr.State(SessionState(notes=opening_notes, errors_shown=opening_errors))
         # Timers tick only while they have work (each tick costs the browser a walk over the page's ~800
         # components): the run timer while a run is watched, the plan timer after an edit until the plan is
         # made again. The queue panel's slower timer wakes the run timer when a run starts elsewhere.

@@ -8,7 +8,9 @@ Layout rules, each for a reason a person meets:
 - help text is a tip shown on hover or focus (an ⓘ after the label says there is one), not a paragraph
   under every field;
 - folds (``gui.form_layout.fold``): the script keeps a closed fold's body ``hidden="until-found"``, which the
-  browser's find searches and opens (``beforematch``), and toggles it when its heading is clicked.
+  browser's find searches and opens (``beforematch``), and toggles it when its heading is clicked;
+- field error notes (``gui.form.Form.error_box``): the script draws each under its field from the one
+  hidden box the server updates.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ CSS = f"""
 .loom-details {{ font-size: 0.9em; margin-top: 2px; opacity: 0.85; }}
 .loom-field-error, .loom-field-error * {{ color: var(--error-text-color, #b91c1c) !important; }}
 .loom-field-error {{ font-size: 0.9em; padding: 0 8px 4px; }}
+.loom-hidden {{ display: none !important; }}
 .block.loom-heading {{ padding: 0 !important; min-height: 0 !important; border-width: 0 !important;
   box-shadow: none !important; background: none !important; }}
 .loom-heading .html-container, .loom-fold > div > .block .html-container {{ padding: 0 !important; }}
@@ -97,12 +100,39 @@ HEAD = """
       setOpen(body, false);
     });
   }
+  // The field error notes arrive together, as JSON in the hidden #field-errors box; each is drawn under its
+  // field (id "error-<key>"), and removed once the field is fine. A field in a tab not drawn yet gets its note
+  // when the tab is drawn (this runs after every change to the page).
+  function spreadErrors() {
+    const data = document.querySelector("#field-errors .loom-errors-data");
+    if (!data) return;
+    let notes;
+    try { notes = JSON.parse(data.textContent); } catch (error) { return; }
+    document.querySelectorAll(".loom-field-error").forEach((note) => {
+      if (!(note.dataset.key in notes)) note.remove();
+    });
+    for (const [key, html] of Object.entries(notes)) {
+      const field = document.getElementById("setting-" + key);
+      if (!field) continue;
+      let note = document.getElementById("error-" + key);
+      if (!note) {
+        note = document.createElement("div");
+        note.id = "error-" + key;
+        note.className = "loom-field-error";
+        note.dataset.key = key;
+        note.setAttribute("role", "alert");
+        field.appendChild(note);
+      }
+      if (note.dataset.html !== html) { note.innerHTML = html; note.dataset.html = html; }
+    }
+  }
   document.addEventListener("click", (event) => {
     const head = event.target.closest?.(".loom-fold-head");
     const body = head && bodyOf(head);
     if (body) setOpen(body, body.hasAttribute("hidden"));
   });
-  new MutationObserver(closeNew).observe(document.documentElement, {childList: true, subtree: true});
+  new MutationObserver(() => { closeNew(); spreadErrors(); }).observe(document.documentElement,
+                                                                     {childList: true, subtree: true});
 })();
 </script>
 """

@@ -132,11 +132,12 @@ class QueuePanel:
         w, form, area = self.w, self.form, self.area
         lists = [w.table, w.job, w.history, w.pick, w.seen, w.stop_on_failure]
         w.add.click(self.add, inputs=form.inputs | {area.state},
-                    outputs=[*form.errors.values(), w.note, area.messages, *lists])
+                    outputs=[form.error_box, w.note, area.messages, area.state, *lists])
         w.move.click(self.move, inputs={w.job, w.position}, outputs=[w.note, *lists])
         w.remove.click(self.remove, inputs={w.job}, outputs=[w.note, *lists])
         w.load.click(self.load, inputs={w.job}, outputs=[*form.fields.values(), w.note])
-        w.replace.click(self.replace, inputs=form.inputs | {w.job}, outputs=[*form.errors.values(), w.note, *lists])
+        w.replace.click(self.replace, inputs=form.inputs | {w.job, area.state},
+                        outputs=[form.error_box, w.note, area.state, *lists])
         w.stop_on_failure.input(self.set_stop_on_failure, inputs={w.stop_on_failure}, outputs=[w.note])
         w.resume.click(self.resume, inputs=set(), outputs=[w.note, *lists])
         w.timer.tick(self.refresh, inputs={w.seen}, outputs=[*lists, area.timer], show_progress="hidden")
@@ -188,15 +189,15 @@ class QueuePanel:
         session = data[self.area.state]
         values = self.form.values(data)
         _, problems = validate_values(values, for_training=True)
-        updates = self.form.error_updates(problems)
+        updates = self.form.error_updates(problems, session.errors_shown)
         if has_errors(problems):
             session.notes = [("error", "Nothing was queued: fix the settings marked in red first."),
                              *problem_messages(problems)]
             return {**updates, self.w.note: "❌ Nothing was queued: fix the settings marked in red first.",
-                    self.area.messages: self.handlers._messages(session)}
+                    self.area.messages: self.handlers._messages(session), self.area.state: session}
         public, _secrets = split_secrets(values)
         job_id = run_queue.add_job(self.runs_dir, public)
-        return {**updates, self.w.note: f"Queued **{job_id}**.", **self._lists()}
+        return {**updates, self.w.note: f"Queued **{job_id}**.", self.area.state: session, **self._lists()}
 
     def move(self, data: dict) -> dict:
         return self._queue_op(lambda job: run_queue.move_job(self.runs_dir, job, int(data[self.w.position] or 1)),
@@ -233,9 +234,10 @@ class QueuePanel:
         job_id = data[self.w.job]
         if not job_id:
             return {self.w.note: "Choose a job first."}
+        session = data[self.area.state]
         values = self.form.values(data)
         _, problems = validate_values(values, for_training=True)
-        updates = self.form.error_updates(problems)
+        updates = {**self.form.error_updates(problems, session.errors_shown), self.area.state: session}
         if has_errors(problems):
             return {**updates, self.w.note: "❌ The job was not changed: fix the settings marked in red first."}
         try:

@@ -43,6 +43,35 @@ def test_field_note_names_the_setting_and_visibility_follows_its_controller():
     assert applies(conv_dim, {"LoRA_type": "LoCon"})
 
 
+def test_the_error_notes_travel_in_one_box_sent_only_when_they_change():
+    """After each edit the page is sent the notes of the fields with problems, all in one box (as JSON the
+    page's script spreads under the fields), and nothing when they did not change since the last time."""
+    import html
+    import json
+
+    from gui.form import Form
+
+    form = Form(fields={"train_batch_size": "w1", "epoch": "w2", "max_resolution": "w3"}, error_box="box")
+    shown: dict[str, str] = {}
+
+    def sent(update: dict) -> dict:
+        assert list(update) == ["box"]
+        text = update["box"]
+        assert text.startswith('<pre class="loom-errors-data">') and text.endswith("</pre>")
+        return json.loads(html.unescape(text.removeprefix('<pre class="loom-errors-data">').removesuffix("</pre>")))
+
+    bad_batch = validate_values({**defaults(), "train_batch_size": 0})[1]
+    notes = sent(form.error_updates(bad_batch, shown))
+    assert list(notes) == ["train_batch_size"]
+    assert notes["train_batch_size"].startswith("❌ <code>train_batch_size</code>: ") and shown == notes
+    assert form.error_updates(bad_batch, shown) == {}  # the same problems again: nothing sent
+    both = validate_values({**defaults(), "train_batch_size": 0, "epoch": 0, "unknown_key": 1})[1]
+    assert sorted(sent(form.error_updates(both, shown))) == ["epoch", "train_batch_size"]  # form fields only
+    assert sent(form.error_updates([], shown)) == {} and shown == {}  # all fine: the notes go
+    assert form.error_updates([], shown) == {}
+    assert sent(form.error_updates(bad_batch)) == notes  # no record of what is shown: always sent
+
+
 def test_secrets_go_to_the_environment_not_the_job():
     public, secrets = split_secrets({"wandb_api_key": "k3y", "epoch": 2})
     assert public == {"epoch": 2} and secrets == {"WANDB_API_KEY": "k3y"}
