@@ -44,10 +44,9 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa
 from transformers import CLIPTextModel  # noqa: E402
 
 from trainer.models import demo_measure, shapes  # noqa: E402
-from trainer.models.tiny import (  # noqa: E402
-    SD1_SCHEDULER_CONFIG, model_index, sd1_scheduler_file_config, tiny_text_encoder_config, write_json,
-)
-from trainer.models.tokenizer import build_clip_tokenizer, save_tokenizer  # noqa: E402
+from trainer.models.demo import write_sd1_folder  # noqa: E402
+from trainer.models.tiny import SD1_SCHEDULER_CONFIG, tiny_text_encoder_config  # noqa: E402
+from trainer.models.tokenizer import build_clip_tokenizer  # noqa: E402
 
 LATENT_SCALE = 0.18215
 NORM_GROUPS = 8
@@ -249,17 +248,6 @@ def train_unet(latents: torch.Tensor, ids: torch.Tensor, caption_index: torch.Te
     return ema.eval()
 
 
-def write_folder(folder: Path, unet, vae, text_encoder) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(folder / "unet")
-    vae.save_pretrained(folder / "vae")
-    text_encoder.save_pretrained(folder / "text_encoder")
-    save_tokenizer(build_clip_tokenizer(), folder / "tokenizer")
-    write_json(folder / "scheduler" / "scheduler_config.json", sd1_scheduler_file_config())
-    write_json(folder / "model_index.json", model_index("sd1"))
-    return folder
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for the VAE, latents, checkpoints")
@@ -315,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "export":
         args.unet_steps = torch.load(args.work / "unet_state.pt")["step"]
     model = train_unet(latents, ids, caption_index, empty_ids, vae, tokenizer, args, log, args.work)
-    folder = write_folder(args.work / "model", model.unet, vae, model.text_encoder)
+    folder = write_sd1_folder(args.work / "model", model.unet, vae, model.text_encoder)
     from trainer.models.loading import save_as_single_file
 
     save_as_single_file(folder, args.out)

@@ -95,10 +95,17 @@ def write_base_folder(source: Path, folder: Path) -> Path:
     """A diffusers SD1.x folder from the shipped single file, through the same converter training uses."""
     from trainer.models.checkpoint_file import read_checkpoint
     from trainer.models.single_file import models_from_ldm
-    from trainer.models.tokenizer import build_clip_tokenizer, save_tokenizer
 
     tensors, metadata = read_checkpoint(source)
     unet, vae, (text_encoder,) = models_from_ldm(tensors, metadata, "sd1")
+    return write_sd1_folder(folder, unet, vae, text_encoder)
+
+
+def write_sd1_folder(folder: Path, unet, vae, text_encoder) -> Path:
+    """A diffusers SD1.x folder of these models, with the offline CLIP tokenizer and the SD1 scheduler."""
+    from trainer.models.tokenizer import build_clip_tokenizer, save_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")
     text_encoder.save_pretrained(folder / "text_encoder")
