@@ -87,7 +87,6 @@ def error_box_html(notes: dict[str, str]) -> str:
     return f'<pre class="loom-errors-data">{html.escape(json.dumps(notes, ensure_ascii=False), quote=False)}</pre>'
 
 
-
 def make_widget(setting: Setting, values: dict[str, Any]) -> gr.components.Component:
     """The widget for one setting (see the module docstring for the mapping), showing ``values[key]``."""
     common = dict(

@@ -12,9 +12,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from gui import presets_panel
 from gui.model_note import MODEL_KEY, model_note
 from gui.plan_panel import PlanWorker, compute_plan, dataset_config_markdown, dataset_markdown, plan_markdown
+from gui.preset_handlers import PresetHandlers
 from gui.run_view import (
     RunView,
     loss_rows,
@@ -70,6 +70,7 @@ class Handlers:
     def __init__(self, form, area, manager, config):
         self.form, self.area, self.manager, self.config = form, area, manager, config
         self.planner = PlanWorker(config.trainer_command)  # one plan subprocess for the page, kept
+        self.presets = PresetHandlers(form, area, config)
 
     # ----- wiring -----------------------------------------------------------------------------------
     def wire(self, app: gr.Blocks) -> None:
@@ -99,7 +100,7 @@ class Handlers:
                              outputs=[area.plan_md, area.plan_plot, area.dataset_md, area.plan_timer],
                              show_progress="hidden")
         area.scan_button.click(self.scan, inputs=form.inputs, outputs=[area.dataset_md])
-        self._wire_presets()
+        self.presets.wire(self.check_fields)
         # One listener for the page load and every change (triggers=None means both): with "always_last" the
         # browser runs it one call at a time, the last with the latest values, so a slow answer for the
         # page's first model can never land after, and hide, the note for the model just typed in.
@@ -109,19 +110,6 @@ class Handlers:
         app.load(self.on_load, inputs={area.state}, outputs=[*run_outputs, area.runs, area.preset]).then(
             self.scan, inputs=form.inputs, outputs=[area.dataset_md]).then(
             self.plan_unless_running, inputs=form.inputs | {area.state}, outputs=[area.plan_md, area.plan_plot])
-
-    def _wire_presets(self) -> None:
-        form, area = self.form, self.area
-        value_outputs = [*form.fields.values(), area.preset_report]
-        check = dict(fn=self.check_fields, inputs=form.inputs | {area.state},
-                     outputs=[form.error_box, area.messages, area.state], show_progress="hidden")
-        area.preset_load.click(self.load_preset, inputs=form.inputs | {area.preset},
-                               outputs=value_outputs).then(**check)
-        area.preset_save.click(self.save_preset, inputs=form.inputs | {area.preset_name},
-                               outputs=[area.preset, area.preset_report])
-        area.kohya_file.upload(self.import_kohya, inputs=form.inputs | {area.kohya_file},
-                               outputs=value_outputs).then(**check)
-        area.export_job.click(self.export_job, inputs=form.inputs, outputs=[area.job_file, area.preset_report])
 
     def run_outputs(self) -> list:
         a = self.area
@@ -241,7 +229,7 @@ class Handlers:
     def on_load(self, data: dict) -> dict:
         """A page (re)load: re-attach to a run still in progress, fill the Runs and Preset lists."""
         session: SessionState = data[self.area.state]
-        updates = {self.area.preset: gr.update(choices=self._preset_choices()),
+        updates = {self.area.preset: gr.update(choices=self.presets.choices()),
                    self.area.runs: self._runs_update(None)}
         active = self.manager.active_run()
         if active is not None:
@@ -359,46 +347,3 @@ class Handlers:
         text = dataset_markdown(values.get("train_data_dir", ""), values.get("reg_data_dir", ""),
                                 values.get("caption_extension", ""))
         return {self.area.dataset_md: text}
-
-    # ----- presets ----------------------------------------------------------------------------------
-    def _preset_choices(self) -> list[tuple[str, str]]:
-        return [(c.label, c.path) for c in presets_panel.preset_choices(self.config.user_presets_dir)]
-
-    def load_preset(self, data: dict) -> dict:
-        path = data[self.area.preset]
-        if not path:
-            return {self.area.preset_report: "Choose a preset first."}
-        try:
-            applied = presets_panel.load_preset_values(path, self.form.values(data))
-        except (OSError, ValueError) as error:
-            return {self.area.preset_report: f"❌ {error}"}
-        return {**self.form.value_updates(applied.values), self.area.preset_report: applied.report}
-
-    def save_preset(self, data: dict) -> dict:
-        try:
-            path = presets_panel.save_preset_values(data[self.area.preset_name], self.form.values(data),
-                                                    self.config.user_presets_dir)
-        except (OSError, ValueError) as error:
-            return {self.area.preset_report: f"❌ {error}"}
-        return {self.area.preset: gr.update(choices=self._preset_choices(), value=str(path)),
-                self.area.preset_report: f"Saved preset **{path.stem}** to {path}."}
-
-    def export_job(self, data: dict) -> dict:
-        """The form as a job file to download: what Start would write, secrets left out."""
-        try:
-            path = presets_panel.export_job_file(split_secrets(self.form.values(data))[0])
-        except ValueError as error:
-            return {self.area.job_file: gr.update(visible=False), self.area.preset_report: f"❌ {error}"}
-        return {self.area.job_file: gr.update(value=str(path), visible=True),
-                self.area.preset_report: f"Saved the form as **{path.name}** at {time.strftime('%H:%M:%S')}: "
-                                         f"download it beside the button."}
-
-    def import_kohya(self, data: dict) -> dict:
-        path = data[self.area.kohya_file]
-        if not path:
-            return {self.area.preset_report: gr.skip()}
-        try:
-            result = presets_panel.import_kohya_values(path, self.form.values(data))
-        except (OSError, ValueError) as error:
-            return {self.area.preset_report: f"❌ {error}"}
-        return {**self.form.value_updates(result.values), self.area.preset_report: result.report}

@@ -125,8 +125,8 @@ def test_multi_gpu_or_several_machines_alone_also_use_the_launcher():
 
 
 def test_a_stand_in_trainer_script_is_launched_as_a_script():
-    command = train_command(job(num_processes=2), ["/py", "/tmp/standin.py"], "j", "r")
-    assert command[-5:] == ["/tmp/standin.py", "train", "j", "--run-dir", "r"]
+    command = train_command(job(num_processes=2), ["python", "standin.py"], "j", "r")
+    assert command[-5:] == ["standin.py", "train", "j", "--run-dir", "r"]
 
 
 # ---------------------------------------------------------------- the pieces of a run

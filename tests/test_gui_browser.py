@@ -18,7 +18,6 @@ from tests.process_helpers import PROJECT_ROOT, kill_runs
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOT = Path("/tmp/loom-browser-test.png")
 KOHYA_FIXTURES = PROJECT_ROOT / "tests" / "fixtures" / "kohya"  # our own kohya_ss-format configs
 
 
@@ -216,7 +215,7 @@ def test_start_shows_loss_samples_and_warnings_reload_reattaches_and_stop_saves(
     events, _ = read_events(next(app_env["runs"].glob("*/events.jsonl")), 0)
     warnings = [e["message"] for e in events if e["type"] == "warning"]  # on CPU: xformers needs a GPU
     assert all(message in page.inner_text("#messages") for message in warnings)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.screenshot(path=str(app_env["out"].parent / "run-area.png"), full_page=True)  # for a person to look at
     page.close()
 
     page = open_page(browser, app_env["url"])  # later: the Runs list opens the finished run again
