@@ -198,4 +198,5 @@ def build_app(config: AppConfig) -> gr.Blocks:
         handlers = Handlers(form, area, manager, config)
         handlers.wire(app)
         QueuePanel(queue_widgets, handlers).wire(app)
+    handlers.planner.start()  # its imports run while the page is served and loaded, not at the first plan
     return app

@@ -51,7 +51,7 @@ class PlanWorker:
                 try:
                     process = self._started()
                     assert process.stdin is not None
-                    process.stdin.write(json.dumps({"job": str(job_path)}) + "\n")
+                    process.stdin.write(json.dumps({"job": str(job_path), "memory": True}) + "\n")
                     process.stdin.flush()
                     line = _read_line(process, timeout)
                 except OSError:
@@ -65,6 +65,11 @@ class PlanWorker:
                 failure = self._failure()
                 self.close()
             return PlanResult(None, failure or "The trainer's plan worker ended without an answer.")
+
+    def start(self) -> None:
+        """Start the worker now (it imports while the page loads) instead of at the first plan."""
+        with self._lock:
+            self._started()
 
     def _started(self) -> subprocess.Popen:
         if self._process is None or self._process.poll() is not None:
@@ -168,8 +173,12 @@ def plan_markdown(plan: dict) -> str:
     rows = dataset_rows + rows
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     notes = "".join(f"\n- ⚠️ `{w['setting']}` {w['message']}" for w in plan.get("warnings") or [])
-    memory = memory_markdown(plan.get("memory"))
-    return "| Plan | |\n|---|---|\n" + table + ("\n" + notes if notes else "") + ("\n\n" + memory if memory else "")
+    memory = memory_markdown(plan.get("memory")) if plan.get("memory") else (
+        NO_ESTIMATE if "memory" in plan else "")
+    return (memory + "\n\n" if memory else "") + "| Plan | |\n|---|---|\n" + table + ("\n" + notes if notes else "")
+
+
+NO_ESTIMATE = "**Memory:** no estimate (the model's layout could not be read; the run still reports its peak)."
 
 
 def _bytes(value) -> str:
@@ -182,16 +191,15 @@ VERDICT_WORDS = {"fits": "✅ fits", "tight": "⚠️ tight", "will not fit": "�
 
 
 def memory_markdown(memory: dict | None) -> str:
-    """The memory estimate: the peak with its parts, against the free memory, and what would make it fit."""
+    """The memory estimate, first in the plan: the peak against the free memory and what would make it fit
+    (shown), then the peak's parts (folded)."""
     if not memory:
         return ""
     where = "GPU memory" if memory.get("device") == "cuda" else "RAM"
     free = memory.get("free_bytes")
     verdict = VERDICT_WORDS.get(memory.get("verdict", "unknown"), str(memory.get("verdict")))
-    head = (f"**Memory: {_bytes(memory.get('peak_bytes'))} of {where} at the peak** ({memory.get('phase')}); "
-            f"{_bytes(free) if free else '?'} free — {verdict}")
-    parts = "\n".join(f"| {part['name']} | {_bytes(part['bytes'])} |" for part in memory.get("parts") or [])
-    lines = [head, "", "| Memory at the peak | |", "|---|---|", parts]
+    lines = [f"**Memory: {_bytes(memory.get('peak_bytes'))} of {where} at the peak** ({memory.get('phase')}); "
+             f"{_bytes(free) if free else '?'} free — **{verdict}**"]
     remedies = memory.get("suggestions") or []
     if remedies:
         lines.append("")
@@ -200,6 +208,10 @@ def memory_markdown(memory: dict | None) -> str:
             setting = f" (`{remedy['setting']}`)" if remedy.get("setting") else ""
             fits = " — fits" if remedy.get("fits") else ""
             lines.append(f"- {remedy['words']}{setting}: {_bytes(remedy['peak_bytes'])}{fits}")
+    parts = [f"| {part['name']} | {_bytes(part['bytes'])} |" for part in memory.get("parts") or []]
+    if parts:
+        lines += ["", "<details class=\"loom-memory-parts\"><summary>The peak, part by part</summary>", "",
+                  "| Memory at the peak | |", "|---|---|", *parts, "", "</details>"]
     return "\n".join(lines)
 
 

@@ -55,6 +55,12 @@ def test_page_has_the_tabs_and_a_plan(app_env, browser):
         expect(page.get_by_role("tab", name=title, exact=True)).to_have_count(1)
     page.locator("#plan-table").get_by_text("Total steps").wait_for(timeout=60_000)
     assert "2000" in page.inner_text("#plan-table")  # 8 images × 10 repeats ÷ batch 2 × 50 epochs
+    memory = page.locator("#plan-table p", has_text="of RAM at the peak")  # the estimate heads the plan
+    expect(memory).to_contain_text("fits")
+    parts = page.locator("#plan-table details")
+    expect(parts.get_by_role("cell", name="activations")).to_be_hidden()  # folded until asked
+    parts.locator("summary").click()
+    expect(parts.get_by_role("cell", name="activations")).to_be_visible()
     page.locator("#plan-lr-plot .mark-line path").first.wait_for(timeout=30_000)  # the LR preview
     page.get_by_role("tab", name="Basic").click()
     field(page, "epoch").fill("10")  # the plan follows the form without "Update plan"

@@ -3,6 +3,8 @@ the plan timer's debounce, the model note, the block table, the presets row's fa
 modules import without torch."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,7 +143,47 @@ def test_the_plan_worker_answers_each_request_and_comes_back_after_it_dies(demo_
         process.kill()
         process.wait()
         again = worker.plan(tmp_path / "a.toml")
-        assert again.plan == first.plan and worker._process is not process
+        assert worker._process is not process
+        assert {k: v for k, v in again.plan.items() if k != "memory"} == {k: v for k, v in first.plan.items()
+                                                                         if k != "memory"}
+    finally:
+        worker.close()
+
+
+def test_the_pages_plan_carries_the_memory_estimate_and_flags_a_run_that_will_not_fit(demo_dir, tmp_path):
+    """Through the real plan worker, as the page asks: the demo's estimate (what ``trainer plan`` says in a
+    fresh process, give or take the free memory and a few MiB of the process), a run far larger than the
+    machine flagged first in the panel with the settings that would help, and a model that cannot be read
+    still planned, with a word instead of an estimate."""
+    from trainer.spec import read_job_toml, write_job_toml
+
+    values = read_job_toml(demo_dir / "job.toml")
+    values.pop("spec_version")
+    job = write_job_toml(values, tmp_path / "demo.toml")
+    fresh = subprocess.run([sys.executable, "-m", "trainer", "plan", str(job)], cwd=PROJECT_ROOT, capture_output=True,
+                           text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)))
+    expected = json.loads(fresh.stdout)["memory"]
+    worker = PlanWorker()
+    try:
+        demo_plan = worker.plan(job).plan
+        demo = demo_plan["memory"]
+        assert demo["verdict"] == "fits" and demo["parts"] and demo["free_bytes"] > 0
+        assert abs(demo["peak_bytes"] - expected["peak_bytes"]) < 0.05 * expected["peak_bytes"]
+        text = plan_markdown(worker.plan(job).plan)
+        assert text.startswith("**Memory: ") and "of RAM at the peak" in text and "fits" in text.split("\n")[0]
+        huge = {**values, "train_batch_size": 64, "max_resolution": "2048,2048", "max_bucket_reso": 2048,
+                "bucket_no_upscale": False,
+                "gradient_checkpointing": False}
+        plan = worker.plan(write_job_toml(huge, tmp_path / "huge.toml")).plan
+        memory = plan["memory"]
+        assert memory["verdict"] == "will not fit" and memory["peak_bytes"] > memory["free_bytes"]
+        assert any(s["setting"] == "gradient_checkpointing" for s in memory["suggestions"])
+        first_line, *rest = plan_markdown(plan).split("\n")
+        assert "❌ will not fit" in first_line and "To make it fit, try:" in rest
+        unreadable = worker.plan(write_job_toml({**values, "pretrained_model_name_or_path": str(tmp_path / "none")},
+                                                tmp_path / "none.toml")).plan
+        assert unreadable["memory"] is None and unreadable["total_steps"] == demo_plan["total_steps"] > 0
+        assert plan_markdown(unreadable).startswith("**Memory:** no estimate")
     finally:
         worker.close()
 

@@ -41,8 +41,9 @@ def cmd_validate(args) -> int:
     return EXIT_REFUSED if errors else EXIT_OK
 
 
-def plan_for(job_path: str, with_memory: bool) -> tuple[int, dict | None, str]:
-    """(exit code, plan or None, error text) for a job file: what ``plan`` prints, as data."""
+def plan_for(job_path: str, with_memory: bool, baseline: int | None = None) -> tuple[int, dict | None, str]:
+    """(exit code, plan or None, error text) for a job file: what ``plan`` prints, as data (``baseline``: see
+    :func:`trainer.plan.make_plan`)."""
     from trainer.data.folders import DataError
     from trainer.plan import make_plan
     from trainer.spec import JobError, check_paths, load_job
@@ -55,7 +56,7 @@ def plan_for(job_path: str, with_memory: bool) -> tuple[int, dict | None, str]:
     if path_problems:
         return EXIT_REFUSED, None, "\n".join(str(p) for p in path_problems)
     try:
-        return EXIT_OK, make_plan(job, with_memory=with_memory), ""
+        return EXIT_OK, make_plan(job, with_memory=with_memory, baseline=baseline), ""
     except DataError as error:
         return EXIT_REFUSED, None, f"error: {error.setting or 'train_data_dir'}: {error}"
 
@@ -71,12 +72,19 @@ def cmd_plan(args) -> int:
 
 
 def cmd_plan_server(args) -> int:
-    """Plans on request, for the page: one JSON line in (``{"job": PATH, "memory": false}``), one JSON line out
+    """Plans on request, for the page: one JSON line in (``{"job": PATH, "memory": true}``), one JSON line out
     (``{"code": 0, "plan": {...}}`` or ``{"code": 2, "error": "..."}``), until stdin ends. The imports are paid
-    once, so a plan takes a fraction of a second instead of a new process's seconds."""
+    once, so a plan takes a fraction of a second instead of a new process's seconds.
+
+    The memory estimate counts the trainer's own footprint before the model (its imports) from this process,
+    measured once before the first request's model work, as ``trainer plan`` measures it in a fresh process;
+    what later requests leave behind here does not leak into the next estimate."""
     import traceback
 
     import trainer.plan  # noqa: F401  (imported before the first request, not during it)
+    from trainer.memory_plan import trainer_baseline
+
+    baseline = trainer_baseline()
 
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     sys.stdout.flush()
@@ -84,7 +92,8 @@ def cmd_plan_server(args) -> int:
     for line in sys.stdin:
         try:
             request = json.loads(line)
-            code, plan, error = plan_for(str(request["job"]), with_memory=bool(request.get("memory")))
+            code, plan, error = plan_for(str(request["job"]), with_memory=bool(request.get("memory")),
+                                           baseline=baseline)
         except Exception as failure:  # noqa: BLE001 - a bad request or a bug answers this request only
             code, plan = EXIT_FAILED, None
             error = f"the plan failed: {type(failure).__name__}: {failure}"

@@ -171,10 +171,14 @@ REMEDIES: tuple[tuple[str, Any, str], ...] = (
 SETTING_OF_REMEDY = {"train_text_encoder": "text_encoder_lr", "batch_size": "train_batch_size"}
 
 
+NEGLIGIBLE_SAVING = 0.01  # a remedy that saves less than this share of the peak is not worth a setting
+
+
 def suggestions(shape: RunShape, facts: ModelFacts, traces, device_type: str, baseline: int,
                 free: int | None) -> list[dict]:
     """The remedies that lower the estimate, each with its figure, and then all of them together; only those
-    that help are named, and ``fits`` says whether that one alone brings the run under the free memory."""
+    that help (by at least ``NEGLIGIBLE_SAVING`` of the peak) are named, and ``fits`` says whether that one
+    alone brings the run under the free memory."""
     base = estimate(shape, facts, traces, device_type, baseline)["peak_bytes"]
     found, combined = [], shape
     for field, value, words in REMEDIES:
@@ -182,7 +186,7 @@ def suggestions(shape: RunShape, facts: ModelFacts, traces, device_type: str, ba
             continue
         changed = dataclasses.replace(shape, **{field: value})
         peak = estimate(changed, facts, traces, device_type, baseline)["peak_bytes"]
-        if peak < base:
+        if peak < base * (1 - NEGLIGIBLE_SAVING):
             found.append({"setting": SETTING_OF_REMEDY.get(field, field), "value": value, "words": words,
                           "peak_bytes": peak, "fits": bool(free) and peak <= free})
             combined = dataclasses.replace(combined, **{field: value})

@@ -199,11 +199,12 @@ def memory_plan(job: Job, dataset_plan, device_type: str | None = None, baseline
     return result
 
 
-def estimate_for_run(job: Job, dataset_plan, device_type: str) -> dict | None:
-    """The estimate the trainer records in its ``started`` plan; None when it cannot be made (it never stops
-    a run: the model's own loader reports unreadable models with a better message)."""
+def estimate_for_run(job: Job, dataset_plan, device_type: str | None = None,
+                     baseline: int | None = None) -> dict | None:
+    """The estimate of a plan or of a run's ``started`` event; None when it cannot be made (it never stops a
+    plan or a run: the model's own loader reports unreadable models with a better message)."""
     try:
-        return memory_plan(job, dataset_plan, device_type)
+        return memory_plan(job, dataset_plan, device_type, baseline)
     except (RuntimeError, ValueError, NotImplementedError, TypeError, AttributeError):
         return None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 CONTEXT_TOKENS = 77  # one CLIP chunk; longer captions (max_token_length) are more chunks
 CHECKPOINTED_PARTS = ("resnets", "attentions")  # what diffusers wraps in torch.utils.checkpoint
@@ -49,8 +50,40 @@ def _part_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return parts
 
 
+class _FusedAttention(torch.autograd.Function):
+    """Attention as the fused kernels keep it for the backward (PyTorch's flash and memory-efficient SDPA on
+    CPU and GPU, xformers): queries, keys, values, the output and one log-sum-exp per row; never the
+    tokens × tokens matrix. On meta tensors, only the shapes are made."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, mask):
+        output = query.new_empty((*query.shape[:-1], value.shape[-1]))
+        row_stats = query.new_empty(query.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(query, key, value, output, row_stats, *([] if mask is None else [mask]))
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):  # never reached: traces run the forward only
+        raise NotImplementedError("a memory trace has no backward pass")
+
+
+class _FusedAttentionMode(TorchFunctionMode):
+    """Inside a trace, ``scaled_dot_product_attention`` saves what the fused kernel of a real run saves.
+
+    On the meta device torch computes it by the unfused formula, which saves the whole attention matrix
+    (batch × heads × tokens²): 512 MiB per self-attention layer of SD1.5 at 512 px, which a run never holds."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            query, key, value = args[:3]
+            return _FusedAttention.apply(query, key, value, kwargs.get("attn_mask", args[3] if len(args) > 3 else None))
+        return func(*args, **kwargs)
+
+
 def trace_saved(model: torch.nn.Module, run, checkpointing: bool = False) -> Trace:
-    """Run ``run()`` (a forward of ``model`` on meta inputs) and measure what autograd saves."""
+    """Run ``run()`` (a forward of ``model`` on meta inputs) and measure what autograd saves (attention as
+    the fused kernels save it: :class:`_FusedAttentionMode`)."""
     parameters = {id(p) for p in model.parameters()}
     pack, saved = _saving(parameters)
     part_sizes: list[int] = []
@@ -65,7 +98,7 @@ def trace_saved(model: torch.nn.Module, run, checkpointing: bool = False) -> Tra
         for module in _part_modules(model):
             handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), _FusedAttentionMode():
             run()
     finally:
         for handle in handles:

@@ -237,10 +237,11 @@ def schedule_for_job(job: Job, batches_per_epoch: int, num_processes: int | None
     )
 
 
-def make_plan(job: Job, dataset_plan=None, with_memory: bool = False) -> dict:
+def make_plan(job: Job, dataset_plan=None, with_memory: bool = False, baseline: int | None = None) -> dict:
     """The plan as a JSON-ready dict: dataset numbers (from the real folders) plus the schedule, the LR preview
     and, ``with_memory``, the memory estimate (``memory``: :mod:`trainer.memory_plan`; None when the model's
-    layout cannot be read). The estimate builds the model on the meta device, so it imports diffusers."""
+    layout cannot be read). The estimate builds the model on the meta device, so it imports diffusers;
+    ``baseline`` is the trainer's own memory before the model (measured in this process when None)."""
     from trainer.data.dataset_config import scan_job_dataset
     from trainer.data.dataset_plan import plan_dataset
 
@@ -255,7 +256,7 @@ def make_plan(job: Job, dataset_plan=None, with_memory: bool = False) -> dict:
     plan["warnings"] = [{"setting": key, "message": message}
                         for key, message in unread_scheduler_settings(job.optimisation)]
     if with_memory:
-        from trainer.memory_plan import memory_plan
+        from trainer.memory_plan import estimate_for_run
 
-        plan["memory"] = memory_plan(job, dataset_plan)
+        plan["memory"] = estimate_for_run(job, dataset_plan, baseline=baseline)
     return plan
