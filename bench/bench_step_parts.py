@@ -3,10 +3,10 @@ on the full-size SD1.5-shaped model, for each variant asked for, measured side b
 
 Each variant runs in its own ``nice -n 10`` subprocess with one thread (so one's memory and caches do not
 help another); variants alternate over ``--rounds`` so a change in the machine's load hits them alike.
-Variants: ``fp32`` (mixed_precision "no"), ``bf16`` (bf16 weights on CPU, this version), ``bf16-fp32w``
-(bf16 autocast over fp32 frozen weights: the behaviour before), each with the text encoder trained (``te``)
-or its outputs cached (``unet``). Run:
-``.venv/bin/python bench/bench_step_parts.py --model /tmp/sd15-random --variants fp32:te,fp32:unet``.
+Variants: ``fp32`` (mixed_precision "no", the UNet laid out channels-last on CPU), ``fp32-nchw`` (the default
+layout: the behaviour before), ``bf16`` (bf16 weights on CPU), ``bf16-fp32w`` (bf16 autocast over fp32 frozen
+weights: the behaviour before), each with the text encoder trained (``te``) or its outputs cached (``unet``).
+Run: ``.venv/bin/python bench/bench_step_parts.py --model /tmp/sd15-random --variants fp32:te,fp32-nchw:te``.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 PARTS = ("data", "text encoder", "UNet forward", "backward", "optimizer", "events")
 
 
-def child(model: str, variant: str, steps: int, work: Path) -> dict:
+def child(model: str, variant: str, steps: int, work: Path, size: int = 64) -> dict:
     """Runs in the subprocess: build the session and time ``steps`` steps part by part (the first is warm-up)."""
     import torch
 
@@ -34,18 +34,21 @@ def child(model: str, variant: str, steps: int, work: Path) -> dict:
     from trainer.loop import autocast, batch_latents, optimizer_step, processed_captions
     from trainer.loss import add_noise, prediction_target, training_loss
     from trainer.noise import sample_timesteps, training_noise
-    from trainer.precision import PrecisionChoice, choose_precision
+    from trainer.precision import PrecisionChoice, choose_for_machine
     from trainer.spec import job_from_values
 
     precision_name, part = variant.split(":")
     if precision_name == "bf16-fp32w":  # the behaviour before: frozen weights kept fp32 on CPU
         def fp32_weights(*args, **kwargs) -> PrecisionChoice:
-            choice = choose_precision(*args, **kwargs)
+            choice = choose_for_machine(*args, **kwargs)
             return PrecisionChoice(torch.float32, choice.adapter_dtype, choice.autocast_dtype, choice.use_grad_scaler,
                                    choice.warnings)
-        session_module.choose_precision = fp32_weights
-    data = build_images(work / "data", 8, 64)
-    values = job_values(Path(model), data, work / "out", 64, mixed_precision="no" if precision_name == "fp32" else "bf16",
+        session_module.choose_for_machine = fp32_weights
+    if precision_name in ("bf16-fp32w", "fp32-nchw"):  # the behaviour before: the default layout
+        session_module.unet_memory_format = lambda *args: torch.contiguous_format
+    data = build_images(work / "data", 8, size)
+    values = job_values(Path(model), data, work / "out", size,
+                        mixed_precision="no" if precision_name.startswith("fp32") else "bf16",
                         text_encoder_lr=5e-5 if part == "te" else 0.0)
     job = job_from_values(values)
     with EventWriter(work / "events.jsonl") as events:
@@ -87,11 +90,12 @@ def main() -> None:
     parser.add_argument("--model", default="/tmp/sd15-random")
     parser.add_argument("--variants", default="fp32:te,fp32:unet,bf16-fp32w:te,bf16:te,bf16-fp32w:unet,bf16:unet")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.model, args.child[0], args.steps, Path(args.child[1]))))
+        print(json.dumps(child(args.model, args.child[0], args.steps, Path(args.child[1]), args.size)))
         return
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     results: dict[str, list[dict]] = {}
@@ -99,7 +103,7 @@ def main() -> None:
         for variant in args.variants.split(","):
             with tempfile.TemporaryDirectory() as temp:
                 done = subprocess.run(["nice", "-n", "10", sys.executable, __file__, "--model", args.model, "--steps",
-                                       str(args.steps), "--child", variant, temp], env=env, capture_output=True,
+                                       str(args.steps), "--size", str(args.size), "--child", variant, temp], env=env, capture_output=True,
                                       text=True)
             if done.returncode:
                 raise SystemExit(done.stderr[-3000:])

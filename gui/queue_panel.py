@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from gui import history
-from gui.queue_view import queue_html, removable_choices, waiting_choices
+from gui.queue_view import queue_html, removable_choices
 from gui.values import has_errors, problem_messages, split_secrets
 from trainer import run_queue
 

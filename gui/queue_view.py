@@ -34,11 +34,6 @@ def queue_html(entries: list[QueueEntry], options: dict) -> str:
     return "".join(notes) + f"<table class='loom-queue'>{head}{''.join(rows)}</table>"
 
 
-def waiting_choices(entries: list[QueueEntry]) -> list[tuple[str, str]]:
-    """(label, job id) of the jobs that have not started: those a person may move, edit or remove."""
-    return [(f"{e.position}. {e.name} ({e.job_id})", e.job_id) for e in entries if not e.started]
-
-
 def removable_choices(entries: list[QueueEntry]) -> list[tuple[str, str]]:
     """Every job not running (a finished one may be cleared from the list; its run stays in the history)."""
     return [(f"{e.position}. {e.name} — {e.status}", e.job_id) for e in entries if e.status != "running"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gui import history
-from gui.queue_view import queue_html, waiting_choices
+from gui.queue_view import queue_html, removable_choices
 from trainer.run_queue import QueueEntry
 
 
@@ -93,4 +93,4 @@ def test_queue_table_shows_status_reason_log_tail_and_what_differs():
     text = queue_html(entries, {"paused": True, "paused_reason": "job 0001-a failed"})
     assert "paused (job 0001-a failed)" in text
     assert "data-job='0001-a' data-status='failed'" in text and "Killed" in text and "network_dim 8→16" in text
-    assert waiting_choices(entries) == [("2. b (0002-b)", "0002-b")]
+    assert removable_choices(entries) == [("1. a — failed", "0001-a"), ("2. b — queued", "0002-b")]

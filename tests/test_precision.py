@@ -91,8 +91,8 @@ def _gpu_decision_on_cpu(monkeypatch):
     """Impose the precision a GPU gets on this CPU (CPU PyTorch computes in fp16 too, only slowly)."""
     import trainer.session
 
-    monkeypatch.setattr(trainer.session, "choose_precision",
-                        lambda mode, full, device_type, bf16, *rest: choose_precision(mode, full, "cuda", bf16, *rest))
+    monkeypatch.setattr(trainer.session, "choose_for_machine",
+                        lambda mode, full, full_bf16, device_type: choose_precision(mode, full, "cuda", True, full_bf16))
 
 
 def test_full_fp16_gpu_decision_through_the_real_session_and_loop(demo_dir, tmp_path, monkeypatch):
@@ -125,3 +125,51 @@ def test_full_fp16_with_torch_adamw_goes_nan_which_validation_warns_about(demo_d
     _gpu_decision_on_cpu(monkeypatch)
     run = run_in_session(demo_dir, tmp_path, **values)
     assert any("nan" in message for message in run.warnings_for("full_fp16"))  # the likely setting is blamed
+
+
+@pytest.mark.parametrize("mode,expected", [(("cpu", F32), torch.channels_last), (("cpu", BF16), torch.contiguous_format),
+                                           (("cuda", F32), torch.contiguous_format)])
+def test_unet_memory_format(mode, expected):
+    from trainer.precision import unet_memory_format
+
+    assert unet_memory_format(*mode) == expected
+
+
+def test_the_fp32_cpu_unet_is_laid_out_channels_last_and_trains_as_before(demo_dir, tmp_path, monkeypatch):
+    """An fp32 run on this CPU holds its UNet channels-last (faster: bench/bench_step_parts.py); the layout
+    changes no result: the same job with the default layout gives the same losses and the same LoRA file."""
+    import trainer.session
+
+    def conv_formats(session) -> set[bool]:  # the frozen 3×3 convolutions (1×1 ones look alike both ways)
+        return {m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()
+                for m in session.base.unet.modules() if isinstance(m, torch.nn.Conv2d)
+                and m.kernel_size != (1, 1) and not m.weight.requires_grad}
+
+    settings = dict(mixed_precision="no", lr_scheduler="constant", seed=3)
+    laid_out = run_in_session(demo_dir, tmp_path / "nhwc", **settings)
+    assert laid_out.status == "completed" and conv_formats(laid_out.session) == {True}
+    monkeypatch.setattr(trainer.session, "unet_memory_format", lambda *args: torch.contiguous_format)
+    plain = run_in_session(demo_dir, tmp_path / "nchw", **settings)
+    assert plain.status == "completed" and conv_formats(plain.session) == {False}
+    assert laid_out.losses == pytest.approx(plain.losses, rel=1e-4)
+    ours, theirs = read_lora(laid_out.final_file)[0], read_lora(plain.final_file)[0]
+    assert ours.keys() == theirs.keys()
+    for key, tensor in ours.items():
+        torch.testing.assert_close(tensor, theirs[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about_before_start(demo_dir, tmp_path):
+    """bf16 still runs on such a CPU (emulated) but is several times slower than fp32: the rule warns, and the
+    plan says it on this machine when oneDNN finds no bf16 instructions here (and says nothing otherwise)."""
+    from trainer.plan import make_plan
+
+    slow = choose_precision("bf16", False, "cpu", bf16_fast=False)
+    assert slow.weight_dtype == BF16 and [s for s, _ in slow.warnings] == ["mixed_precision"]
+    assert "fp32" in slow.warnings[0][1] and not choose_precision("bf16", False, "cpu", bf16_fast=True).warnings
+    assert not choose_precision("no", False, "cpu", bf16_fast=False).warnings
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    plan = make_plan(job_from_values(demo_values(demo_dir, tmp_path, mixed_precision="bf16")))
+    warned = [w for w in plan["warnings"] if w["setting"] == "mixed_precision"]
+    assert bool(warned) == (not native and not torch.cuda.is_available())
+    fp32_plan = make_plan(job_from_values(demo_values(demo_dir, tmp_path, mixed_precision="no")))
+    assert not [w for w in fp32_plan["warnings"] if w["setting"] == "mixed_precision"]

@@ -211,6 +211,21 @@ def network_size(job: Job) -> dict | None:
         return None
 
 
+def precision_warnings(job: Job) -> list[tuple[str, str]]:
+    """What the run will warn about its number formats on this machine (fp16 on a CPU, bf16 without bf16
+    instructions…), said before Start; nothing for a combination validation refuses (it names that)."""
+    import torch
+
+    from trainer.precision import choose_for_machine
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        choice = choose_for_machine(job.launch.mixed_precision, job.launch.full_fp16, job.launch.full_bf16, device_type)
+    except ValueError:
+        return []
+    return list(choice.warnings)
+
+
 def global_batch_size(job: Job, num_processes: int) -> int:
     """Images per optimizer step: batch × processes × gradient accumulation."""
     return job.data.train_batch_size * num_processes * job.optimisation.gradient_accumulation_steps
@@ -254,7 +269,7 @@ def make_plan(job: Job, dataset_plan=None, with_memory: bool = False, baseline: 
     plan["lr_curve"] = lr_preview(job, sched)
     plan["network"] = network_size(job) if with_memory else None  # both read the model's layout (diffusers)
     plan["warnings"] = [{"setting": key, "message": message}
-                        for key, message in unread_scheduler_settings(job.optimisation)]
+                        for key, message in [*unread_scheduler_settings(job.optimisation), *precision_warnings(job)]]
     if with_memory:
         from trainer.memory_plan import estimate_for_run
 

@@ -24,12 +24,18 @@ class PrecisionChoice:
     warnings: tuple[tuple[str, str], ...] = ()
 
 
+CPU_BF16_SLOW = ("this CPU has no bf16 instructions (AVX-512 BF16 or AMX), so bf16 runs emulated: on such a "
+                 "CPU an SD1.5-shaped step took 6–13× as long as in fp32 (bench/bench_step_parts.py). Choose "
+                 "mixed precision \"no\" here unless memory is what you are short of")
+
+
 def choose_precision(mixed_precision: str, full_fp16: bool, device_type: str,
-                     bf16_supported: bool = True, full_bf16: bool = False) -> PrecisionChoice:
+                     bf16_supported: bool = True, full_bf16: bool = False, bf16_fast: bool = True) -> PrecisionChoice:
     """Pure: (mixed_precision "no" | "fp16" | "bf16", full_fp16, device type "cpu" | "cuda", whether the GPU
-    has bf16, full_bf16) → the dtypes of a run. Raises ValueError for full_fp16 without fp16 or full_bf16
-    without bf16 (validation refuses both). full_bf16 (sd-scripts' --full_bf16) keeps the LoRA weights, their
-    gradients and the optimizer state in bf16; bf16 needs no loss scaling, and it runs on a CPU too."""
+    has bf16, full_bf16, whether the CPU computes bf16 natively) → the dtypes of a run. Raises ValueError for
+    full_fp16 without fp16 or full_bf16 without bf16 (validation refuses both). full_bf16 (sd-scripts'
+    --full_bf16) keeps the LoRA weights, their gradients and the optimizer state in bf16; bf16 needs no loss
+    scaling, and it runs on any CPU (slowly without bf16 instructions: a warning says so)."""
     if mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {mixed_precision!r}")
     if full_fp16 and mixed_precision != "fp16":
@@ -45,6 +51,8 @@ def choose_precision(mixed_precision: str, full_fp16: bool, device_type: str,
             warnings.append(("full_fp16", "full fp16 training needs a GPU; on this CPU the LoRA weights, their "
                                           "gradients and the optimizer state stay fp32"))
         mode = "no"
+    if mode == "bf16" and on_cpu and not bf16_fast:
+        warnings.append(("mixed_precision", CPU_BF16_SLOW))
     if mode == "bf16" and not on_cpu and not bf16_supported:
         warnings.append(("mixed_precision", "this GPU has no bf16; using fp16 instead"))
         if full_bf16:
@@ -60,6 +68,27 @@ def choose_precision(mixed_precision: str, full_fp16: bool, device_type: str,
     weight_dtype = dtype
     adapter_dtype = torch.float16 if full_fp16 else torch.bfloat16 if full_bf16 else torch.float32
     return PrecisionChoice(weight_dtype, adapter_dtype, dtype, dtype == torch.float16, tuple(warnings))
+
+
+def choose_for_machine(mixed_precision: str, full_fp16: bool, full_bf16: bool, device_type: str) -> PrecisionChoice:
+    """:func:`choose_precision` with this machine's facts: whether the GPU has bf16, whether the CPU computes
+    it natively (oneDNN's own test for its bf16 kernels)."""
+    bf16_supported = device_type != "cuda" or torch.cuda.is_bf16_supported()
+    bf16_fast = device_type != "cpu" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return choose_precision(mixed_precision, full_fp16, device_type, bf16_supported, full_bf16, bf16_fast)
+
+
+def unet_memory_format(device_type: str, weight_dtype: torch.dtype) -> torch.memory_format:
+    """Pure: how the UNet's convolution weights (and so its activations) are laid out in memory.
+
+    channels-last (NHWC) for fp32 on a CPU: there torch runs the small, batch-1 convolutions of a LoRA step
+    through im2col and a matrix product that is slow for few pixels; laid out channels-last they take oneDNN's
+    path, and one SD1.5-shaped step at 64 px took 0.57× the time (UNet forward and backward; 0.79× at 128 px,
+    ``bench/bench_step_parts.py``). Not for bf16 on a CPU (the backward became twice as slow there) and not
+    on a GPU, where it has not been measured yet: those keep the default layout."""
+    if device_type == "cpu" and weight_dtype == torch.float32:
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def mixed_precision_name(autocast_dtype: torch.dtype | None) -> str:

@@ -28,7 +28,7 @@ from trainer.optim.loraplus import loraplus_groups, loraplus_ratios, plus_marker
 from trainer.optim.scheduler_type import build_typed_scheduler
 from trainer.optim.schedulers import build_lr_scheduler, named_scheduler_options
 from trainer.plan import Schedule, global_batch_size, lr_preview, schedule_for_job
-from trainer.precision import choose_precision, grad_scaler
+from trainer.precision import choose_for_machine, grad_scaler, unet_memory_format
 from trainer.text_encoding import TextEmbeddingCache, encode_captions, encode_captions_sdxl
 from trainer.spec.rules import effective_lrs
 from trainer.spec.setting import SettingError
@@ -109,10 +109,9 @@ def resolve_precision(job: Job, events: EventWriter, device: torch.device | None
     setting (no fp16 on CPU). The rules are :func:`trainer.precision.choose_precision`. ``device``: accelerate's
     choice for this process in a multi-process run."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bf16_supported = device.type != "cuda" or torch.cuda.is_bf16_supported()
     try:
-        choice = choose_precision(job.launch.mixed_precision, job.launch.full_fp16, device.type, bf16_supported,
-                                  job.launch.full_bf16)
+        choice = choose_for_machine(job.launch.mixed_precision, job.launch.full_fp16, job.launch.full_bf16,
+                                    device.type)
     except ValueError as error:
         blamed = "full_fp16" if job.launch.full_fp16 else "full_bf16" if job.launch.full_bf16 else "mixed_precision"
         raise TrainingError(str(error), blamed) from None
@@ -214,6 +213,7 @@ def build_session(job: Job, run_dir: Path, events: EventWriter, processes: Singl
                            v2=job.model.v2, v_prediction=True if job.model.v_parameterization else None, vae=job.model.vae or None)
     for note in base.notes:
         events.warning(note, setting="v_parameterization")
+    base.unet.to(memory_format=unet_memory_format(precision.device.type, precision.weight_dtype))
     if base.family == "sdxl" and job.captions.clip_skip > 1:
         events.warning("clip_skip is ignored for SDXL: it always conditions on the penultimate layer of both "
                        "text encoders (as sd-scripts does)", "clip_skip")
