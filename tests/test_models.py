@@ -150,10 +150,11 @@ def test_folder_that_is_not_a_model_names_what_is_missing(tmp_path):
         load_base_model(tmp_path)
 
 
-def test_corrupt_weights_name_the_component(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("part", ["vae", "unet"])
+def test_corrupt_weights_name_the_component(tiny_model_dir, tmp_path, part):
     copy = shutil.copytree(tiny_model_dir, tmp_path / "model")
-    (copy / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 100)
-    with pytest.raises(ModelLoadError, match="vae weights"):
+    (copy / part / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(ModelLoadError, match=f"{part} weights"):
         load_base_model(copy)
 
 
@@ -166,3 +167,36 @@ def test_empty_or_foreign_files_are_refused_with_the_file_named(tmp_path):
     text_file.write_text("hello")
     with pytest.raises(ModelLoadError, match="not a model checkpoint"):
         load_base_model(text_file)
+
+
+@pytest.mark.parametrize("layout", ["one file", "sharded"])
+def test_a_folders_unet_is_read_into_the_models_own_memory(tiny_model_dir, tmp_path, layout):
+    """A one-file UNet is read tensor by tensor into a model built from its config (no memory map that would
+    stay in the process after its weights are replaced); other layouts go through diffusers' loader. Either
+    way the weights are diffusers' own."""
+    from diffusers import UNet2DConditionModel
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    reference = UNet2DConditionModel.from_pretrained(folder / "unet")
+    if layout == "sharded":
+        (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+        reference.save_pretrained(folder / "unet", max_shard_size="100KB")
+        assert len(list((folder / "unet").glob("*.safetensors"))) > 1
+    unet = load_base_model(folder).unet
+    expected = reference.state_dict()
+    assert unet.state_dict().keys() == expected.keys()
+    for name, tensor in unet.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    mapped = [p for p in unet.parameters() if _in_a_mapping_of(p.data_ptr(), folder)]
+    assert not mapped if layout == "one file" else mapped  # diffusers' loader maps the shards
+
+
+def _in_a_mapping_of(address: int, folder) -> bool:
+    """Whether ``address`` lies in a memory map of a file under ``folder`` (``/proc/self/maps``)."""
+    for line in open("/proc/self/maps", encoding="utf-8"):
+        span, *rest = line.split(maxsplit=5)
+        start, end = (int(part, 16) for part in span.split("-"))
+        if start <= address < end and len(rest) == 5 and rest[4].strip().startswith(str(folder)):
+            return True
+    return False

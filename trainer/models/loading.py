@@ -198,6 +198,37 @@ def _load_component(model_class, folder: Path, subfolder: str):
         ) from error
 
 
+def _load_unet(folder: Path) -> UNet2DConditionModel:
+    """The folder's UNet. When it is one ``.safetensors`` file whose names and shapes are the model's, its
+    tensors are read one at a time into a model built from the config (plain reads into the model's own memory,
+    as for single files): diffusers' loader memory-maps the file instead, and the mapping stays while any of its
+    weights lives, so a weight replaced later (a new layout, a new type) kept its old pages in this process's
+    resident memory as well. Other layouts (sharded, ``.bin``, older names) go through diffusers' loader."""
+    from trainer.models.detect import ModelFileError
+    from trainer.models.streamed_file import StreamedTensors
+
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        return _load_component(UNet2DConditionModel, folder, "unet")
+    try:
+        config = UNet2DConditionModel.load_config(str(folder / "unet"), local_files_only=True)
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(config)
+        tensors = StreamedTensors(weights)
+        stored = tensors.shapes()
+        wanted = unet.state_dict()
+        if stored.keys() != wanted.keys() or any(stored[k].shape != v.shape for k, v in wanted.items()):
+            return _load_component(UNet2DConditionModel, folder, "unet")
+        unet.to_empty(device="cpu")
+        with torch.no_grad():
+            for name, target in unet.state_dict().items():
+                target.copy_(tensors[name])
+    except (OSError, ValueError, KeyError, RuntimeError, ModelFileError, ModelLoadError) as error:
+        raise ModelLoadError(f"Cannot load the unet weights from {folder / 'unet'}: {error}. The files may be "
+                             "incomplete or corrupt; re-copy or re-convert the model.") from error
+    return unet.eval()
+
+
 def _load_tokenizer(folder: Path, subfolder: str, pad_token: str) -> CLIPTokenizer:
     """The folder's tokenizer when it has one, else the offline CLIP tokenizer with ``pad_token``."""
     if (folder / subfolder).is_dir():
@@ -222,7 +253,7 @@ def _load_diffusers_folder(folder: Path, v_prediction: bool | None) -> BaseModel
         v_prediction = _scheduler_says_v_prediction(folder)
     sdxl = family == "sdxl"
     return BaseModel(
-        unet=_load_component(UNet2DConditionModel, folder, "unet"),
+        unet=_load_unet(folder),
         vae=_load_component(AutoencoderKL, folder, "vae"),
         text_encoder=_load_component(CLIPTextModel, folder, "text_encoder"),
         tokenizer=_load_tokenizer(folder, "tokenizer", "!" if family == "sd2" else "<|endoftext|>"),
