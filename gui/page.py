@@ -150,11 +150,11 @@ def _run_area(area: RunArea, opening_messages: str) -> None:
 
 def _plan_panel(area: RunArea) -> None:
     with gr.Row(equal_height=False, elem_id="plan-panel"):
-        with gr.Column(scale=1, min_width=200):
+        with gr.Column(scale=3, min_width=200):  # wider than the plot: fewer wrapped rows, a shorter page
             area.plan_md = gr.Markdown("", elem_id="plan-table")
             area.plan_button = gr.Button("Update plan", size="sm")
         area.plan_plot = gr.LinePlot(x="step", y="lr", color="group", title="Planned learning rate",
-                                     color_map=LR_COLORS, height=200, min_width=200, scale=1,
+                                     color_map=LR_COLORS, height=200, min_width=200, scale=2,
                                      elem_id="plan-lr-plot")
 
 
